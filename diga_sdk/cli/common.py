@@ -1,0 +1,30 @@
+"""Small parsing helpers shared by the CLI modules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import DigaError
+from ..io import atomic_write_json
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256x512' -> (256, 512) as (H, W)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise DigaError(f"bad size {text!r}; write HxW, e.g. 256x512") from None
+    if h <= 0 or w <= 0:
+        raise DigaError(f"bad size {text!r}; both sides must be positive")
+    return h, w
+
+
+def write_json(path: Path | None, obj: Any) -> None:
+    if path is not None:
+        atomic_write_json(path, obj)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,57 @@
+"""Stage results shared by every job that trains or adapts: the table, the JSON, the machine facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from .io import atomic_write_json
+from .progress import console
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def env_info() -> dict[str, Any]:
+    """Machine and library facts recorded beside every measurement."""
+    import numpy
+    import torch
+
+    from . import __version__
+
+    return {
+        "diga_sdk": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "numpy": numpy.__version__, "cpu": cpu_model(), "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "platform": platform.platform(),
+    }
+
+
+def stage_entry(name: str, source_val: float | None, target_val: float | None, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "source_val_miou": source_val, "target_val_miou": target_val, **extra}
+
+
+def write_results(path: str | Path, stages: list[dict[str, Any]], **extra: Any) -> None:
+    """`{"stages": [...], "env": {...}}` written atomically."""
+    atomic_write_json(path, {"stages": stages, "env": env_info(), **extra})
+
+
+def print_stage_table(stages: list[dict[str, Any]], title: str = "mIoU (%)") -> None:
+    table = Table(title=title)
+    table.add_column("stage")
+    table.add_column("source-val", justify="right")
+    table.add_column("target-val", justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    for s in stages:
+        table.add_row(s["name"], fmt(s.get("source_val_miou")), fmt(s.get("target_val_miou")))
+    console.print(table)
