@@ -1,0 +1,5 @@
+"""`diga predict ...` commands (registered on the root app when implemented)."""
+
+from __future__ import annotations
+
+from . import app  # noqa: F401
