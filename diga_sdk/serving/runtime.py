@@ -1,0 +1,445 @@
+"""One inference interface over every runtime: PyTorch, onnxruntime, OpenVINO and TensorRT.
+
+`open_runtime(path, runtime="auto", device="cpu")` accepts a diga checkpoint (.safetensors), an ONNX
+file, an OpenVINO IR (.xml) or a TensorRT engine (+ its JSON sidecar) and returns a `Runtime`:
+
+- `predict(images)`: uint8 RGB batch (B,H,W,3), any H,W -> uint8 train-ID label maps (B,H,W);
+- `logits(images)`: the same batch -> float32 (B,C,H,W) logits at the input size;
+- `name` (torch | onnxruntime | openvino | tensorrt), `precision`, `meta` (ModelMeta), `model_hash`.
+
+`runtime="auto"` picks the fastest runtime available for the format and device: from a recorded
+measurement (`record_choice`, written by `diga bench latency`) or else a short measured probe at the
+model's training size; the choice and its timings are in `Runtime.choice` and logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DigaError
+from ..export.cache import cache_dir
+from ..models.checkpoint import ModelMeta
+from ..progress import log
+
+RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
+CHECKPOINT_SUFFIXES = (".safetensors",)
+ONNX_SUFFIXES = (".onnx",)
+OPENVINO_SUFFIXES = (".xml",)
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def model_format(path: str | Path) -> str:
+    """'checkpoint' | 'onnx' | 'openvino' | 'tensorrt' from the file's suffix; a clear error otherwise."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in CHECKPOINT_SUFFIXES:
+        kind = "checkpoint"
+    elif suffix in ONNX_SUFFIXES:
+        kind = "onnx"
+    elif suffix in OPENVINO_SUFFIXES:
+        kind = "openvino"
+    elif suffix in ENGINE_SUFFIXES:
+        kind = "tensorrt"
+    else:
+        raise DigaError(f"unsupported model file {p}: expected a .safetensors checkpoint, an .onnx file, an "
+                        f"OpenVINO .xml IR or a TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
+    if not p.is_file():
+        raise DigaError(f"model file {p} not found; pass the path of a checkpoint or an exported model")
+    return kind
+
+
+# Which runtimes can run which format (checkpoint -> ONNX is exported on the fly into the cache).
+_COMPATIBLE = {
+    "checkpoint": ("torch", "onnxruntime", "openvino"),
+    "onnx": ("onnxruntime", "openvino"),
+    "openvino": ("openvino",),
+    "tensorrt": ("tensorrt",),
+}
+
+
+class Runtime(ABC):
+    """A loaded model behind one call convention: uint8 RGB in, labels or logits out."""
+
+    name: str = ""
+    precision: str = "fp32"
+
+    def __init__(self, meta: ModelMeta, model_hash: str, device: str, embed_pre: bool = False,
+                 labels_output: bool = False) -> None:
+        self.meta, self.model_hash, self.device = meta, model_hash, device
+        self.embed_pre, self.labels_output = embed_pre, labels_output
+        self.choice: dict[str, Any] = {}
+        self._scale = (1.0 / (255.0 * np.asarray(meta.std, np.float32))).reshape(1, 3, 1, 1)
+        self._shift = (-np.asarray(meta.mean, np.float32) / np.asarray(meta.std, np.float32)).reshape(1, 3, 1, 1)
+
+    @property
+    def label(self) -> str:
+        """Human-readable 'runtime (precision)'."""
+        return f"{self.name} ({self.precision})"
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """(B,H,W,3) uint8 RGB -> (B,H,W) uint8 train-ID label maps."""
+        images = check_images(images)
+        if self.labels_output:
+            return self._labels(images)
+        return self._logits(images).argmax(1).astype(np.uint8)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """(B,H,W,3) uint8 RGB -> (B,C,H,W) float32 logits at the input size."""
+        return np.asarray(self._logits(check_images(images)), dtype=np.float32)
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 NHWC -> normalised float32 NCHW (what a graph without embedded pre-processing takes)."""
+        x = images.transpose(0, 3, 1, 2).astype(np.float32)
+        return np.ascontiguousarray(x * self._scale + self._shift)
+
+    def graph_input(self, images: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(images) if self.embed_pre else self.preprocess(images)
+
+    @abstractmethod
+    def _logits(self, images: np.ndarray) -> np.ndarray: ...
+
+    def _labels(self, images: np.ndarray) -> np.ndarray:
+        return self._logits(images).argmax(1).astype(np.uint8)
+
+    def __repr__(self) -> str:
+        return f"<Runtime {self.label} {self.meta.model_name} hash={self.model_hash} device={self.device}>"
+
+
+def check_images(images: Any) -> np.ndarray:
+    """A clear error unless `images` is a (B,H,W,3) uint8 array."""
+    if not isinstance(images, np.ndarray):
+        raise DigaError(f"images must be a numpy array, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
+        raise DigaError(f"images must have shape (B,H,W,3) with B >= 1, got {images.shape}; stack RGB images into a batch")
+    if images.dtype != np.uint8:
+        raise DigaError(f"images must be uint8 RGB, got dtype {images.dtype}")
+    if images.shape[1] < 8 or images.shape[2] < 8:
+        raise DigaError(f"images of {images.shape[1]}x{images.shape[2]} are too small; both sides must be >= 8 pixels")
+    return images
+
+
+# --------------------------------------------------------------------------------------------- torch
+class TorchRuntime(Runtime):
+    """PyTorch eager (fp32, or bf16 autocast with precision='bf16')."""
+
+    name = "torch"
+
+    def __init__(self, path: Path, device: str = "cpu", precision: str | None = None, threads: int | None = None) -> None:
+        import torch
+
+        from ..models.checkpoint import checkpoint_hash, load_checkpoint
+
+        if precision not in (None, "fp32", "bf16"):
+            raise DigaError(f"torch runtime precision {precision!r} unsupported; use fp32 or bf16")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise DigaError("device cuda requested but PyTorch sees no CUDA GPU; use --device cpu")
+        if threads:
+            torch.set_num_threads(threads)
+        model, meta = load_checkpoint(path, device)
+        super().__init__(meta, checkpoint_hash(path), device)
+        self.model, self.precision = model, precision or "fp32"
+
+    def _logits(self, images: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(self.preprocess(images)).to(self.device)
+        dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.inference_mode(), torch.autocast(dev_type, torch.bfloat16, enabled=self.precision == "bf16"):
+            logits, _ = self.model(x)
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.float().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------- onnxruntime
+class OnnxRuntime(Runtime):
+    """onnxruntime on CPU (or CUDA with onnxruntime-gpu)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        from ..export.metadata import parse_metadata
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise DigaError("device cuda requested but onnxruntime has no CUDAExecutionProvider; install the "
+                                "`gpu` extra (onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --device cpu")
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise DigaError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}; re-export it") from None
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        meta, graph, source_hash = parse_metadata(props, str(path))
+        super().__init__(meta, source_hash, device, graph.embed_pre, graph.labels_name is not None)
+        self.graph, self.precision = graph, graph.precision
+
+    def _logits(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run([self.graph.logits_name], {self.graph.input_name: self.graph_input(images)})[0]
+
+    def _labels(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run([self.graph.labels_name], {self.graph.input_name: self.graph_input(images)})[0]
+
+
+# ---------------------------------------------------------------------------------------- openvino
+OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+class OpenVinoRuntime(Runtime):
+    """OpenVINO on an ONNX file or an IR; precision None = the device's default inference precision
+    (bf16 on CPUs with AMX/AVX512-BF16, f32 elsewhere)."""
+
+    name = "openvino"
+
+    def __init__(self, path: Path, device: str = "cpu", precision: str | None = None, threads: int | None = None) -> None:
+        import openvino as ov
+
+        from ..export.metadata import parse_metadata
+        from ..export.openvino import read_rt_info
+
+        if precision not in (None, *OV_PRECISIONS):
+            raise DigaError(f"openvino precision {precision!r} unsupported; use one of {sorted(OV_PRECISIONS)}")
+        ov_device = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}.get(device.lower(), None)
+        if ov_device is None:
+            raise DigaError(f"openvino runs on cpu, gpu (Intel) or npu, not {device!r}")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:
+            raise DigaError(f"OpenVINO cannot read {path}: {str(exc).splitlines()[0]}; re-export it") from None
+        props = read_rt_info(model) if path.suffix.lower() == ".xml" else _onnx_custom_props(path)
+        meta, graph, source_hash = parse_metadata(props, str(path))
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = OV_PRECISIONS[precision]
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self.compiled = core.compile_model(model, ov_device, config)
+        except Exception as exc:
+            raise DigaError(f"OpenVINO cannot compile {path} for {ov_device}: {str(exc).splitlines()[0]}") from None
+        super().__init__(meta, source_hash, device, graph.embed_pre, graph.labels_name is not None)
+        self.graph = graph
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        actual = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint, hint)
+        self.precision = actual if graph.precision == "fp32" else f"{graph.precision}+{actual}"
+        self.request = self.compiled.create_infer_request()
+
+    def _run(self, images: np.ndarray, output: str) -> np.ndarray:
+        res = self.request.infer({self.graph.input_name: self.graph_input(images)})
+        return np.array(res[self.compiled.output(output)])
+
+    def _logits(self, images: np.ndarray) -> np.ndarray:
+        return self._run(images, self.graph.logits_name)
+
+    def _labels(self, images: np.ndarray) -> np.ndarray:
+        return self._run(images, self.graph.labels_name)
+
+
+def _onnx_custom_props(path: Path) -> dict[str, str]:
+    from ..export.metadata import onnx_props
+
+    return onnx_props(path)
+
+
+# ---------------------------------------------------------------------------------------- tensorrt
+class TensorRTRuntime(Runtime):
+    """A TensorRT engine (TensorRT 10.x/11.x Python API, CUDA tensors held by PyTorch)."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: Path, device: str = "cuda") -> None:
+        from ..export.tensorrt import load_engine
+
+        engine, sidecar = load_engine(path)
+        meta, graph = ModelMeta.model_validate(sidecar["meta"]), sidecar["graph"]
+        from ..export.metadata import GraphInfo
+
+        graph = GraphInfo.model_validate(graph)
+        super().__init__(meta, sidecar.get("source_checkpoint_hash", ""), device if device != "cpu" else "cuda",
+                         graph.embed_pre, graph.labels_name is not None)
+        self.engine, self.graph, self.sidecar = engine, graph, sidecar
+        self.precision = sidecar.get("precision", graph.precision)
+        self.context = engine.create_execution_context()
+        self.profile = sidecar.get("profile", {})
+
+    def _execute(self, images: np.ndarray) -> dict[str, Any]:
+        import torch
+
+        x = self.graph_input(images)
+        lo, hi = self.profile.get("min"), self.profile.get("max")
+        if lo and hi and not all(a <= b <= c for a, b, c in zip(lo, x.shape, hi, strict=True)):
+            raise DigaError(f"input shape {list(x.shape)} is outside the engine's optimisation profile "
+                            f"(min {lo}, max {hi}); rebuild it with `diga export --format tensorrt --min/--max`")
+        xt = torch.from_numpy(x).cuda()
+        self.context.set_input_shape(self.graph.input_name, tuple(xt.shape))
+        self.context.set_tensor_address(self.graph.input_name, xt.data_ptr())
+        outs: dict[str, Any] = {}
+        names = [self.graph.logits_name] + ([self.graph.labels_name] if self.graph.labels_name else [])
+        for name in names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = torch.uint8 if name == self.graph.labels_name else (
+                torch.float16 if self.precision == "fp16" else torch.float32)
+            outs[name] = torch.empty(shape, dtype=dtype, device="cuda")
+            self.context.set_tensor_address(name, outs[name].data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise DigaError("TensorRT execution failed; check the engine with `trtexec --loadEngine`")
+        stream.synchronize()
+        return outs
+
+    def _logits(self, images: np.ndarray) -> np.ndarray:
+        return self._execute(images)[self.graph.logits_name].float().cpu().numpy()
+
+    def _labels(self, images: np.ndarray) -> np.ndarray:
+        return self._execute(images)[self.graph.labels_name].cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------- open
+def open_runtime(path: str | Path, runtime: str = "auto", device: str = "cpu", *, precision: str | None = None,
+                 threads: int | None = None) -> Runtime:
+    """Load `path` (checkpoint, ONNX, OpenVINO IR or TensorRT engine) with `runtime` (or the fastest one: 'auto')."""
+    p = Path(path)
+    kind = model_format(p)
+    if runtime != "auto" and runtime not in RUNTIMES:
+        raise DigaError(f"unknown runtime {runtime!r}; choose auto or one of {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        return _auto(p, kind, device, precision, threads)
+    if runtime not in _COMPATIBLE[kind]:
+        hint = {"tensorrt": "build an engine with `diga export --format tensorrt`",
+                "torch": "the torch runtime needs the .safetensors checkpoint"}.get(runtime, "")
+        raise DigaError(f"runtime {runtime} cannot run a {kind} file ({p.name}); it runs with "
+                        f"{', '.join(_COMPATIBLE[kind])}{'; ' + hint if hint else ''}")
+    return _open(p, kind, runtime, device, precision, threads)
+
+
+def _open(p: Path, kind: str, runtime: str, device: str, precision: str | None, threads: int | None) -> Runtime:
+    if runtime == "torch":
+        return TorchRuntime(p, device, precision, threads)
+    if runtime == "tensorrt":
+        return TensorRTRuntime(p, device)
+    if kind == "checkpoint":
+        from ..export.onnx_export import cached_onnx
+
+        p = cached_onnx(p)
+    if runtime == "onnxruntime":
+        if precision not in (None, "fp32", "int8", "fp16"):
+            raise DigaError(f"onnxruntime runs the precision stored in the file; export --format onnx-int8 or "
+                            f"onnx-fp16 instead of asking for {precision!r}")
+        return OnnxRuntime(p, device, threads)
+    return OpenVinoRuntime(p, device, precision, threads)
+
+
+def _candidates(kind: str, device: str) -> list[str]:
+    if device.startswith("cuda"):
+        return {"checkpoint": ["torch", "onnxruntime"], "onnx": ["onnxruntime"]}.get(kind, list(_COMPATIBLE[kind]))
+    return [r for r in _COMPATIBLE[kind] if r != "tensorrt" and _installed(r)]
+
+
+def _installed(runtime: str) -> bool:
+    import importlib.util
+
+    module = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}[runtime]
+    return importlib.util.find_spec(module) is not None
+
+
+def _auto(p: Path, kind: str, device: str, precision: str | None, threads: int | None) -> Runtime:
+    cands = _candidates(kind, device)
+    if not cands:
+        raise DigaError(f"no runtime for a {kind} file on {device} is installed; install the `export` extra")
+    if len(cands) == 1:
+        rt = _open(p, kind, cands[0], device, precision, threads)
+        rt.choice = {"picked": rt.name, "reason": f"the only runtime for a {kind} file on {device}"}
+        log.info("runtime auto: %s (the only runtime for a %s file on %s)", rt.label, kind, device)
+        return rt
+    key = choice_key(p, device)
+    recorded = _read_choices().get(key)
+    if recorded and recorded.get("picked") in cands:
+        rt = _open(p, kind, recorded["picked"], device, precision, threads)
+        rt.choice = {**recorded, "reason": "recorded measurement"}
+        log.info("runtime auto: %s from a recorded measurement (%s)", rt.label, _fmt_ms(recorded.get("ms", {})))
+        return rt
+    return _probe(p, kind, cands, device, precision, threads, key)
+
+
+def _probe(p: Path, kind: str, cands: list[str], device: str, precision: str | None, threads: int | None,
+           key: str, runs: int = 3) -> Runtime:
+    """Open every candidate, time a few single-image runs at the training size, keep the fastest."""
+    opened: dict[str, Runtime] = {}
+    ms: dict[str, float] = {}
+    for name in cands:
+        try:
+            rt = _open(p, kind, name, device, precision, threads)
+        except DigaError as exc:
+            log.warning("runtime auto: %s unavailable (%s)", name, exc)
+            continue
+        h, w = rt.meta.input_size
+        img = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+        rt.predict(img)  # warm-up, not timed
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            rt.predict(img)
+            times.append(time.perf_counter() - t0)
+        ms[name] = float(np.median(times) * 1e3)
+        opened[name] = rt
+    if not opened:
+        raise DigaError(f"no runtime could load {p}; see the warnings above")
+    best = min(ms, key=ms.__getitem__)
+    rt = opened[best]
+    rt.choice = {"picked": best, "ms": ms, "reason": f"measured probe ({runs} runs at {rt.meta.input_size[0]}x"
+                 f"{rt.meta.input_size[1]})"}
+    record_choice(key, best, ms)
+    log.info("runtime auto: picked %s by a measured probe (%s)", rt.label, _fmt_ms(ms))
+    return rt
+
+
+def _fmt_ms(ms: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f} ms" for k, v in sorted(ms.items(), key=lambda kv: kv[1]))
+
+
+# ------------------------------------------------------------------------------ recorded choices
+def choice_key(path: Path, device: str) -> str:
+    """Model content + device + CPU: a recorded choice is reused only on the same model and machine."""
+    from ..io import file_sha256
+    from ..results import cpu_model
+
+    return f"{file_sha256(path)[:16]}|{device}|{cpu_model()}|{os.cpu_count()}"
+
+
+def _read_choices() -> dict[str, Any]:
+    f = cache_dir() / "runtime-choices.json"
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def record_choice(key: str, picked: str, ms: dict[str, float]) -> None:
+    """Remember which runtime was fastest for (model, device, machine); `auto` reuses it."""
+    from ..io import atomic_write_json
+
+    if picked not in RUNTIMES:
+        raise DigaError(f"cannot record unknown runtime {picked!r}")
+    choices = _read_choices()
+    choices[key] = {"picked": picked, "ms": ms, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        atomic_write_json(cache_dir() / "runtime-choices.json", choices)
+    except OSError as exc:
+        log.warning("could not record the runtime choice in %s: %s", cache_dir(), exc)
