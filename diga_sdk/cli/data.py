@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..data.synthetic import DEFAULT_COUNTS, generate_benchmark
 from ..errors import DigaError
 from ..progress import console, progress_bar
 from . import app
@@ -25,6 +24,8 @@ def synthetic(
     workers: int = typer.Option(0, help="processes (0: up to 4)"),
 ) -> None:
     """Write the synthetic source (GTA5 layout) and target (Cityscapes layout) benchmark."""
+    from ..data.synthetic import DEFAULT_COUNTS, generate_benchmark
+
     split_counts = None
     if counts:
         try:

@@ -29,7 +29,7 @@ from .synthetic_scene import SOURCE_SCENE, TARGET_SCENE, make_scene
 
 GENERATOR_VERSION = 1
 DEFAULT_SIZE = (256, 512)
-DEFAULT_COUNTS = {"source/train": 500, "source/val": 100, "target/train": 500, "target/val": 100}
+DEFAULT_COUNTS = {"source/train": 400, "source/val": 100, "target/train": 400, "target/val": 100}
 CITIES = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau")}
 _CITYSCAPES_PALETTE = np.zeros((256, 3), dtype=np.uint8)
 for _lab in LABELS:

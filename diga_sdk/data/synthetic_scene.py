@@ -237,7 +237,7 @@ def make_scene(h: int, w: int, style: SceneStyle, rng: np.random.Generator) -> S
                 cv.ellipse(wx, yb - 0.1 * hm * s, 0.1 * hm * s, 0.1 * hm * s, cls, inst, PART_WHEEL)
         elif kind == "person":
             hm = rng.uniform(1.55, 1.9)
-            wm = 0.45
+            wm = 0.6
             cv.rect(xc - wm * s * 0.35, yb - 0.5 * hm * s, xc + wm * s * 0.35, yb, ID["person"], inst, PART_WINDOW)
             cv.ellipse(xc, yb - 0.65 * hm * s, wm * s / 2, 0.2 * hm * s, ID["person"], inst)
             cv.ellipse(xc, yb - 0.92 * hm * s, 0.11 * s, 0.12 * s, ID["person"], inst, PART_LAMP)
@@ -245,26 +245,26 @@ def make_scene(h: int, w: int, style: SceneStyle, rng: np.random.Generator) -> S
             r = 0.33 * s
             bike = inst
             for wx in (xc - 0.55 * s, xc + 0.55 * s):
-                cv.ellipse(wx, yb - r, r, r, ID["bicycle"], bike, PART_WHEEL, ring=0.3)
+                cv.ellipse(wx, yb - r, r, r, ID["bicycle"], bike, PART_WHEEL, ring=0.45)
             cv.rect(xc - 0.55 * s, yb - 1.1 * r, xc + 0.55 * s, yb - 0.9 * r, ID["bicycle"], bike)
             rider = cv.new_instance()
             cv.ellipse(xc, yb - 2.2 * r, 0.22 * s, 0.45 * s, ID["rider"], rider)
             cv.ellipse(xc, yb - 3.5 * r, 0.11 * s, 0.12 * s, ID["rider"], rider, PART_LAMP)
         elif kind == "pole":
             hm = rng.uniform(3.5, 7.0)
-            pw = max(0.14 * s, 1.0)
+            pw = max(0.25 * s, 1.5)
             cv.rect(xc - pw / 2, yb - hm * s, xc + pw / 2, yb, ID["pole"], inst)
             top = yb - hm * s
             r = rng.random()
             if r < 0.45:
                 cls_i = cv.new_instance()
                 if rng.random() < 0.5:
-                    cv.ellipse(xc, top + 0.35 * s, 0.35 * s, 0.35 * s, ID["traffic sign"], cls_i)
+                    cv.ellipse(xc, top + 0.45 * s, 0.45 * s, 0.45 * s, ID["traffic sign"], cls_i)
                 else:
-                    cv.rect(xc - 0.35 * s, top, xc + 0.35 * s, top + 0.6 * s, ID["traffic sign"], cls_i)
+                    cv.rect(xc - 0.45 * s, top, xc + 0.45 * s, top + 0.8 * s, ID["traffic sign"], cls_i)
             elif r < 0.8:
                 li = cv.new_instance()
-                cv.rect(xc - 0.18 * s, top, xc + 0.18 * s, top + 0.9 * s, ID["traffic light"], li)
+                cv.rect(xc - 0.25 * s, top, xc + 0.25 * s, top + 1.1 * s, ID["traffic light"], li)
                 lamp = int(rng.integers(3))
                 cv.ellipse(xc, top + (0.15 + 0.3 * lamp) * s, 0.1 * s, 0.1 * s, ID["traffic light"], li, PART_LAMP)
         elif kind == "tree":
