@@ -1,5 +1,40 @@
-"""`diga predict ...` commands (registered on the root app when implemented)."""
+"""`diga predict`: label maps for image files from a checkpoint, ONNX, OpenVINO IR or TensorRT engine."""
 
 from __future__ import annotations
 
-from . import app  # noqa: F401
+from pathlib import Path
+
+import typer
+
+from ..errors import DigaError
+from ..progress import console
+from . import app
+from .common import write_json
+
+
+@app.command("predict")
+def predict_cmd(
+    images: list[Path] = typer.Argument(..., help="image files (or folders of images)"),
+    model: Path | None = typer.Option(None, "--model", help="checkpoint, .onnx, OpenVINO .xml or TensorRT engine"),
+    out: Path = typer.Option(..., "--out", help="folder for the PNG label maps (train IDs)"),
+    color: bool = typer.Option(False, "--color", help="also write a colour overlay <name>_color.png"),
+    runtime: str = typer.Option("auto", "--runtime", help="auto | torch | onnxruntime | openvino | tensorrt"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="images of one size run together"),
+    json_path: Path | None = typer.Option(None, "--json", help="write the run summary (runtime picked, files) here"),
+    # A served endpoint (`--url URL`) is handled by the serving client; see diga_sdk/serving.
+) -> None:
+    """Predict label maps with any runtime; `--runtime auto` picks (and says) the fastest one available."""
+    from ..serving.runtime import open_runtime
+    from ..serving.runtime_files import collect_images, predict_files
+
+    if model is None:
+        raise DigaError("diga predict needs --model PATH (a checkpoint or an exported model)")
+    files = collect_images(images)
+    rt = open_runtime(model, runtime, device)
+    console.print(f"runtime: {rt.label}" + (f" ({rt.choice.get('reason')})" if rt.choice else ""), highlight=False)
+    summary = predict_files(rt, files, out, color=color, batch_size=batch_size)
+    summary["choice"] = rt.choice
+    write_json(json_path, summary)
+    console.print(f"wrote {len(summary['outputs'])} label maps to {out} "
+                  f"({summary['ms_per_image']:.1f} ms per image with {rt.label})", highlight=False)
