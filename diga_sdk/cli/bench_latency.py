@@ -1,0 +1,46 @@
+"""`diga bench latency`: every runtime path for one model, interleaved; JSON, markdown table and PNG plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..progress import console
+from .bench import bench_app
+from .common import parse_size, write_json
+
+
+@bench_app.command("latency")
+def latency_cmd(
+    model: Path = typer.Option(..., "--model", help="checkpoint (.safetensors)"),
+    sizes: str = typer.Option("512x1024", "--sizes", help="comma-separated HxW, e.g. 256x512,512x1024"),
+    batch: str = typer.Option("1", "--batch", help="comma-separated batch sizes, e.g. 1,4"),
+    runs: int = typer.Option(20, "--runs", min=1, help="timed runs per path (interleaved)"),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="untimed runs per path and shape"),
+    threads: int | None = typer.Option(None, "--threads", help="threads per runtime (default: the library's)"),
+    paths: str | None = typer.Option(None, "--paths", help="subset of paths, comma-separated (default: all)"),
+    calib: str = typer.Option("synthetic:target@train", "--calib", help="target images for the INT8 calibrations"),
+    calib_images: int = typer.Option(32, "--calib-images", min=1),
+    engine: Path | None = typer.Option(None, "--engine", help="a TensorRT engine to measure too (GPU machines)"),
+    work: Path | None = typer.Option(None, "--work", help="folder for the exported files (default: the cache)"),
+    json_path: Path | None = typer.Option(None, "--json", help="write the results here"),
+    md_path: Path | None = typer.Option(None, "--md", help="write the markdown table here"),
+    plot_path: Path | None = typer.Option(None, "--plot", help="write a PNG plot here"),
+) -> None:
+    """PyTorch eager fp32 / bf16, onnxruntime fp32 / INT8, OpenVINO fp32 / bf16 / INT8, auto (+ CUDA / TensorRT)."""
+    from ..export.latency import markdown_table, plot, run_latency
+    from ..io import atomic_write_bytes
+
+    size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
+    batches = [int(b) for b in batch.split(",") if b.strip()]
+    result = run_latency(model, sizes=size_list, batches=batches, runs=runs, warmup=warmup, threads=threads,
+                         calib=calib, calib_images=calib_images, work=work, engine=engine,
+                         include=[p.strip() for p in paths.split(",")] if paths else None)
+    table = markdown_table(result)
+    console.print(table, highlight=False, markup=False)
+    write_json(json_path, result)
+    if md_path:
+        atomic_write_bytes(md_path, table.encode())
+    if plot_path:
+        plot(result, plot_path)
