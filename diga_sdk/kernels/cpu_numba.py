@@ -1,0 +1,239 @@
+"""Numba kernels behind the CPU fast paths: each op is one parallel pass over its pixels.
+
+Imported lazily by `cpu.py` (numba costs ~0.4 s to import, each kernel ~1-3 s to compile once per
+dtype combination; `cache=True` keeps the machine code on disk across processes). Arrays come in as
+zero-copy numpy views of contiguous torch tensors; outputs are written into preallocated arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_PIX_CHUNK = 128  # feature pixels per task in the distance kernel (C x chunk float64 accumulators)
+_MIX_BLOCK = 8192  # pixels per task in the mixing kernel
+
+
+@njit(cache=True, fastmath={"contract", "reassoc"})
+def _tile_sq_distances(tile, cent64, cnorm, acc):  # pragma: no cover - compiled
+    """acc (C,T) = ||f||^2 - 2 f.c + ||c||^2 for a (D,T) float64 feature tile: one FMA per (c,d,pixel);
+    float64 keeps the cancellation error ~1e-13 relative, far below float32 rounding of the result."""
+    nd, nt = tile.shape
+    nc = cent64.shape[0]
+    fnorm = np.zeros(nt, np.float64)
+    for d in range(nd):
+        for i in range(nt):
+            fnorm[i] += tile[d, i] * tile[d, i]
+    for c in range(nc):
+        dot = np.zeros(nt, np.float64)
+        for d in range(nd):
+            cv = cent64[c, d]
+            for i in range(nt):
+                dot[i] += tile[d, i] * cv
+        for i in range(nt):
+            acc[c, i] = fnorm[i] - 2.0 * dot[i] + cnorm[c]
+
+
+@njit(parallel=True, cache=True)
+def lowres_weights(feat, cent, weights, top_label, margin):  # pragma: no cover - compiled
+    """feat (B,D,P) f32, cent (C,D) f32 -> weights (B,C,P) = softmax_c(-||f - c||), the argmax (first
+    maximum) and the gap between the two largest weights per feature pixel. Distances accumulate in
+    float64 and are rounded to float32 before the softmax, as in the reference."""
+    nb, nd, npix = feat.shape
+    nc = cent.shape[0]
+    nchunk = (npix + _PIX_CHUNK - 1) // _PIX_CHUNK
+    cent64 = cent.astype(np.float64)
+    cnorm = np.zeros(nc, np.float64)
+    for c in range(nc):
+        for d in range(nd):
+            cnorm[c] += cent64[c, d] * cent64[c, d]
+    for job in prange(nb * nchunk):
+        b = job // nchunk
+        p0 = (job % nchunk) * _PIX_CHUNK
+        n = min(_PIX_CHUNK, npix - p0)
+        tile = np.zeros((nd, _PIX_CHUNK), np.float64)  # features converted once per tile
+        for d in range(nd):
+            for i in range(n):
+                tile[d, i] = feat[b, d, p0 + i]
+        acc = np.empty((nc, _PIX_CHUNK), np.float64)
+        _tile_sq_distances(tile, cent64, cnorm, acc)
+        for i in range(n):
+            # softmax over classes of x_c = -dist_c, max-subtracted, in float32
+            xmax = np.float32(-np.inf)
+            for c in range(nc):
+                x = -np.float32(np.sqrt(max(acc[c, i], 0.0)))
+                acc[c, i] = x
+                if x > xmax:
+                    xmax = x
+            total = np.float32(0.0)
+            for c in range(nc):
+                e = np.float32(np.exp(np.float32(acc[c, i]) - xmax))
+                acc[c, i] = e
+                total += e
+            best = np.float32(-1.0)
+            second = np.float32(-1.0)
+            arg = 0
+            for c in range(nc):
+                wv = np.float32(acc[c, i]) / total
+                weights[b, c, p0 + i] = wv
+                if wv > best:
+                    second = best
+                    best = wv
+                    arg = c
+                elif wv > second:
+                    second = wv
+            top_label[b, p0 + i] = arg
+            margin[b, p0 + i] = best - second
+
+
+@njit(parallel=True, cache=True)
+def uniform_cells(top_label, margin, h, w, tau, cell_label):  # pragma: no cover - compiled
+    """cell_label (B,h,w): the class that wins everywhere in the cell spanned by corners (y0, y0+1) x
+    (x0, x0+1) (clamped at the last row/column), or -1. A class that is the argmax at all four corners
+    by more than tau is the argmax of every convex combination of them, rounding included."""
+    nb = top_label.shape[0]
+    for job in prange(nb * h):
+        b = job // h
+        y0 = job % h
+        y1 = y0 + 1 if y0 < h - 1 else y0
+        for x0 in range(w):
+            x1 = x0 + 1 if x0 < w - 1 else x0
+            lab = top_label[b, y0 * w + x0]
+            ok = (top_label[b, y0 * w + x1] == lab) and (top_label[b, y1 * w + x0] == lab) \
+                and (top_label[b, y1 * w + x1] == lab)
+            m = min(min(margin[b, y0 * w + x0], margin[b, y0 * w + x1]),
+                    min(margin[b, y1 * w + x0], margin[b, y1 * w + x1]))
+            cell_label[b, y0, x0] = lab if (ok and m > tau) else -1
+
+
+@njit(parallel=True, cache=True)
+def consensus_upsample(weights, cell_label, pseudo, out, h, w, scale_h, scale_w, ignore_index):  # pragma: no cover
+    """Per output row: feature label = argmax_c of the bilinear (align_corners=True) upsampling of the
+    (B,C,h*w) weights, computed only in cells without a uniform winner and never stored at full
+    resolution; out = pseudo where it equals the feature label, else ignore_index."""
+    nb, nc, _ = weights.shape
+    big_h = pseudo.shape[1]
+    big_w = pseudo.shape[2]
+    # column interpolation table, shared by every row (same arithmetic as PyTorch's CPU kernel)
+    xs0 = np.empty(big_w, np.int64)
+    xs1 = np.empty(big_w, np.int64)
+    lx1 = np.empty(big_w, np.float32)
+    for x in range(big_w):
+        sx = np.float32(scale_w) * np.float32(x)
+        x0 = min(np.int64(sx), w - 1)
+        xs0[x] = x0
+        xs1[x] = x0 + 1 if x0 < w - 1 else x0
+        lx1[x] = min(max(sx - np.float32(x0), np.float32(0.0)), np.float32(1.0))
+    for job in prange(nb * big_h):
+        b = job // big_h
+        y = job % big_h
+        sy = np.float32(scale_h) * np.float32(y)
+        y0 = min(np.int64(sy), h - 1)
+        y1 = y0 + 1 if y0 < h - 1 else y0
+        ly1 = min(max(sy - np.float32(y0), np.float32(0.0)), np.float32(1.0))
+        ly0 = np.float32(1.0) - ly1
+        arg = np.empty(big_w, np.int64)
+        todo = np.empty(big_w, np.int64)
+        ntodo = 0
+        for x in range(big_w):
+            lab = cell_label[b, y0, xs0[x]]
+            arg[x] = lab
+            if lab < 0:
+                todo[ntodo] = x
+                ntodo += 1
+        if ntodo > 0:
+            best = np.full(ntodo, -np.inf, np.float32)
+            barg = np.zeros(ntodo, np.int64)
+            c0 = np.empty(ntodo, np.int64)
+            c1 = np.empty(ntodo, np.int64)
+            t1 = np.empty(ntodo, np.float32)
+            for j in range(ntodo):
+                c0[j] = xs0[todo[j]]
+                c1[j] = xs1[todo[j]]
+                t1[j] = lx1[todo[j]]
+            row = np.empty(w, np.float32)
+            for c in range(nc):
+                for xx in range(w):
+                    row[xx] = ly0 * weights[b, c, y0 * w + xx] + ly1 * weights[b, c, y1 * w + xx]
+                for j in range(ntodo):
+                    t = t1[j]
+                    v = (np.float32(1.0) - t) * row[c0[j]] + t * row[c1[j]]
+                    better = v > best[j]
+                    best[j] = v if better else best[j]
+                    barg[j] = c if better else barg[j]
+            for j in range(ntodo):
+                arg[todo[j]] = barg[j]
+        for x in range(big_w):
+            pl = pseudo[b, y, x]
+            keep = (pl != ignore_index) and (np.int64(pl) == arg[x])
+            out[b, y, x] = pl if keep else ignore_index
+
+
+@njit(parallel=True, cache=True)
+def class_mix(img_a, img_b, label_a, la_bits, lb_bits, chosen, ignore_index, out_img, out_bits):  # pragma: no cover
+    """One pass: a pixel takes A where label_a is a chosen class or ignore_index, else B.
+
+    Images (B,CH,P) and labels (B,P) come as same-width signed-integer views of their bits, so the
+    selection is a branch-free bit blend `(a & m) | (b & ~m)` that vectorises; label_a's own values
+    decide the mask (chosen (B,K) uint8 is gathered at the clamped label)."""
+    nb, nch, npix = img_a.shape
+    k = chosen.shape[1]
+    nblk = (npix + _MIX_BLOCK - 1) // _MIX_BLOCK
+    for job in prange(nb * nblk):
+        b = job // nblk
+        p0 = (job % nblk) * _MIX_BLOCK
+        p1 = min(p0 + _MIX_BLOCK, npix)
+        mask = np.empty(p1 - p0, np.int64)
+        for i in range(p0, p1):
+            la = np.int64(label_a[b, i])
+            idx = min(max(la, 0), k - 1)
+            t = (la == ignore_index) | ((chosen[b, idx] != 0) & (la >= 0) & (la < k))
+            m = -np.int64(t)
+            mask[i - p0] = m
+            out_bits[b, i] = (la_bits[b, i] & m) | (lb_bits[b, i] & ~m)
+        for ch in range(nch):
+            for i in range(p0, p1):
+                m = mask[i - p0]
+                out_img[b, ch, i] = (img_a[b, ch, i] & m) | (img_b[b, ch, i] & ~m)
+
+
+@njit(parallel=True, cache=True)
+def class_presence(labels, k, ignore_index, present):  # pragma: no cover - compiled
+    """labels (B,P) -> present (B,K) uint8: one histogram pass, split in blocks merged afterwards."""
+    nb, npix = labels.shape
+    nblk = (npix + _MIX_BLOCK * 4 - 1) // (_MIX_BLOCK * 4)
+    part = np.zeros((nb * nblk, k), np.uint8)
+    for job in prange(nb * nblk):
+        b = job // nblk
+        p0 = (job % nblk) * _MIX_BLOCK * 4
+        p1 = min(p0 + _MIX_BLOCK * 4, npix)
+        for i in range(p0, p1):
+            la = np.int64(labels[b, i])
+            if la >= 0 and la < k and la != ignore_index:
+                part[job, la] = 1
+    for b in range(nb):
+        for j in range(nblk):
+            for c in range(k):
+                present[b, c] |= part[b * nblk + j, c]
+
+
+@njit(parallel=True, cache=True)
+def centroid_sums(feat, labels, nc, ignore_index, sums, counts):  # pragma: no cover - compiled
+    """feat (B,D,P), labels (B,P) -> sums (B,C,D) f32 (float64 accumulation), counts (B,C) i64."""
+    nb, nd, npix = feat.shape
+    cls = np.empty((nb, npix), np.int64)
+    for b in prange(nb):
+        for i in range(npix):
+            la = np.int64(labels[b, i])
+            cls[b, i] = la if (la >= 0 and la < nc and la != ignore_index) else nc
+    for b in range(nb):
+        for i in range(npix):
+            counts[b, cls[b, i]] += 1
+    for job in prange(nb * nd):
+        b = job // nd
+        d = job % nd
+        acc = np.zeros((4, nc + 1), np.float64)  # four banks break the add-latency chain
+        for i in range(npix):
+            acc[i & 3, cls[b, i]] += feat[b, d, i]
+        for c in range(nc):
+            sums[b, c, d] = np.float32(acc[0, c] + acc[1, c] + acc[2, c] + acc[3, c])
