@@ -55,7 +55,7 @@ def pick_half(present: torch.Tensor, generator: torch.Generator | None = None) -
     device = generator.device if generator is not None else torch.device("cpu")
     scores = torch.rand(b, k, generator=generator, device=device).to(present.device)
     scores = torch.where(present, scores, torch.full_like(scores, 2.0))  # absent classes rank last
-    ranks = scores.argsort(1, stable=True).argsort(1, stable=True)
+    ranks = scores.argsort(dim=1, stable=True).argsort(dim=1, stable=True)
     n_pick = present.sum(1, keepdim=True) // 2
     return ranks < n_pick
 

@@ -1,0 +1,91 @@
+"""Backend choice, the forced reference, the missing-Triton fallback, lazy imports and input errors."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from diga_sdk import kernels
+from diga_sdk.errors import DigaError
+from diga_sdk.kernels import ops
+
+
+def _on(device: str) -> SimpleNamespace:
+    return SimpleNamespace(device=torch.device(device))  # only .device is consulted: no GPU needed
+
+
+def test_auto_picks_by_device(monkeypatch):
+    monkeypatch.delenv("DIGA_KERNELS", raising=False)
+    assert kernels.backend_for(torch.zeros(1)) == "cpu"
+    monkeypatch.setattr(ops, "_installed", lambda name: True)
+    assert kernels.backend_for(_on("cuda")) == "triton"
+    assert kernels.backend_for(torch.zeros(1, device="meta")) == "reference"
+
+
+def test_env_forces_reference_everywhere(monkeypatch):
+    monkeypatch.setenv("DIGA_KERNELS", "reference")
+    assert kernels.backend_for(torch.zeros(1)) == "reference"
+    assert kernels.backend_for(_on("cuda")) == "reference"
+    calls = []
+    monkeypatch.setattr(ops.ref, "centroid_sums_ref", lambda *a: calls.append(a) or ("sums", "counts"))
+    assert kernels.centroid_sums(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long), 4) == ("sums", "counts")
+    assert len(calls) == 1
+
+
+def test_cuda_without_triton_falls_back_with_one_warning(monkeypatch, caplog):
+    monkeypatch.delenv("DIGA_KERNELS", raising=False)
+    monkeypatch.setattr(ops, "_installed", lambda name: name != "triton")
+    monkeypatch.setattr(ops, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="diga_sdk.kernels.ops"):
+        assert kernels.backend_for(_on("cuda")) == "reference"
+        assert kernels.backend_for(_on("cuda")) == "reference"
+    warnings = [r for r in caplog.records if "triton is not installed" in r.getMessage()]
+    assert len(warnings) == 1
+    assert kernels.backend_for(torch.zeros(1)) == "cpu"  # the CPU path does not need Triton
+
+
+def test_bad_backend_settings_are_user_errors(monkeypatch):
+    monkeypatch.setenv("DIGA_KERNELS", "fastest")
+    with pytest.raises(DigaError, match="DIGA_KERNELS"):
+        kernels.backend_for(torch.zeros(1))
+    monkeypatch.setenv("DIGA_KERNELS", "cpu")
+    with pytest.raises(DigaError, match="on cuda"):
+        kernels.backend_for(_on("cuda"))
+    monkeypatch.setenv("DIGA_KERNELS", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(DigaError, match="TRITON_INTERPRET=1"):
+        kernels.backend_for(torch.zeros(1))
+
+
+def test_import_loads_neither_triton_nor_numba():
+    code = ("import sys, diga_sdk.kernels as k; "
+            "print(sorted(m for m in ('triton', 'numba', 'diga_sdk.kernels.triton_ops', 'diga_sdk.kernels.cpu_numba') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: kernels.consensus_select(torch.zeros(1, 4, 4), torch.zeros(1, 2, 2, 2), torch.zeros(3, 2)),
+     "pseudo_labels must be an integer"),
+    (lambda: kernels.consensus_select(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 2, 2, 2), torch.zeros(3, 5)),
+     "centroids must be"),
+    (lambda: kernels.consensus_select(torch.zeros(2, 4, 4, dtype=torch.long), torch.zeros(1, 2, 2, 2), torch.zeros(3, 2)),
+     "batch"),
+    (lambda: kernels.class_mix(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5), torch.zeros(1, 4, 4, dtype=torch.long),
+                               torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 3, dtype=torch.bool)), "img_a and img_b"),
+    (lambda: kernels.class_mix(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long),
+                               torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 3)), "chosen must be a bool"),
+    (lambda: kernels.centroid_sums(torch.zeros(1, 8, 4, 4), torch.zeros(1, 16, 16, dtype=torch.long), 3),
+     "feature resolution"),
+    (lambda: kernels.symmetric_distillation_loss(torch.zeros(3, 4, 2, 2), torch.zeros(3, 4, 2, 2)), "even batch"),
+    (lambda: kernels.choose_classes(torch.zeros(1, 4, 4), 3), "integer label"),
+])
+def test_bad_inputs_raise_one_clear_error(call, match):
+    with pytest.raises(DigaError, match=match):
+        call()
