@@ -1,0 +1,433 @@
+"""Online DiGA on a vehicle: adapt a shipped segmenter frame by frame, without labels, within a
+per-frame time budget, never worse than what it shipped with.
+
+Per frame:
+1. The EMA teacher predicts the frame (this is the output). Its argmax is the frame's pseudo-label,
+   filtered by bilateral consensus with the class centroids (`kernels.consensus_select`, no threshold).
+2. The health monitor (`online_safety`) folds in unsupervised signals; a collapse restores the last
+   good weights, and updates pause until the signals are healthy again.
+3. Healthy frames enter a small replay buffer (frame, consensus label, teacher logits) and move the
+   centroids (`kernels.centroid_sums` + momentum).
+4. An update, if the budget allows: the current frame plus replayed ones, cropped; the student sees
+   the strong photometric view (`augment.StrongView`) and a frame-to-frame ClassMix of it
+   (`kernels.choose_classes` + `kernels.class_mix`); loss = CE on the mixed view with the mixed
+   consensus labels + lambda * the teacher(clean) -> student(strong) half of DiGA's symmetric
+   distillation; then `teacher = a*teacher + (1-a)*student` (constant a: the student starts from
+   the shipped model, so the warm-up ramp of offline training does not apply).
+
+BatchNorm (explicit, `bn`): "adapt" (default) trains the student in train mode, so BN normalises
+each update batch with its own statistics and its running statistics follow the target with
+momentum `bn_momentum`; the teacher, in eval mode, uses running statistics that are the EMA of the
+student's, exactly like its weights. "frozen" keeps every BN layer in eval mode with the shipped
+running statistics (only the affine parameters learn).
+
+Budget: prediction always runs; the update's cost is modelled as overhead + ms per kilopixel
+(measured, smoothed), and each frame trains on the largest crop that fits what is left of the
+budget, or skips the update.
+
+State: everything (student, teacher, optimizer, centroids, last good weights, replay buffer,
+monitor, counters) saves to one safetensors file with its JSON in the header, atomically; `resume`
+continues where it stopped, and because every random draw is a function of (seed, frame index) a
+resumed run ends with the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .. import kernels
+from ..config import OptimConfig
+from ..data.labels import IGNORE_INDEX
+from ..data.transforms import normalize, step_rng, to_tensor
+from ..errors import DigaError
+from ..io import atomic_path
+from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from ..models.registry import build_model
+from .augment import StrongView
+from .centroids import FAR, class_means, labels_at, momentum_update
+from .ema import EMATeacher
+from .online_replay import ReplayBuffer
+from .online_safety import HealthMonitor, SafetyConfig, frame_signals
+from .optim import make_optimizer
+from .supervised import seg_loss
+
+STATE_VERSION = 1
+CROP_LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)  # update crop area, as fractions of `crop`
+
+
+class OnlineConfig(BaseModel):
+    """Every setting of online adaptation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_frames: int = Field(2, ge=1)  # the current frame + (batch_frames - 1) replayed frames
+    replay_capacity: int = Field(16, ge=0)
+    crop: tuple[int, int] = (128, 256)  # update crop (multiples of 8); clipped to the frame
+    aug_beta: float = 0.3
+    lambda_distil: float = 0.25
+    ema_decay: float = 0.99
+    bn: str = Field("adapt", pattern="^(adapt|frozen)$")
+    bn_momentum: float = 0.01
+    centroid_momentum: float = 1e-3
+    update_every: int = Field(1, ge=1)
+    snapshot_every: int = Field(10, ge=1)  # frames between "last good" snapshots (taken only when healthy)
+    checkpoint_every: int = Field(0, ge=0)  # frames between state saves; 0 = only on request
+    budget_ms: float | None = None  # per-frame time budget (prediction + update); None = always update
+    seed: int = 0
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+
+
+@dataclass
+class FrameResult:
+    """What one frame produced: the prediction and what the adapter did."""
+
+    index: int
+    pred: np.ndarray  # (H,W) uint8 train IDs
+    action: str  # calibrate | update | skip-budget | skip-unhealthy | skip-schedule | rollback
+    total_ms: float
+    predict_ms: float
+    update_ms: float = 0.0
+    crop_scale: float = 0.0
+    signals: dict[str, float] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+
+def _set_bn(model: nn.Module, mode: str, momentum: float) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+            if mode == "frozen":
+                m.eval()
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class OnlineAdapter:
+    """`OnlineAdapter(checkpoint, cfg).process(frame_uint8) -> FrameResult`; `save_state`, `resume`."""
+
+    def __init__(self, model: str | Path | nn.Module, cfg: OnlineConfig | None = None,
+                 meta: ModelMeta | None = None, centroids: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 state_path: str | Path | None = None) -> None:
+        self.cfg = cfg or OnlineConfig()
+        if isinstance(model, str | Path):
+            model, meta = load_checkpoint(model)
+        if meta is None:
+            meta = getattr(model, "diga_meta", None)
+        if meta is None:
+            raise DigaError("OnlineAdapter needs the model's ModelMeta (load it with diga_sdk.load_checkpoint)")
+        self.meta = meta
+        self.num_classes = meta.num_classes
+        self.student = model
+        self.student.train()
+        _set_bn(self.student, self.cfg.bn, self.cfg.bn_momentum)
+        self.teacher = EMATeacher(self.student)
+        self.optimizer = make_optimizer(self.student, OptimConfig(lr=self.cfg.lr, momentum=self.cfg.momentum,
+                                                                  weight_decay=self.cfg.weight_decay))
+        d = getattr(self.student, "feature_dim", 256)
+        if centroids is not None:
+            self.centroids, self.seen = centroids[0].float().clone(), centroids[1].bool().clone()
+        else:
+            self.centroids = torch.full((self.num_classes, d), FAR)
+            self.seen = torch.zeros(self.num_classes, dtype=torch.bool)
+        self.pixel_counts = torch.zeros(self.num_classes, dtype=torch.float64)  # pixels behind each centroid
+        self._calib_sums = torch.zeros(self.num_classes, d, dtype=torch.float64)
+        self.replay = ReplayBuffer(self.cfg.replay_capacity)
+        self.monitor = HealthMonitor(self.cfg.safety)
+        self.strong = StrongView()
+        self.frame_index = 0
+        self.counters = {"frames": 0, "updates": 0, "skip_budget": 0, "skip_unhealthy": 0, "rollbacks": 0,
+                         "snapshots": 0}
+        self.suspended = False
+        self.last_agreement: float | None = None
+        self.cost = {"ms_per_kpx": None, "overhead_ms": None}
+        self.rollback_frames: list[int] = []
+        self.state_path = Path(state_path) if state_path else None
+        self._take_snapshot()
+        self.counters["snapshots"] = 0
+
+    # ---- the per-frame step -------------------------------------------------------------------
+    def process(self, image: np.ndarray) -> FrameResult:
+        """Predict one (H,W,3) uint8 frame with the teacher, then adapt on it if healthy and in budget."""
+        t0 = time.perf_counter()
+        i = self.frame_index
+        x = to_tensor(image)[None]
+        t_logits, t_feats = self.teacher(normalize(x, self.meta.mean, self.meta.std))
+        up = F.interpolate(t_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        pred = up.argmax(1)
+        predict_ms = (time.perf_counter() - t0) * 1e3
+        pred_np = pred[0].to(torch.uint8).numpy()
+
+        ready = bool(self.seen.any())
+        pl_sel = kernels.consensus_select(pred, t_feats, self.centroids) if ready else pred
+        kept = float((pl_sel != IGNORE_INDEX).float().mean())
+        collapse = self.cfg.safety.enabled and self.monitor.observe(frame_signals(t_logits, kept), self.last_agreement)
+        self.last_agreement = None
+        result = FrameResult(i, pred_np, "update", 0.0, predict_ms, reasons=list(self.monitor.last_reasons))
+
+        if self.frame_index < self.cfg.safety.calib_frames:
+            self._calibrate_centroids(t_feats, pred)
+            result.action = "calibrate"
+        elif collapse:
+            self._rollback()
+            result.action = "rollback"
+        else:
+            if self.suspended and self.monitor.good_streak >= self.cfg.safety.recover_frames:
+                self.suspended = False
+            if self.suspended or (self.cfg.safety.enabled and self.monitor.last_reasons):
+                self.counters["skip_unhealthy"] += 1
+                result.action = "skip-unhealthy"
+            else:
+                self._update_centroids(t_feats, t_logits, pl_sel)
+                self.replay.add((x[0] * 255).round(), pl_sel[0], t_logits[0], i)
+                if i % self.cfg.update_every:
+                    result.action = "skip-schedule"
+                else:
+                    scale = self._crop_scale(t0)
+                    if scale == 0.0:
+                        self.counters["skip_budget"] += 1
+                        result.action = "skip-budget"
+                    else:
+                        result.update_ms = self._update(i, scale)
+                        result.crop_scale = scale
+                if self.frame_index % self.cfg.snapshot_every == 0 and self.monitor.bad_streak == 0:
+                    self._take_snapshot()
+        self.frame_index += 1
+        self.counters["frames"] += 1
+        result.signals = self.monitor.signals()
+        result.total_ms = (time.perf_counter() - t0) * 1e3
+        if self.state_path and self.cfg.checkpoint_every and self.frame_index % self.cfg.checkpoint_every == 0:
+            self.save_state(self.state_path)
+        return result
+
+    # ---- pieces ---------------------------------------------------------------------------------
+    def _calibrate_centroids(self, feats: torch.Tensor, pred: torch.Tensor) -> None:
+        """During the first frames: centroids = exact running mean of the shipped model's features."""
+        lab = labels_at(pred, tuple(feats.shape[-2:]))
+        sums, counts = kernels.centroid_sums(feats.float(), lab, self.num_classes)
+        self._calib_sums += sums.sum(0).double()
+        self.pixel_counts += counts.sum(0).double()
+        seen = self.pixel_counts > 0
+        self.centroids = torch.where(seen[:, None], (self._calib_sums / self.pixel_counts.clamp_min(1)[:, None]).float(),
+                                     torch.full_like(self.centroids, FAR))
+        self.seen = seen
+
+    def _update_centroids(self, feats: torch.Tensor, t_logits: torch.Tensor, pl_sel: torch.Tensor) -> None:
+        lab = labels_at(pl_sel, tuple(feats.shape[-2:])).long()
+        lab = torch.where(lab == t_logits.argmax(1), lab, torch.full_like(lab, IGNORE_INDEX))
+        means, valid = class_means(feats, lab, self.num_classes)
+        self.centroids, self.seen = momentum_update(self.centroids, self.seen, means, valid, self.cfg.centroid_momentum)
+        self.pixel_counts += torch.bincount(lab[lab != IGNORE_INDEX].reshape(-1), minlength=self.num_classes).double()
+
+    def _crop_hw(self, scale: float, h: int, w: int) -> tuple[int, int]:
+        ch, cw = min(self.cfg.crop[0], h), min(self.cfg.crop[1], w)
+        f = scale ** 0.5
+        return max(8, int(ch * f) // 8 * 8), max(8, int(cw * f) // 8 * 8)
+
+    def _crop_scale(self, t0: float) -> float:
+        """The largest crop of the ladder whose modelled update cost fits the rest of the budget (0 = skip)."""
+        budget = self.cfg.budget_ms
+        if budget is None:
+            return 1.0
+        if self.cost["ms_per_kpx"] is None:
+            return CROP_LADDER[-1]  # first update: the smallest crop, to measure the cost
+        left = 0.9 * (budget - (time.perf_counter() - t0) * 1e3)
+        h, w = self.replay.images[-1].shape[-2:]
+        b = min(self.cfg.batch_frames, len(self.replay))
+        for s in CROP_LADDER:
+            ch, cw = self._crop_hw(s, h, w)
+            if self.cost["overhead_ms"] + self.cost["ms_per_kpx"] * 2 * b * ch * cw / 1e3 <= left:
+                return s
+        return 0.0
+
+    def _update(self, i: int, scale: float) -> float:
+        """One optimizer step on the current frame + replayed ones; returns its wall time (ms)."""
+        t0 = time.perf_counter()
+        seed = int(step_rng(self.cfg.seed, i, "online").integers(2**62))
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed + 1)  # dropout
+        idx = [len(self.replay) - 1] + self.replay.sample(self.cfg.batch_frames - 1, gen)
+        h, w = self.replay.images[-1].shape[-2:]
+        ch, cw = self._crop_hw(scale, h, w)
+        rng = step_rng(self.cfg.seed, i, "online-crop")
+        xs, ys, ts = [], [], []
+        for k in idx:
+            top = int(rng.integers(0, (h - ch) // 8 + 1)) * 8
+            left = int(rng.integers(0, (w - cw) // 8 + 1)) * 8
+            xs.append(self.replay.images[k][:, top:top + ch, left:left + cw])
+            ys.append(self.replay.labels[k][top:top + ch, left:left + cw])
+            ts.append(self.replay.logits[k][:, top // 8:(top + ch) // 8, left // 8:(left + cw) // 8])
+        x = torch.stack(xs).float().div_(255.0)
+        y = torch.stack(ys).long()
+        t_clean = torch.stack(ts).float()
+        b = x.shape[0]
+        x_aug = self.strong(x, self.cfg.aug_beta, seed + 2)
+        if b > 1:  # frame-to-frame ClassMix: half of each frame's classes pasted onto the next frame
+            chosen = kernels.choose_classes(y, self.num_classes, gen)
+            x_mix, y_mix = kernels.class_mix(x_aug, x_aug.roll(1, 0), y, y.roll(1, 0), chosen)
+        else:
+            x_mix, y_mix = x_aug, y
+        t_fb = time.perf_counter()
+        logits, _ = self.student(normalize(torch.cat([x_aug, x_mix]), self.meta.mean, self.meta.std))
+        s_aug = logits[:b]
+        if tuple(s_aug.shape[-2:]) != tuple(t_clean.shape[-2:]):
+            s_aug = F.interpolate(s_aug, size=t_clean.shape[-2:], mode="bilinear", align_corners=False)
+        loss_kd = -(torch.softmax(t_clean, 1) * torch.log_softmax(s_aug, 1)).sum(1).mean()
+        loss = seg_loss(logits[b:], y_mix) + self.cfg.lambda_distil * loss_kd
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        fb_ms = (time.perf_counter() - t_fb) * 1e3
+        self.optimizer.step()
+        self.teacher.update(self.student, step=10**9, max_decay=self.cfg.ema_decay)  # constant decay
+        self.last_agreement = float((s_aug[0].argmax(0) == t_clean[0].argmax(0)).float().mean())
+        total = (time.perf_counter() - t0) * 1e3
+        kpx = 2 * b * ch * cw / 1e3
+        per_kpx, overhead = fb_ms / kpx, total - fb_ms
+        a = 0.3
+        c = self.cost
+        c["ms_per_kpx"] = per_kpx if c["ms_per_kpx"] is None else (1 - a) * c["ms_per_kpx"] + a * per_kpx
+        c["overhead_ms"] = overhead if c["overhead_ms"] is None else (1 - a) * c["overhead_ms"] + a * overhead
+        self.counters["updates"] += 1
+        return total
+
+    def _take_snapshot(self) -> None:
+        self._good = {"student": _state(self.student), "teacher": _state(self.teacher.module),
+                      "centroids": self.centroids.clone(), "seen": self.seen.clone(), "frame": self.frame_index}
+        self.counters["snapshots"] += 1
+
+    def _rollback(self) -> None:
+        """Restore the last good weights and centroids, forget the replay buffer and optimizer momentum."""
+        self.student.load_state_dict(self._good["student"])
+        self.teacher.module.load_state_dict(self._good["teacher"])
+        self.centroids, self.seen = self._good["centroids"].clone(), self._good["seen"].clone()
+        self.optimizer.state.clear()
+        self.replay.clear()
+        self.monitor.after_rollback()
+        self.suspended = True
+        self.counters["rollbacks"] += 1
+        self.rollback_frames.append(self.frame_index)
+
+    # ---- the adapted model ----------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        """The model that predicts: the teacher (eval mode)."""
+        return self.teacher.module
+
+    def save_model(self, path: str | Path) -> Path:
+        """The current teacher as a regular checkpoint (loadable, exportable, servable)."""
+        meta = self.meta.model_copy(update={"stage": f"online@{self.frame_index}",
+                                            "extra": {**self.meta.extra, "online_frames": self.frame_index,
+                                                      "online_updates": self.counters["updates"]}})
+        return save_checkpoint(self.teacher.module, path, meta)
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.counters, "frame_index": self.frame_index, "rollback_frames": list(self.rollback_frames),
+                "cost_model": dict(self.cost), "centroid_pixels": self.pixel_counts.tolist()}
+
+    # ---- fleet hooks: weights and centroids in and out ---------------------------------------------
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The teacher's state dict (what the fleet averages)."""
+        return _state(self.teacher.module)
+
+    def load_weights(self, state: dict[str, torch.Tensor], centroids: torch.Tensor | None = None,
+                     seen: torch.Tensor | None = None) -> None:
+        """Replace student and teacher with fleet weights (and centroids); the good snapshot follows."""
+        self.student.load_state_dict(state)
+        self.teacher.module.load_state_dict(state)
+        if centroids is not None:
+            self.centroids = centroids.float().clone()
+            self.seen = seen.bool().clone() if seen is not None else (centroids < FAR / 2).all(1)
+        self.optimizer.state.clear()
+        self._take_snapshot()
+
+    # ---- state: one file, atomic ------------------------------------------------------------------
+    def save_state(self, path: str | Path) -> Path:
+        """Everything needed to continue, in one safetensors file written atomically."""
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, sd in (("student.", self.student.state_dict()), ("teacher.", self.teacher.module.state_dict()),
+                           ("good.student.", self._good["student"]), ("good.teacher.", self._good["teacher"])):
+            tensors.update({prefix + k: v.detach().cpu().contiguous() for k, v in sd.items()})
+        opt = self.optimizer.state_dict()
+        for pid, pstate in opt["state"].items():
+            for k, v in pstate.items():
+                if torch.is_tensor(v):
+                    tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+        tensors.update({"centroids": self.centroids.contiguous(), "seen": self.seen.to(torch.uint8),
+                        "good.centroids": self._good["centroids"].contiguous(),
+                        "good.seen": self._good["seen"].to(torch.uint8), "pixel_counts": self.pixel_counts,
+                        "calib_sums": self._calib_sums})
+        tensors.update(self.replay.tensors())
+        info = {"version": STATE_VERSION, "frame_index": self.frame_index, "counters": self.counters,
+                "suspended": self.suspended, "last_agreement": self.last_agreement, "cost": self.cost,
+                "rollback_frames": self.rollback_frames, "good_frame": self._good["frame"],
+                "monitor": self.monitor.state(), "replay_frames": self.replay.frame_ids,
+                "optim_param_groups": opt["param_groups"], "config": self.cfg.model_dump(mode="json"),
+                "meta": self.meta.model_dump(mode="json")}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"diga_online_state": json.dumps(info)})
+        return Path(path)
+
+    @classmethod
+    def resume(cls, path: str | Path, cfg: OnlineConfig | None = None) -> OnlineAdapter:
+        """Rebuild an adapter from `save_state`'s file; `cfg` defaults to the saved config."""
+        p = Path(path)
+        if not p.is_file():
+            raise DigaError(f"online state {p} not found; start without --resume or point --state at the file")
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                info = json.loads((f.metadata() or {})["diga_online_state"])
+            t = load_file(str(p))
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise DigaError(f"online state {p} is unreadable ({exc}); delete it to start over") from None
+        if info.get("version") != STATE_VERSION:
+            raise DigaError(f"online state {p} has version {info.get('version')}, expected {STATE_VERSION}")
+        meta = ModelMeta.model_validate(info["meta"])
+        model = build_model(meta.model_name, meta.num_classes, **meta.model_options)
+        model.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("student.")})
+        self = cls(model, cfg or OnlineConfig.model_validate(info["config"]), meta=meta, state_path=p)
+        self.teacher.module.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("teacher.")})
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in t.items():
+            if k.startswith("optim."):
+                _, pid, key = k.split(".", 2)
+                state.setdefault(int(pid), {})[key] = v
+        self.optimizer.load_state_dict({"state": state, "param_groups": info["optim_param_groups"]})
+        self.centroids, self.seen = t["centroids"], t["seen"].bool()
+        self.pixel_counts, self._calib_sums = t["pixel_counts"], t["calib_sums"]
+        self._good = {"student": {k[13:]: v for k, v in t.items() if k.startswith("good.student.")},
+                      "teacher": {k[13:]: v for k, v in t.items() if k.startswith("good.teacher.")},
+                      "centroids": t["good.centroids"], "seen": t["good.seen"].bool(), "frame": info["good_frame"]}
+        self.replay.load(t, info["replay_frames"])
+        self.monitor.load(info["monitor"])
+        self.frame_index, self.counters = info["frame_index"], info["counters"]
+        self.suspended, self.last_agreement = info["suspended"], info["last_agreement"]
+        self.cost, self.rollback_frames = info["cost"], info["rollback_frames"]
+        return self
+
+
+def open_adapter(checkpoint: str | Path, cfg: OnlineConfig | None = None, state: str | Path | None = None,
+                 resume: bool = False) -> OnlineAdapter:
+    """A fresh adapter from a checkpoint, or (with `resume` and an existing `state`) the saved one."""
+    if resume and state is not None and Path(state).is_file():
+        return OnlineAdapter.resume(state, cfg)
+    model, meta = load_checkpoint(checkpoint)
+    return OnlineAdapter(model, cfg, meta=meta, state_path=state)
+
+
+__all__ = ["FrameResult", "OnlineAdapter", "OnlineConfig", "open_adapter"]

@@ -1,0 +1,144 @@
+"""Unsupervised health signals of online adaptation and the rule that calls a collapse.
+
+Per frame, from the teacher's prediction (no labels anywhere):
+- kept: the share of pixels whose pseudo-label survives bilateral consensus with the centroids;
+- entropy: mean per-pixel prediction entropy, normalised by log(C);
+- agreement: share of pixels where the student's argmax equals the teacher's (after an update);
+- drift: total-variation distance between the recent predicted class distribution and the reference
+  one measured on the first frames with the shipped model;
+- diversity: effective number of predicted classes, exp(entropy of the class distribution).
+
+The first `calib_frames` frames set the reference. Each signal is smoothed (EMA) and a frame is
+"bad" when any smoothed signal crosses its bound; `patience` bad frames in a row call a collapse.
+Collapse-shaped failures (one class everywhere, blank or noise input, a student drifting away from
+its teacher) cross these bounds; a camera or weather change moves them less (the bounds were set on
+the fog and dusk scenarios of `diga_sdk.data.streams`, see docs/online.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class SafetyConfig(BaseModel):
+    """Bounds of the health monitor (relative to the reference unless named absolute)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    calib_frames: int = 8
+    smoothing: float = 0.5  # EMA weight of the newest frame
+    patience: int = 2  # consecutive bad frames that call a collapse
+    min_kept_ratio: float = 0.35  # kept < 0.35 * reference kept
+    max_drift: float = 0.45  # absolute total-variation distance
+    min_diversity_ratio: float = 0.5  # effective classes < 0.5 * reference
+    min_entropy_ratio: float = 0.25  # over-confident collapse: entropy < 0.25 * reference
+    max_entropy_ratio: float = 3.0
+    min_agreement: float = 0.6  # absolute share of pixels
+    recover_frames: int = 3  # healthy frames in a row before updates resume after a rollback
+
+
+def frame_signals(t_logits: torch.Tensor, kept: float) -> dict[str, Any]:
+    """Entropy (normalised) and class distribution of one frame's (1,C,h,w) teacher logits."""
+    prob = torch.softmax(t_logits.float(), 1)
+    c = prob.shape[1]
+    ent = float(-(prob * torch.log(prob.clamp_min(1e-12))).sum(1).mean() / math.log(c))
+    hist = torch.bincount(prob.argmax(1).reshape(-1), minlength=c).double()
+    return {"kept": kept, "entropy": ent, "hist": (hist / hist.sum().clamp_min(1)).tolist()}
+
+
+def _diversity(hist: list[float]) -> float:
+    p = torch.tensor(hist, dtype=torch.float64)
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum())) if p.numel() else 0.0
+
+
+class HealthMonitor:
+    """Smoothed signals, the reference, and the collapse call; its state is JSON (checkpointed)."""
+
+    def __init__(self, cfg: SafetyConfig) -> None:
+        self.cfg = cfg
+        self.n_calib = 0
+        self.ref: dict[str, Any] = {}
+        self.smooth: dict[str, Any] = {}
+        self.bad_streak = 0
+        self.good_streak = 0
+        self.last_reasons: list[str] = []
+
+    def state(self) -> dict[str, Any]:
+        return {"n_calib": self.n_calib, "ref": self.ref, "smooth": self.smooth, "bad_streak": self.bad_streak,
+                "good_streak": self.good_streak}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.n_calib, self.ref, self.smooth = state["n_calib"], state["ref"], state["smooth"]
+        self.bad_streak, self.good_streak = state["bad_streak"], state["good_streak"]
+
+    @property
+    def calibrated(self) -> bool:
+        return self.n_calib >= self.cfg.calib_frames
+
+    def observe(self, sig: dict[str, Any], agreement: float | None) -> bool:
+        """Fold in one frame; returns True when the smoothed signals call a collapse."""
+        a = self.cfg.smoothing
+        if not self.calibrated:  # running mean of the shipped model's first frames
+            k = self.n_calib
+            for key in ("kept", "entropy"):
+                self.ref[key] = (self.ref.get(key, 0.0) * k + sig[key]) / (k + 1)
+            old = self.ref.get("hist", [0.0] * len(sig["hist"]))
+            self.ref["hist"] = [(o * k + h) / (k + 1) for o, h in zip(old, sig["hist"], strict=True)]
+            self.n_calib += 1
+            if self.calibrated:
+                self.ref["diversity"] = _diversity(self.ref["hist"])
+                self.smooth = {"kept": self.ref["kept"], "entropy": self.ref["entropy"], "hist": list(self.ref["hist"]),
+                               "agreement": 1.0}
+            return False
+        s = self.smooth
+        s["kept"] = (1 - a) * s["kept"] + a * sig["kept"]
+        s["entropy"] = (1 - a) * s["entropy"] + a * sig["entropy"]
+        s["hist"] = [(1 - a) * o + a * h for o, h in zip(s["hist"], sig["hist"], strict=True)]
+        if agreement is not None:
+            s["agreement"] = (1 - a) * s["agreement"] + a * agreement
+        reasons = self.violations()
+        self.last_reasons = reasons
+        if reasons:
+            self.bad_streak += 1
+            self.good_streak = 0
+        else:
+            self.bad_streak = 0
+            self.good_streak += 1
+        return self.bad_streak >= self.cfg.patience
+
+    def signals(self) -> dict[str, float]:
+        """The smoothed signals as numbers (for logs and JSON)."""
+        if not self.calibrated:
+            return {}
+        s, r = self.smooth, self.ref
+        return {"kept": s["kept"], "entropy": s["entropy"], "agreement": s["agreement"],
+                "drift": 0.5 * sum(abs(x - y) for x, y in zip(s["hist"], r["hist"], strict=True)),
+                "diversity": _diversity(s["hist"])}
+
+    def violations(self) -> list[str]:
+        c, r, v = self.cfg, self.ref, self.signals()
+        out = []
+        if v["kept"] < c.min_kept_ratio * r["kept"]:
+            out.append("kept")
+        if v["drift"] > c.max_drift:
+            out.append("drift")
+        if v["diversity"] < c.min_diversity_ratio * r["diversity"]:
+            out.append("diversity")
+        if not c.min_entropy_ratio * r["entropy"] <= v["entropy"] <= c.max_entropy_ratio * r["entropy"]:
+            out.append("entropy")
+        if v["agreement"] < c.min_agreement:
+            out.append("agreement")
+        return out
+
+    def after_rollback(self) -> None:
+        """Start the smoothed signals again from the reference; the bad streak is spent."""
+        self.smooth = {"kept": self.ref["kept"], "entropy": self.ref["entropy"], "hist": list(self.ref["hist"]),
+                       "agreement": 1.0}
+        self.bad_streak = 0
+        self.good_streak = 0
