@@ -245,7 +245,7 @@ def test_model_paths_stay_inside_the_models_dir(tmp_path):
     assert resolve_model_file(models, "a.onnx") == (models / "a.onnx").resolve()
     assert resolve_model_file(models, "sub/b.onnx") == (models / "sub" / "b.onnx").resolve()
     for bad, status in [("../secret.onnx", 403), (str(outside), 403), ("link.onnx", 403), ("sub/../../secret.onnx", 403),
-                        ("missing.onnx", 404), ("", 400), ("a\x00.onnx", 400)]:
+                        ("missing.onnx", 404), ("", 400), ("a\x00.onnx", 400), ("x" * 4000, 400)]:
         with pytest.raises(RequestError) as err:
             resolve_model_file(models, bad)
         assert err.value.status == status, bad

@@ -63,7 +63,7 @@ class RunningServer:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 8.0) -> None:
         """SIGTERM the server's process group (the arbiter and its workers), SIGKILL if it lingers."""
         if self.proc.poll() is not None:
             return

@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Annotated, Any, Literal
 
+import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -34,6 +35,22 @@ from .swap import ModelSlot, describe, resolve_model_file, smoke_test
 logger = logging.getLogger("diga.serving")
 SETTINGS = ServeSettings.from_env()
 META_TTL_S = 1.0  # how long a front worker trusts its copy of the model metadata
+MODEL_CALL_ATTEMPTS = 3
+
+
+def _pin_dependency_session(proxy: Any) -> None:
+    """Stop BentoML's dependency client from recycling its HTTP session under load.
+
+    BentoML 1.4's `SessionManager` (_bentoml_impl/client/proxy2.py) replaces its aiohttp session every
+    100 requests or 300 s by closing the old one, which cuts off requests still in flight on it
+    (ServerDisconnectedError / "Cannot write to closing transport" -> failed requests; measured here with 8
+    concurrent clients). Over a private unix socket there is nothing to refresh, so keep one session."""
+    manager = getattr(getattr(proxy, "to_async", None), "_session_manager", None)
+    if manager is not None and hasattr(manager, "max_requests") and hasattr(manager, "max_age"):
+        manager.max_requests = 2**62
+        manager.max_age = float("inf")
+    else:
+        logger.warning("BentoML's dependency client changed; session pinning skipped (retries still apply)")
 
 
 @bentoml.service(name="diga_model", workers=1, threads=1, traffic={"timeout": SETTINGS.timeout_s})
@@ -48,6 +65,7 @@ class SegmentModel:
         rt = open_runtime(s.model_path(), runtime=s.runtime, device=s.device, precision=s.precision, threads=s.threads)
         smoke_test(rt, None)  # a model that fails it is not served at start-up either
         self.slot = ModelSlot(rt)
+        self.batch_sizes: dict[int, int] = {}  # batch size -> model calls (infer runs one batch at a time)
         logger.info("serving %s with %s (hash %s)", s.model_path().name, rt.label, rt.model_hash)
 
     @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
@@ -56,6 +74,7 @@ class SegmentModel:
         """(B,h,w,3) uint8 at the model's input size -> (B,h,w) uint8 labels, on the runtime taken once per batch."""
         rt = self.slot.current
         images = np.ascontiguousarray(images, dtype=np.uint8)
+        self.batch_sizes[len(images)] = self.batch_sizes.get(len(images), 0) + 1
         size = tuple(int(v) for v in rt.meta.input_size)
         if images.shape[1:3] == size:
             return rt.predict(images)
@@ -70,7 +89,8 @@ class SegmentModel:
         s = self.settings
         return {**describe(self.slot.current), "generation": self.slot.generation,
                 "batching": {"enabled": s.batching, "max_batch_size": s.max_batch_size,
-                             "max_latency_ms": s.max_latency_ms}}
+                             "max_latency_ms": s.max_latency_ms,
+                             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}}
 
     @bentoml.api
     async def reload(self, path: str) -> dict:
@@ -154,12 +174,28 @@ class Segmenter:
         self.settings = ServeSettings.from_env()
         self._meta: dict[str, Any] | None = None
         self._meta_at = 0.0
+        self._pinned = False
+
+    async def call_model(self, api: str, **kwargs: Any) -> Any:
+        """Call the model service; a call cut off by a closed connection is retried (every API is idempotent)."""
+        import aiohttp
+
+        if not self._pinned:
+            _pin_dependency_session(self.model)
+            self._pinned = True
+        for attempt in range(MODEL_CALL_ATTEMPTS):
+            try:
+                return await getattr(self.model.to_async, api)(**kwargs)
+            except aiohttp.ClientConnectionError:
+                if attempt == MODEL_CALL_ATTEMPTS - 1:
+                    raise
+                logger.warning("model service connection closed during %s; retrying", api)
 
     async def meta(self, fresh: bool = False) -> dict[str, Any]:
         """The served model's metadata, cached for META_TTL_S (the model side re-checks sizes anyway)."""
         now = time.monotonic()
         if fresh or self._meta is None or now - self._meta_at > META_TTL_S:
-            self._meta = await self.model.to_async.describe()
+            self._meta = await self.call_model("describe")
             self._meta_at = now
         return self._meta
 
@@ -177,7 +213,7 @@ class Segmenter:
             meta = await self.meta()
             size = (int(meta["input_size"][0]), int(meta["input_size"][1]))
             prepared = await anyio.to_thread.run_sync(prepare, data, size, self.settings.max_pixels)
-            labels = await self.model.to_async.infer(images=prepared.model_input[None])
+            labels = await self.call_model("infer", images=prepared.model_input[None])
             body, media = await anyio.to_thread.run_sync(render, prepared, np.asarray(labels)[0], format, meta, rle,
                                                          alpha)
         except RequestError as exc:
@@ -185,6 +221,10 @@ class Segmenter:
         except bentoml.exceptions.ServiceUnavailable as exc:
             return JSONResponse({"error": f"overloaded, retry later: {exc}"}, status_code=503,
                                 headers={"Retry-After": "1"})
+        except (bentoml.exceptions.BentoMLException, aiohttp.ClientError) as exc:  # the model service failed or restarts
+            logger.exception("model service call failed")
+            return JSONResponse({"error": f"the model service is unavailable ({type(exc).__name__}); retry later"},
+                                status_code=503, headers={"Retry-After": "1"})
         return Response(body, media_type=media, headers={"X-Diga-Model": str(meta.get("model_hash", ""))})
 
     @app.get("/metadata", summary="The served model and the serving configuration")
@@ -206,7 +246,7 @@ class Segmenter:
             resolve_model_file(s.resolved_models_dir(), body.path)
         except RequestError as exc:
             return _error(exc)
-        result = await self.model.to_async.reload(path=body.path)
+        result = await self.call_model("reload", path=body.path)
         if not result.get("ok"):
             return JSONResponse({"error": result.get("error", "reload failed")}, status_code=int(result["status"]))
         self._meta = None

@@ -40,8 +40,12 @@ def resolve_model_file(models_dir: Path, name: str) -> Path:
     if not candidate.is_relative_to(root):
         raise RequestError(f"model path {name!r} is outside the models directory; only files inside it can be loaded",
                            403)
-    if not candidate.is_file():
-        raise RequestError(f"model file {name!r} not found in the models directory", 404)
+    try:
+        found = candidate.is_file()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise RequestError(f"model path {name[:80]!r} cannot be looked up: {exc.strerror}") from None
+    if not found:
+        raise RequestError(f"model file {name[:200]!r} not found in the models directory", 404)
     return candidate
 
 
