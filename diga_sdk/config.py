@@ -47,7 +47,7 @@ class TrainConfig(_Strict):
     steps: int = 500
     batch_size: int = 4
     crop: tuple[int, int] = (128, 256)
-    scale: tuple[float, float] = (0.5, 1.0)
+    scale: tuple[float, float] = (0.75, 1.25)
     seed: int = 0
     checkpoint_every: int = 100
     device: str = "cpu"
@@ -88,3 +88,85 @@ def config_to_yaml(cfg: BaseModel) -> str:
 
 def save_config(cfg: BaseModel, path: str | Path) -> None:
     atomic_write_bytes(path, config_to_yaml(cfg).encode())
+
+
+# ---- DiGA adaptation (issue 3): every hyper-parameter of the pipeline has its home here ----
+
+class TranslatorConfig(_Strict):
+    """Source->target image translator: `fourier` (low-frequency amplitude swap) or `learned` (CycleGAN-style)."""
+
+    kind: str = Field("fourier", pattern="^(fourier|learned)$")
+    fourier_window: float = 0.05  # side of the swapped low-frequency square, as a fraction of min(H, W)
+    checkpoint: str | None = None  # a learned translator written by `diga adapt translator`
+    steps: int = 2000
+    batch_size: int = 2
+    lr: float = 2e-4
+    width: int = 32
+    res_blocks: int = 4
+    disc_scales: int = 2
+    lambda_cycle: float = 10.0
+    lambda_recon: float = 5.0
+    lambda_edge: float = 1.0
+    lambda_perceptual: float = 1.0
+    vgg_weights: str | None = None  # VGG16 (torchvision names, safetensors): enables the perceptual loss
+
+
+class DistilConfig(_Strict):
+    """One DiGA training stage (warm-up or self-training): steps, views and loss weights."""
+
+    steps: int = 300
+    batch_size: int = 4
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    lambda_distil: float = 0.5
+    mixed_scale: float = 0.5  # weight of the pair whose teacher view is the mixed one
+    aug_beta: float = 0.4  # x_aug = beta * aug(x) + (1 - beta) * x
+    distil: bool = True  # ablation: False -> plain CE on both views, no teacher
+    mix: bool = True  # ablation: False -> second view is the photometric view only (no translator)
+    ema_max: float = 0.999
+    teacher_bf16: bool = False  # teacher forward under bf16 autocast (measured 30x slower on this CPU build)
+
+
+def _selftrain_default() -> DistilConfig:
+    return DistilConfig(lambda_distil=0.25, aug_beta=0.3)
+
+
+class PseudoLabelConfig(_Strict):
+    """Offline pseudo-labels: multi-scale max-fused logits, argmax, PNG files."""
+
+    scales: tuple[float, ...] = (1.0, 0.5)
+    batch_size: int = 4
+
+
+class SelectionConfig(_Strict):
+    """Which target pixels self-training learns from: bilateral consensus (default) or a fixed threshold."""
+
+    kind: str = Field("consensus", pattern="^(consensus|threshold|none)$")
+    threshold: float = 0.9  # only for kind=threshold: keep pixels with max prob >= threshold
+    centroid_momentum: float = 1e-4
+    centroid_min_pixels: int = 1  # a sample updates a class centroid only with at least this many pixels
+    online_centroids: bool = True
+
+
+class AdaptConfig(_Strict):
+    """The whole DiGA pipeline: translator -> warm-up -> pseudo-labels -> centroids -> self-training -> rounds."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    source: str = "synthetic:source@train"
+    target: str = "synthetic:target@train"
+    target_val: str = "synthetic:target@val"
+    source_val: str | None = "synthetic:source@val"
+    init_checkpoint: str | None = None  # warm-up starts here; None -> a source-only stage is trained first
+    source_only: TrainConfig | None = None  # settings of that source-only stage (data/model filled in)
+    translator: TranslatorConfig = Field(default_factory=TranslatorConfig)
+    warmup: DistilConfig = Field(default_factory=DistilConfig)
+    pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    selftrain: DistilConfig = Field(default_factory=_selftrain_default)
+    rounds: int = 1  # extra refinement rounds (pseudo-labels -> centroids -> self-training again)
+    crop: tuple[int, int] = (128, 256)
+    scale: tuple[float, float] = (0.75, 1.25)
+    seed: int = 0
+    checkpoint_every: int = 50
+    select_best: bool = False  # choose a stage's checkpoint by target-val mIoU (uses target labels!)
+    snapshot_every: int = 100  # with select_best: evaluate a snapshot every N steps
+    device: str = "cpu"

@@ -1,0 +1,105 @@
+"""The ablation job (`make ablation`): on the embedded benchmark with the light model, every DiGA
+step and its baselines, in one table and `runs/ablation/results.json` (the demo's schema).
+
+Stages: source_only, oracle, warmup_skd (distillation, no mixture), warmup_skd_mix (+ cross-domain
+mixture), selftrain (+ consensus self-training), selftrain_round2 (+ one refinement round) and
+threshold_baseline (the same self-training with fixed-confidence-threshold pseudo-labels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import AdaptConfig, TrainConfig
+from ..progress import log
+from ..results import print_stage_table, stage_entry, write_results
+from .distill import SelfTrainInputs
+from .pipeline import (
+    evaluate_checkpoint,
+    run_pipeline,
+    run_stage,
+    stage_train,
+)
+
+SOURCE_TRAIN, TARGET_TRAIN = "synthetic:source@train", "synthetic:target@train"
+
+
+def demo_adapt_config(init_checkpoint: str, quick: bool = False) -> AdaptConfig:
+    """The pipeline settings `make demo` and `make ablation` share (sized for 2 CPU cores)."""
+    cfg = AdaptConfig(init_checkpoint=init_checkpoint)
+    if quick:
+        return cfg.model_copy(update={
+            "warmup": cfg.warmup.model_copy(update={"steps": 4}),
+            "selftrain": cfg.selftrain.model_copy(update={"steps": 4}), "checkpoint_every": 2})
+    return cfg.model_copy(update={"warmup": cfg.warmup.model_copy(update={"steps": 250}),
+                                  "selftrain": cfg.selftrain.model_copy(update={"steps": 250})})
+
+
+def train_baselines(out: Path, quick: bool = False) -> list[dict[str, Any]]:
+    """source_only and oracle (supervised, 500 steps each), evaluated on source-val and target-val."""
+    from .supervised import train_supervised
+
+    steps = 20 if quick else TrainConfig().steps
+    entries = []
+    for name, data in (("source_only", SOURCE_TRAIN), ("oracle", TARGET_TRAIN)):
+        cfg = TrainConfig(train_data=data, steps=steps)
+
+        def work(cfg: TrainConfig = cfg, name: str = name) -> dict[str, Any]:
+            ckpt = train_supervised(cfg, out / name, stage=name, resume=True)
+            return {"checkpoint": str(ckpt), "checkpoint_selection": "last",
+                    **evaluate_checkpoint(ckpt, AdaptConfig())}
+
+        rec = run_stage(name, out / name, work, resume=True)
+        entries.append(_entry(rec))
+    return entries
+
+
+def gap_closed(stages: list[dict[str, Any]], final: str) -> float | None:
+    """(final - source_only) / (oracle - source_only) on target-val, in percent."""
+    by = {s["name"]: s.get("target_val_miou") for s in stages}
+    src, orc, fin = by.get("source_only"), by.get("oracle"), by.get(final)
+    if None in (src, orc, fin) or orc == src:
+        return None
+    return 100.0 * (fin - src) / (orc - src)
+
+
+def run_ablation(out: str | Path, resume: bool = True, quick: bool = False) -> list[dict[str, Any]]:
+    out = Path(out)
+    stages = train_baselines(out, quick)
+    src_ckpt = stages[0]["checkpoint"]
+    cfg = demo_adapt_config(src_ckpt, quick)
+
+    log.info("ablation: warm-up with symmetric distillation, no cross-domain mixture")
+    no_mix = cfg.warmup.model_copy(update={"mix": False})
+    rec = run_stage("warmup_skd", out / "warmup_skd",
+                    lambda: stage_train("warmup_skd", cfg, no_mix, src_ckpt, out / "warmup_skd", resume), resume)
+    stages.append(_entry(rec))
+
+    log.info("ablation: the full pipeline (warm-up with mixture, self-training, one refinement round)")
+    pipe = run_pipeline(cfg, out / "diga", resume)
+    renames = {"warmup": "warmup_skd_mix"}
+    for s in pipe["stages"]:
+        stages.append({**s, "name": renames.get(s["name"], s["name"])})
+
+    log.info("ablation: fixed-confidence-threshold self-training baseline (same pseudo-labels, same steps)")
+    warm = next(s for s in pipe["stages"] if s["name"] == "warmup")["checkpoint"]
+    pseudo_dir = Path(next(a for a in pipe["artifacts"] if a["name"] == "pseudo_r1")["pseudo_dir"])
+    thr_cfg = cfg.model_copy(update={"selection": cfg.selection.model_copy(update={"kind": "threshold"})})
+    inputs = SelfTrainInputs(pseudo_dir, None, thr_cfg.selection)
+    rec = run_stage("threshold_baseline", out / "threshold_baseline", lambda: stage_train(
+        "threshold_baseline", thr_cfg, thr_cfg.selftrain, warm, out / "threshold_baseline", resume, inputs), resume)
+    stages.append(_entry(rec))
+
+    extra = {"gap_closed_percent": {n: gap_closed(stages, n) for n in
+                                    ("warmup_skd", "warmup_skd_mix", "selftrain", "selftrain_round2",
+                                     "threshold_baseline")},
+             "artifacts": pipe["artifacts"], "config": cfg.model_dump(mode="json")}
+    write_results(out / "results.json", stages, **extra)
+    print_stage_table(stages, title="Ablation, embedded benchmark, light model: mIoU (%)")
+    return stages
+
+
+def _entry(rec: dict[str, Any]) -> dict[str, Any]:
+    extra = {k: v for k, v in rec.items() if k not in ("name", "source_val_miou", "target_val_miou")}
+    return stage_entry(rec["name"], rec.get("source_val_miou"), rec.get("target_val_miou"), **extra)

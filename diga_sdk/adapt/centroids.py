@@ -1,0 +1,103 @@
+"""Class centroids in the segmenter's 256-d feature space: the initial pass over target-train and the
+online momentum update of self-training. The per-class sums come from the fused `centroid_sums`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .. import kernels
+from ..data.labels import IGNORE_INDEX
+from ..data.transforms import CachedDataset, normalize, to_tensor
+from ..errors import DigaError
+from ..io import atomic_path
+
+FAR = 1e4  # a class never seen sits this far away in every dimension: it is never the nearest centroid
+
+
+def labels_at(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B,H,W) integer labels -> (B,h,w) by nearest-neighbour sampling."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].to(labels.dtype)
+
+
+def agreeing_labels(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Labels at the logits' resolution, kept where they equal the logits' argmax, else ignore."""
+    lab = labels_at(labels, tuple(logits.shape[-2:])).long()
+    return torch.where(lab == logits.argmax(1), lab, torch.full_like(lab, IGNORE_INDEX))
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int, min_pixels: int = 1
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample per-class mean features (B,C,D) and which of them count (B,C): >= min_pixels pixels."""
+    sums, counts = kernels.centroid_sums(features.float(), labels, num_classes)
+    valid = counts >= max(min_pixels, 1)
+    return sums / counts.clamp_min(1)[..., None].to(sums.dtype), valid
+
+
+def momentum_update(centroids: torch.Tensor, seen: torch.Tensor, means: torch.Tensor, valid: torch.Tensor,
+                    momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply c <- (1-m) c + m mean for every valid (sample, class) in sample order, in closed form.
+
+    k valid samples of a class give c_k = (1-m)^k c_0 + sum_i m (1-m)^(k - r_i) mean_i (r_i its rank);
+    a class not seen before takes its first mean as the starting point. Returns (centroids, seen).
+    """
+    valid = valid.to(centroids.device)
+    means = means.to(centroids.device, centroids.dtype)
+    first = valid & ~seen[None] & (valid.long().cumsum(0) == 1)  # first observation of an unseen class
+    start = torch.where(first.any(0)[:, None], (means * first[..., None]).sum(0), centroids)
+    upd = valid & ~first
+    k = upd.sum(0)  # (C,)
+    rank = upd.long().cumsum(0)  # (B,C)
+    decay = 1.0 - momentum
+    w = momentum * decay ** (k[None] - rank).to(centroids.dtype) * upd
+    new = decay ** k.to(centroids.dtype)[:, None] * start + (w[..., None] * means).sum(0)
+    return new, seen | valid.any(0)
+
+
+@torch.no_grad()
+def initial_centroids(model: nn.Module, dataset: CachedDataset, num_classes: int, batch_size: int = 4,
+                      device: str = "cpu", progress=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass over target-train: per class, the mean feature over pixels the model predicts as that
+    class (at feature resolution). Returns (centroids (C,D), seen (C,), pixel counts (C,))."""
+    model.eval()
+    total: torch.Tensor | None = None
+    counts = torch.zeros(num_classes, dtype=torch.long)
+    n = len(dataset)
+    for start in range(0, n, batch_size):
+        x = torch.stack([to_tensor(dataset[i].image) for i in range(start, min(start + batch_size, n))]).to(device)
+        logits, feats = model(normalize(x))
+        sums, cnt = kernels.centroid_sums(feats.float(), logits.argmax(1), num_classes)
+        total = sums.sum(0).cpu() if total is None else total + sums.sum(0).cpu()
+        counts += cnt.sum(0).cpu()
+        if progress:
+            progress(min(start + batch_size, n), n)
+    assert total is not None
+    seen = counts > 0
+    cents = torch.where(seen[:, None], total / counts.clamp_min(1)[:, None], torch.full_like(total, FAR))
+    return cents, seen, counts
+
+
+def save_centroids(path: str | Path, centroids: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor) -> Path:
+    with atomic_path(path) as tmp:
+        save_file({"centroids": centroids.float().contiguous(), "seen": seen.to(torch.uint8).contiguous(),
+                   "counts": counts.long().contiguous()}, str(tmp))
+    return Path(path)
+
+
+def load_centroids(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centroids (C,D), seen (C,) bool) from a file written by `save_centroids`."""
+    p = Path(path)
+    if not p.is_file():
+        raise DigaError(f"centroids file {p} not found; run `diga adapt centroids` first")
+    try:
+        t = load_file(str(p))
+        return t["centroids"], t["seen"].bool()
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise DigaError(f"centroids file {p} is unreadable ({exc}); re-run `diga adapt centroids`") from None
