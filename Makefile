@@ -20,6 +20,9 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/diga demo --out runs/demo
 
+ablation: setup
+	$(VENV)/bin/diga adapt ablation --out runs/ablation
+
 test: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest -q --timeout 900 tests
 
