@@ -20,7 +20,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
     setup_logging(verbose)
 
 
-from . import adapt, bench, bench_kernels, bench_latency, data, export, fleet, predict, serve, train  # noqa: E402,F401  (modules register commands)
+from . import adapt, adapt_online, bench, bench_kernels, bench_latency, data, export, fleet, predict, serve, train  # noqa: E402,F401  (modules register commands)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,89 @@
+"""`diga adapt online`: adapt a shipped model on an ordered stream of unlabelled frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import DigaError
+from ..progress import console
+from .adapt import adapt_app
+from .common import parse_size, write_json
+
+
+@adapt_app.command("online")
+def online(
+    model: Path = typer.Option(..., "--model", help="the shipped checkpoint (.safetensors)"),
+    stream: str = typer.Option(..., "--stream",
+                               help="frames in order: scenario:target (rendered by the benchmark), "
+                                    "folder:PATH, cityscapes:PATH@split, synthetic:target@train, ..."),
+    frames: int | None = typer.Option(None, "--frames", help="stop after N frames (scenario streams: length)"),
+    segments: str | None = typer.Option(None, "--segments",
+                                        help="condition changes, e.g. fog@0.5 or dusk@0.5,noise@100:130"),
+    size: str = typer.Option("256x512", "--size", help="frame size HxW of scenario streams"),
+    seed: int = typer.Option(0, "--seed", help="stream and update seed"),
+    budget_ms: float | None = typer.Option(None, "--budget-ms", help="per-frame time budget (predict + update)"),
+    bn: str | None = typer.Option(None, "--bn", help="batch-norm handling: adapt (default) or frozen"),
+    no_safety: bool = typer.Option(False, "--no-safety", help="disable the health monitor and rollback"),
+    centroids: Path | None = typer.Option(None, "--centroids",
+                                          help="start from these centroids (else from the first frames)"),
+    config: Path | None = typer.Option(None, "--config", help="YAML with any OnlineConfig setting"),
+    state: Path | None = typer.Option(None, "--state", help="checkpoint the adapter state to this file"),
+    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="frames between state saves"),
+    resume: bool = typer.Option(False, "--resume", help="continue from --state (the stream is skipped ahead)"),
+    window: int = typer.Option(20, "--window", help="frames per scored window"),
+    compare_frozen: bool = typer.Option(True, "--compare-frozen/--no-compare-frozen",
+                                        help="also score the frozen shipped model on labelled frames"),
+    out_model: Path | None = typer.Option(None, "--out-model", help="write the adapted model here at the end"),
+    plot: Path | None = typer.Option(None, "--plot", help="PNG of the per-window mIoU curve"),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads"),
+    json_path: Path | None = typer.Option(None, "--json", help="results: windows, cost, actions, per frame"),
+) -> None:
+    """Online DiGA: predict every frame with the EMA teacher, adapt within the budget, roll back on collapse."""
+    import torch
+
+    from ..adapt.centroids import load_centroids
+    from ..adapt.online import OnlineAdapter, OnlineConfig
+    from ..adapt.online_run import plot_windows, run_stream, window_checks
+    from ..config import load_config
+    from ..data.streams import FrameStream
+    from ..models.checkpoint import load_checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    if resume and state is None:
+        raise DigaError("--resume needs --state FILE (the adapter state written by an earlier run)")
+    cfg = load_config(config, OnlineConfig, {"budget_ms": budget_ms, "bn": bn, "seed": seed,
+                                             "checkpoint_every": checkpoint_every,
+                                             "safety.enabled": False if no_safety else None})
+    fs = FrameStream(stream, frames, parse_size(size), segments, seed=seed)
+    if resume and state is not None and state.is_file():
+        adapter = OnlineAdapter.resume(state, cfg)
+        console.print(f"resumed at frame {adapter.frame_index} from {state}")
+    else:
+        shipped, meta = load_checkpoint(model)
+        cents = load_centroids(centroids) if centroids else None
+        adapter = OnlineAdapter(shipped, cfg, meta=meta, centroids=cents, state_path=state)
+    frozen = load_checkpoint(model)[0] if compare_frozen else None
+    start = adapter.frame_index
+    result = run_stream(adapter, fs.frames(start), len(fs) - start, frozen, window)
+    result["stream"] = fs.describe()
+    result["config"] = cfg.model_dump(mode="json")
+    result["checks"] = window_checks(result)
+    if state is not None:
+        adapter.save_state(state)
+    if out_model is not None:
+        result["adapted_model"] = str(adapter.save_model(out_model))
+    if plot is not None:
+        plot_windows(result, plot, f"{stream} {segments or ''}".strip())
+    write_json(json_path, result)
+    s = result["adapter"]
+    console.print(f"{result['frames']} frames: {s['updates']} updates, {s['skip_budget']} over budget, "
+                  f"{s['skip_unhealthy']} unhealthy, {s['rollbacks']} rollbacks; cost median "
+                  f"{result['cost_ms']['median']:.1f} ms, p99 {result['cost_ms']['p99']:.1f} ms", highlight=False)
+    ov = result["overall"]
+    if ov["adapted_miou"] is not None:
+        console.print(f"mIoU on the frames seen: adapted {ov['adapted_miou']:.2f}"
+                      + (f", frozen {ov['frozen_miou']:.2f}" if ov["frozen_miou"] is not None else ""),
+                      highlight=False)
