@@ -22,12 +22,22 @@ def predict_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="images of one size run together"),
     json_path: Path | None = typer.Option(None, "--json", help="write the run summary (runtime picked, files) here"),
-    # A served endpoint (`--url URL`) is handled by the serving client; see diga_sdk/serving.
+    url: str | None = typer.Option(None, "--url", help="a running `diga serve` endpoint instead of --model "
+                                   "(bearer token from DIGA_API_TOKEN)"),
 ) -> None:
     """Predict label maps with any runtime; `--runtime auto` picks (and says) the fastest one available."""
     from ..serving.runtime import open_runtime
     from ..serving.runtime_files import collect_images, predict_files
 
+    if url is not None:
+        from ..serving.client import predict_files_remote
+
+        if model is not None:
+            raise DigaError("pass either --model (predict here) or --url (a served model), not both")
+        summary = predict_files_remote(url, collect_images(images), out, color=color)
+        write_json(json_path, summary)
+        console.print(f"wrote {len(summary['outputs'])} label maps to {out} from {summary['runtime']}", highlight=False)
+        return
     if model is None:
         raise DigaError("diga predict needs --model PATH (a checkpoint or an exported model)")
     files = collect_images(images)

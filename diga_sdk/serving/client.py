@@ -103,3 +103,33 @@ def _sniff(head: bytes) -> str:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
     return "application/octet-stream"
+
+
+def predict_files_remote(url: str, files: list[Path], out: Path, *, color: bool = False,
+                         token: str | None = None) -> dict[str, Any]:
+    """`diga predict --url`: `<stem>.png` label maps (+ `<stem>_color.png` overlays) from a served model."""
+    import os
+    import time
+
+    from ..io import atomic_write_bytes
+    from ..progress import progress_bar
+
+    token = token if token is not None else (os.environ.get("DIGA_API_TOKEN") or None)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs: list[str] = []
+    t0 = time.perf_counter()
+    with SegmentClient(url, token=token) as client:
+        meta = client.metadata()
+        with progress_bar(f"predict ({url})", len(files)) as bar:
+            for f in files:
+                body, _ = client.segment_raw(f, "png")
+                dest = out / f"{f.stem}.png"
+                atomic_write_bytes(dest, body)
+                outputs.append(str(dest))
+                if color:
+                    atomic_write_bytes(out / f"{f.stem}_color.png", client.segment_raw(f, "overlay")[0])
+                bar.advance()
+    seconds = time.perf_counter() - t0
+    return {"runtime": f"served: {meta['runtime']} ({meta.get('precision', '')}) at {url}", "url": url,
+            "model_hash": meta["model_hash"], "images": len(files), "outputs": outputs,
+            "ms_per_image": 1e3 * seconds / max(len(files), 1)}
