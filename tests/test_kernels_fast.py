@@ -190,3 +190,16 @@ def test_distillation_loss_and_gradient_match_autograd(backend, n, c, h, w, scal
     with torch.no_grad():  # no student gradient wanted: the fused path skips writing it
         torch.testing.assert_close(kernels.symmetric_distillation_loss(teacher, student, scale), expected.detach(),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_numba_exp_is_float32_accurate():
+    import numpy as np
+
+    from diga_sdk.kernels import cpu_numba
+
+    x = np.concatenate([np.linspace(-87.0, 0.0, 100_003, dtype=np.float32), np.float32([0.0, -1e-8, -0.5, -86.99])])
+    buf = x.copy()
+    bits = np.empty(len(x), np.int32)
+    cpu_numba._exp_nonpositive(buf, bits, bits.view(np.float32), len(x))  # the compiled kernel
+    exact = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(buf - exact) / exact) < 4e-7

@@ -34,15 +34,22 @@ def _median_ms(samples: list[float]) -> float:
     return 1e3 * statistics.median(samples)
 
 
-def _time_interleaved(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+def _time_interleaved(variants: dict[str, Callable[[], Any]], repeats: int,
+                      cpu_ms: dict[str, float] | None = None) -> dict[str, float]:
+    """Median wall-clock ms per variant; also fills `cpu_ms` with the median process CPU time (all
+    threads), which a shared machine's load inflates far less than wall time."""
     samples: dict[str, list[float]] = {k: [] for k in variants}
+    cpu_samples: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():  # warm-up: JIT compilation, allocator, caches
         fn()
     for _ in range(repeats):
         for name, fn in variants.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             samples[name].append(time.perf_counter() - start)
+            cpu_samples[name].append(time.process_time() - cpu_start)
+    if cpu_ms is not None:
+        cpu_ms.update({k: _median_ms(v) for k, v in cpu_samples.items()})
     return {k: _median_ms(v) for k, v in samples.items()}
 
 
@@ -52,7 +59,8 @@ def measure_machine(repeats: int = 5) -> dict[str, float]:
     dst = torch.empty_like(src)
     a = torch.rand(1024, 1024)
     b = torch.rand(1024, 1024)
-    t = _time_interleaved({"clone": src.clone, "copy": lambda: dst.copy_(src), "matmul": lambda: a @ b}, repeats)
+    cpu_t: dict[str, float] = {}
+    t = _time_interleaved({"clone": src.clone, "copy": lambda: dst.copy_(src), "matmul": lambda: a @ b}, repeats, cpu_t)
     nbytes = 2 * src.numel() * 4
     return {"copy_fresh_gbps": nbytes / t["clone"] / 1e6, "copy_prealloc_gbps": nbytes / t["copy"] / 1e6,
             "fp32_gflops": 2 * 1024**3 / t["matmul"] / 1e6}
@@ -83,18 +91,20 @@ def make_inputs(s: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _row(op: str, times: dict[str, float], bytes_moved: int, flops: float, machine: dict[str, float],
+def _row(op: str, times: dict[str, float], cpu_times: dict[str, float], bytes_moved: int, flops: float, machine: dict[str, float],
          **extra: Any) -> dict[str, Any]:
     fast = times["fast"]
     mem_floor = bytes_moved / machine["copy_fresh_gbps"] / 1e6
     mem_floor_prealloc = bytes_moved / machine["copy_prealloc_gbps"] / 1e6
     flop_floor = flops / machine["fp32_gflops"] / 1e6
     floor = max(mem_floor, flop_floor)
-    row = {"op": op, "ms": times, "bytes_moved": bytes_moved, "flops": flops,
+    row = {"op": op, "ms": times, "cpu_ms": cpu_times, "bytes_moved": bytes_moved, "flops": flops,
            "floor_ms": floor, "memory_floor_ms": mem_floor, "memory_floor_prealloc_ms": mem_floor_prealloc,
            "flop_floor_ms": flop_floor, "fast_over_floor": fast / floor,
            "fast_over_prealloc_memory_floor": fast / mem_floor_prealloc,
-           "speedup_vs_loop": times["loop"] / fast, "speedup_vs_reference": times["reference"] / fast}
+           "speedup_vs_loop": times["loop"] / fast, "speedup_vs_reference": times["reference"] / fast,
+           "cpu_speedup_vs_loop": cpu_times["loop"] / cpu_times["fast"],
+           "cpu_speedup_vs_reference": cpu_times["reference"] / cpu_times["fast"]}
     row.update(extra)
     return row
 
@@ -135,39 +145,43 @@ def _bench_shape(name: str, repeats: int, seed: int, machine: dict[str, float],
     say(f"{name}: consensus_select")
     args = (x["pseudo"], x["features"], x["centroids"])
     rand_args = (x["pseudo"], x["features_random"], x["centroids"])
+    cpu_t: dict[str, float] = {}
     t = _time_interleaved({
         "loop": lambda: loop_style.consensus_select_loop(*args),
         "reference": lambda: ref.consensus_select_ref(*args),
         "vectorised_fp32_cdist": lambda: loop_style.consensus_select_vectorised_fp32(*args),
         "fast": lambda: cpu.consensus_select_cpu(*args),
         "fast_random_features": lambda: cpu.consensus_select_cpu(*rand_args),
-    }, repeats)
+    }, repeats, cpu_t)
     flops = 3 * fpix * c * d + 8 * pix * c  # distances + bilinear upsample and argmax of C maps
-    rows.append(_row("consensus_select", t, _nbytes(x["pseudo"], x["features"], x["centroids"], x["pseudo"]),
+    rows.append(_row("consensus_select", t, cpu_t, _nbytes(x["pseudo"], x["features"], x["centroids"], x["pseudo"]),
                      flops, machine, shape=name))
 
     say(f"{name}: class_mix")
     la = x["pseudo"]
     margs = (x["img_a"], x["img_b"], la, x["label_b"], x["chosen"])
+    cpu_t: dict[str, float] = {}
     t = _time_interleaved({"loop": lambda: loop_style.class_mix_loop(*margs),
                            "reference": lambda: ref.class_mix_ref(*margs),
-                           "fast": lambda: cpu.class_mix_cpu(*margs)}, repeats)
+                           "fast": lambda: cpu.class_mix_cpu(*margs)}, repeats, cpu_t)
     moved = _nbytes(x["img_a"], x["img_b"], la, x["label_b"], x["img_a"], la)
-    rows.append(_row("class_mix", t, moved, 0.0, machine, shape=name))
+    rows.append(_row("class_mix", t, cpu_t, moved, 0.0, machine, shape=name))
 
     say(f"{name}: choose_classes")
     gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    cpu_t: dict[str, float] = {}
     t = _time_interleaved({"loop": lambda: loop_style.choose_classes_loop(la, c, gen()),
                            "reference": lambda: ref.choose_classes_ref(la, c, gen()),
-                           "fast": lambda: ref.pick_half(cpu.class_presence_cpu(la, c), gen())}, repeats)
-    rows.append(_row("choose_classes", t, _nbytes(la), float(pix), machine, shape=name))
+                           "fast": lambda: ref.pick_half(cpu.class_presence_cpu(la, c), gen())}, repeats, cpu_t)
+    rows.append(_row("choose_classes", t, cpu_t, _nbytes(la), float(pix), machine, shape=name))
 
     say(f"{name}: centroid_sums")
     sargs = (x["features"], x["labels_lr"], c)
+    cpu_t: dict[str, float] = {}
     t = _time_interleaved({"loop": lambda: loop_style.centroid_sums_loop(*sargs),
                            "reference": lambda: ref.centroid_sums_ref(*sargs),
-                           "fast": lambda: cpu.centroid_sums_cpu(*sargs)}, repeats)
-    rows.append(_row("centroid_sums", t, _nbytes(x["features"], x["labels_lr"]) + b * c * (d * 4 + 8),
+                           "fast": lambda: cpu.centroid_sums_cpu(*sargs)}, repeats, cpu_t)
+    rows.append(_row("centroid_sums", t, cpu_t, _nbytes(x["features"], x["labels_lr"]) + b * c * (d * 4 + 8),
                      float(fpix * d), machine, shape=name))
 
     say(f"{name}: symmetric_distillation_loss (forward + backward)")
@@ -178,13 +192,14 @@ def _bench_shape(name: str, repeats: int, seed: int, machine: dict[str, float],
         fn(teacher, student).backward()
 
 
+    cpu_t: dict[str, float] = {}
     t = _time_interleaved({
         "loop": lambda: fwd_bwd(loop_style.symmetric_distillation_loss_loop),
         "reference": lambda: fwd_bwd(ref.symmetric_distillation_loss_ref),
         "fast": lambda: fwd_bwd(lambda tt, ss: _FusedDistillation.apply(tt, ss, 0.5, "cpu")),
-    }, max(1, repeats // 2))
+    }, max(1, repeats // 2), cpu_t)
     flops = 12.0 * teacher.numel()  # two exps, a log, max/sum passes and the gradient per logit pair
-    rows.append(_row("symmetric_distillation_loss", t, _nbytes(teacher, student, student), flops, machine,
+    rows.append(_row("symmetric_distillation_loss", t, cpu_t, _nbytes(teacher, student, student), flops, machine,
                      shape=name, repeats=max(1, repeats // 2)))
     return rows
 
@@ -192,19 +207,24 @@ def _bench_shape(name: str, repeats: int, seed: int, machine: dict[str, float],
 def markdown(result: dict[str, Any]) -> str:
     """The result as a markdown table (times in ms; ratios are loop / fast and reference / fast)."""
     lines = [
-        "| shape | op | loop-style ms | reference ms | fast ms | vs loop | vs ref | MB moved | MFLOP | floor ms | fast / floor |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| shape | op | loop-style ms | reference ms | fast ms | vs loop | vs ref | CPU-time vs loop | CPU-time vs ref "
+        "| MB moved | MFLOP | floor ms | fast / floor |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["results"]:
         ms = r["ms"]
         lines.append(f"| {r['shape']} | {r['op']} | {ms['loop']:.1f} | {ms['reference']:.1f} | {ms['fast']:.2f} | "
-                     f"{r['speedup_vs_loop']:.1f}x | {r['speedup_vs_reference']:.1f}x | {r['bytes_moved'] / 1e6:.1f} | "
+                     f"{r['speedup_vs_loop']:.1f}x | {r['speedup_vs_reference']:.1f}x | {r['cpu_speedup_vs_loop']:.1f}x | "
+                     f"{r['cpu_speedup_vs_reference']:.1f}x | {r['bytes_moved'] / 1e6:.1f} | "
                      f"{r['flops'] / 1e6:.0f} | {r['floor_ms']:.2f} | {r['fast_over_floor']:.1f}x |")
     m = result["machine_rates"]
     lines.append("")
     lines.append(f"Copy rate (read+write) {m['copy_fresh_gbps']:.1f} GB/s into fresh memory, "
                  f"{m['copy_prealloc_gbps']:.1f} GB/s into preallocated memory; fp32 matmul {m['fp32_gflops']:.0f} GFLOP/s. "
-                 "Floor = max(bytes / fresh copy rate, FLOPs / matmul rate).")
+                 "Floor = max(bytes / fresh copy rate, FLOPs / matmul rate). Times are wall-clock medians; "
+                 "CPU-time ratios use the process CPU time (all threads), which other jobs on a shared machine "
+                 f"inflate less. Load average before / after: {result['load_average_before'][0]:.1f} / "
+                 f"{result['load_average_after'][0]:.1f} on {os.cpu_count()} cores.")
     extra = [r for r in result["results"] if r["op"] == "consensus_select"]
     for r in extra:
         lines.append(f"consensus_select ({r['shape']}): vectorised with float32 cdist {r['ms']['vectorised_fp32_cdist']:.1f} ms "

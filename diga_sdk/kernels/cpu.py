@@ -1,6 +1,6 @@
-"""CPU fast paths: numba kernels (one parallel pass per op) for the selection, mixing and sums, and a
-row-tiled torch pass for the distillation loss (torch's vectorised exp beats numba's scalar libm exp
-on machines without SVML). Inputs are validated by the public functions in `ops.py`."""
+"""CPU fast paths: numba kernels, one parallel pass per op (the loss kernel brings its own vectorisable
+exp, since numba's np.exp stays a scalar libm call without SVML). Inputs are validated by the public
+functions in `ops.py`; these take CPU tensors and return new ones."""
 
 from __future__ import annotations
 
@@ -97,34 +97,22 @@ def centroid_sums_cpu(features: torch.Tensor, labels: torch.Tensor, num_classes:
 
 
 def distillation_forward_cpu(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mixed_scale: float,
-                             need_grad: bool, rows_per_tile: int = 8) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss and d loss / d student in one tiled pass over (sample, row) tiles that stay in cache.
+                             need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss and d loss / d student in one parallel numba pass over pixel blocks (both cross-view terms
+    per block): reads teacher and student once, writes the gradient once, keeps nothing else.
 
-    Per pixel, H(p, log q) = sum_c p_c (lse(s) - s_c) and its gradient is q * sum_c p_c - p, exactly
-    what autograd through log_softmax gives. Returns (loss float32 scalar, grad or None).
+    Per pixel, H(p, log q) = sum_c p_c (lse(s) - s_c) and its gradient is q - p (sum_c p_c = 1),
+    what autograd through log_softmax gives. Returns (loss float32 scalar, grad float32 or None).
     """
     two_n, c, h, w = student_logits.shape
     n = two_n // 2
-    t = teacher_logits.detach().float().contiguous()
-    s = student_logits.detach().float().contiguous()
+    t = teacher_logits.detach().float().contiguous().view(two_n, c, h * w)
+    s = student_logits.detach().float().contiguous().view(two_n, c, h * w)
     npix = n * h * w
-    grad = torch.empty_like(s) if need_grad else None
-    total = torch.zeros((), dtype=torch.float64)
-    # the two cross-view terms: (teacher half, student half, weight)
-    terms = ((slice(0, n), slice(n, two_n), 1.0), (slice(n, two_n), slice(0, n), float(mixed_scale)))
-    for t_half, s_half, weight in terms:
-        tt = t[t_half]
-        ss = s[s_half]
-        gg = grad[s_half] if grad is not None else None
-        for y0 in range(0, h, rows_per_tile):  # tiles, not pixels: each tile is (N, C, rows, W)
-            rows = slice(y0, min(y0 + rows_per_tile, h))
-            tile_t = tt[:, :, rows]
-            tile_s = ss[:, :, rows]
-            p = torch.softmax(tile_t, dim=1)
-            lse = torch.logsumexp(tile_s, dim=1, keepdim=True)
-            psum = p.sum(1, keepdim=True)
-            total += weight * (float((psum * lse).sum(dtype=torch.float64)) - float((p * tile_s).sum(dtype=torch.float64)))
-            if gg is not None:
-                q = torch.exp(tile_s - lse)
-                gg[:, :, rows] = (q * psum - p) * (weight / npix)
-    return (total / npix).float(), grad
+    grad = torch.empty_like(s) if need_grad else torch.empty(two_n, c, 1)
+    nblk = -(-(h * w) // _nb()._LOSS_BLOCK)
+    part = torch.empty(n * nblk, dtype=torch.float64)
+    _nb().distillation(t.numpy(), s.numpy(), grad.numpy(), float(mixed_scale), bool(need_grad), 1.0 / npix,
+                       part.numpy())
+    loss = (part.sum() / npix).float()
+    return loss, (grad.view(two_n, c, h, w) if need_grad else None)

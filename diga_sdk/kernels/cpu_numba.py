@@ -237,3 +237,105 @@ def centroid_sums(feat, labels, nc, ignore_index, sums, counts):  # pragma: no c
             acc[i & 3, cls[b, i]] += feat[b, d, i]
         for c in range(nc):
             sums[b, c, d] = np.float32(acc[0, c] + acc[1, c] + acc[2, c] + acc[3, c])
+
+
+# --- symmetric distillation: a vectorisable float32 exp (numba has no SVML here: np.exp stays scalar)
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)  # ln 2 split so k * _LN2_HI is exact for |k| < 2^11
+_LN2_LO = np.float32(-2.12194440e-4)
+_EXP_MIN = np.float32(-87.0)  # exp(-87) ~ 1.6e-38: still a normal float32
+_HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
+_C2 = np.float32(1.0 / 2.0)
+_C3 = np.float32(1.0 / 6.0)
+_C4 = np.float32(1.0 / 24.0)
+_C5 = np.float32(1.0 / 120.0)
+_C6 = np.float32(1.0 / 720.0)
+_C7 = np.float32(1.0 / 5040.0)
+_LOSS_BLOCK = 256  # pixels per task
+
+
+@njit(cache=True, inline="always")
+def _exp_nonpositive(buf, scale_bits, scale, n):  # pragma: no cover - compiled
+    """buf[:n] = exp(buf[:n]) for arguments <= 0 (clamped at -87): Cody-Waite reduction to
+    r in [-ln2/2, ln2/2], a degree-7 Taylor polynomial (~1 ulp), times 2^k built from its bits.
+    Branch-free so LLVM vectorises it; scale is a float32 view of the int32 scale_bits."""
+    for i in range(n):
+        x = max(buf[i], _EXP_MIN)
+        k = np.floor(x * _LOG2E + _HALF)
+        r = (x - k * _LN2_HI) - k * _LN2_LO
+        p = _ONE + r * (_ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
+        buf[i] = p
+        scale_bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
+    for i in range(n):
+        buf[i] = buf[i] * scale[i]
+
+
+@njit(cache=True)
+def _distill_term(t, s, g, need_grad, coef, p0, n, et, es, tmax, smax, tsum, ssum, pts, xbuf, bits, scale):  # pragma: no cover
+    """One cross-entropy term on a pixel block: t, s, g are (C, HW) planes. Returns the block's loss sum."""
+    nc = t.shape[0]
+    for i in range(n):
+        tmax[i] = t[0, p0 + i]
+        smax[i] = s[0, p0 + i]
+        tsum[i] = 0.0
+        ssum[i] = 0.0
+        pts[i] = 0.0
+    for c in range(1, nc):
+        for i in range(n):
+            tmax[i] = max(tmax[i], t[c, p0 + i])
+            smax[i] = max(smax[i], s[c, p0 + i])
+    for c in range(nc):
+        for i in range(n):
+            xbuf[i] = t[c, p0 + i] - tmax[i]
+        _exp_nonpositive(xbuf, bits, scale, n)
+        for i in range(n):
+            et[c, i] = xbuf[i]
+            tsum[i] += xbuf[i]
+            pts[i] += xbuf[i] * s[c, p0 + i]
+        for i in range(n):
+            xbuf[i] = s[c, p0 + i] - smax[i]
+        _exp_nonpositive(xbuf, bits, scale, n)
+        for i in range(n):
+            es[c, i] = xbuf[i]
+            ssum[i] += xbuf[i]
+    total = 0.0
+    for i in range(n):
+        lse = smax[i] + np.log(ssum[i])
+        total += np.float64(lse - pts[i] / tsum[i])  # sum_c p_c (lse - s_c), sum_c p_c = 1
+        tsum[i] = _ONE / tsum[i]
+        ssum[i] = _ONE / ssum[i]
+    if need_grad:
+        for c in range(nc):
+            for i in range(n):
+                g[c, p0 + i] = (es[c, i] * ssum[i] - et[c, i] * tsum[i]) * coef
+    return total
+
+
+@njit(parallel=True, cache=True)
+def distillation(t, s, g, mixed_scale, need_grad, inv_npix, part):  # pragma: no cover - compiled
+    """t, s, g: (2N, C, HW) float32 [clean ; mixed]. part (N * blocks) float64 receives each block's
+    weighted loss sum; g receives d loss / d s when need_grad."""
+    two_n, nc, hw = s.shape
+    nn = two_n // 2
+    nblk = (hw + _LOSS_BLOCK - 1) // _LOSS_BLOCK
+    for job in prange(nn * nblk):
+        k = job // nblk
+        p0 = (job % nblk) * _LOSS_BLOCK
+        n = min(_LOSS_BLOCK, hw - p0)
+        et = np.empty((nc, _LOSS_BLOCK), np.float32)
+        es = np.empty((nc, _LOSS_BLOCK), np.float32)
+        tmax = np.empty(_LOSS_BLOCK, np.float32)
+        smax = np.empty(_LOSS_BLOCK, np.float32)
+        tsum = np.empty(_LOSS_BLOCK, np.float32)
+        ssum = np.empty(_LOSS_BLOCK, np.float32)
+        pts = np.empty(_LOSS_BLOCK, np.float32)
+        xbuf = np.empty(_LOSS_BLOCK, np.float32)
+        bits = np.empty(_LOSS_BLOCK, np.int32)
+        scale = bits.view(np.float32)
+        a = _distill_term(t[k], s[nn + k], g[nn + k], need_grad, np.float32(inv_npix), p0, n,
+                          et, es, tmax, smax, tsum, ssum, pts, xbuf, bits, scale)
+        b = _distill_term(t[nn + k], s[k], g[k], need_grad, np.float32(mixed_scale * inv_npix), p0, n,
+                          et, es, tmax, smax, tsum, ssum, pts, xbuf, bits, scale)
+        part[job] = a + mixed_scale * b
