@@ -205,6 +205,27 @@ def test_every_bad_input_is_a_4xx_and_the_server_survives(http, image):
     assert http.post("/segment", content=png, headers={"Content-Type": "image/png"}).status_code == 200
 
 
+def test_diga_predict_url_writes_the_served_label_maps(server, runtimes, image, tmp_path, monkeypatch):
+    from diga_sdk.cli import main
+
+    src = tmp_path / "frame.png"
+    src.write_bytes(_png(image))
+    monkeypatch.setenv("DIGA_API_TOKEN", TOKEN)
+    assert main(["predict", str(src), "--url", server.url, "--out", str(tmp_path / "out"), "--color"]) == 0
+    labels = np.asarray(Image.open(tmp_path / "out" / "frame.png"))
+    assert np.array_equal(labels, runtimes["a"].predict(image[None])[0])
+    assert np.asarray(Image.open(tmp_path / "out" / "frame_color.png")).shape == (64, 128, 3)
+    monkeypatch.setenv("DIGA_API_TOKEN", "wrong")
+    assert main(["predict", str(src), "--url", server.url, "--out", str(tmp_path / "out2")]) == 1
+
+
+def test_diga_serve_refuses_a_missing_model_before_starting(tmp_path, capsys):
+    from diga_sdk.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "nope.safetensors")]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ auth
 def test_auth(server, image):
     png = _png(image)
