@@ -89,3 +89,31 @@ def test_import_loads_neither_triton_nor_numba():
 def test_bad_inputs_raise_one_clear_error(call, match):
     with pytest.raises(DigaError, match=match):
         call()
+
+
+def test_inputs_that_require_grad_are_accepted_and_outputs_carry_none(monkeypatch):
+    monkeypatch.setenv("DIGA_KERNELS", "cpu")
+    features = torch.randn(1, 8, 3, 4, requires_grad=True)
+    centroids = torch.randn(5, 8, requires_grad=True)
+    labels = torch.randint(0, 5, (1, 3, 4))
+    sums, counts = kernels.centroid_sums(features, labels, 5)
+    kept = kernels.consensus_select(torch.randint(0, 5, (1, 7, 9)), features, centroids)
+    assert not sums.requires_grad and counts.sum().item() == 12 and kept.shape == (1, 7, 9)
+
+
+def test_bench_kernels_cli_writes_json_and_table(tmp_path):
+    import json
+
+    from diga_sdk.cli import main
+
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    assert main(["bench", "kernels", "--shapes", "tiny", "--repeats", "1", "--json", str(out), "--markdown", str(md)]) == 0
+    result = json.loads(out.read_text())
+    ops_seen = {r["op"] for r in result["results"]}
+    assert ops_seen == {"consensus_select", "class_mix", "choose_classes", "centroid_sums", "symmetric_distillation_loss"}
+    for r in result["results"]:
+        assert r["ms"]["fast"] > 0 and r["floor_ms"] > 0 and r["bytes_moved"] > 0
+    assert result["env"]["cpu"] and result["machine_rates"]["copy_fresh_gbps"] > 0
+    assert "| tiny | class_mix |" in md.read_text()
+    assert main(["bench", "kernels", "--shapes", "huge"]) == 1  # a DigaError, one line

@@ -26,8 +26,8 @@ def lowres_weights_cpu(features: torch.Tensor, centroids: torch.Tensor) -> tuple
     """(B,D,h,w), (C,D) -> weights (B,C,h*w), top label (B,h*w) int64, top-2 gap (B,h*w)."""
     b, d, h, w = features.shape
     c = centroids.shape[0]
-    feat = features.float().contiguous().reshape(b, d, h * w)
-    cent = centroids.float().contiguous()
+    feat = features.detach().float().contiguous().reshape(b, d, h * w)
+    cent = centroids.detach().float().contiguous()
     weights = torch.empty(b, c, h * w)
     top = torch.empty(b, h * w, dtype=torch.int64)
     gap = torch.empty(b, h * w)
@@ -64,8 +64,8 @@ def class_mix_cpu(img_a: torch.Tensor, img_b: torch.Tensor, label_a: torch.Tenso
                   chosen: torch.Tensor, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass: read both images and label maps once, write the mixed image and label once."""
     b, ch, h, w = img_a.shape
-    a = img_a.contiguous().view(b, ch, h * w)
-    bb = img_b.to(a.dtype).contiguous().view(b, ch, h * w)
+    a = img_a.detach().contiguous().view(b, ch, h * w)
+    bb = img_b.detach().to(a.dtype).contiguous().view(b, ch, h * w)
     la = label_a.contiguous().view(b, h * w)
     lb = label_b.to(la.dtype).contiguous().view(b, h * w)
     out_img = torch.empty_like(a)
@@ -88,7 +88,7 @@ def centroid_sums_cpu(features: torch.Tensor, labels: torch.Tensor, num_classes:
                       ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,C,D) float32 sums (float64 accumulation) and (B,C) int64 counts in one pass per feature plane."""
     b, d, h, w = features.shape
-    feat = features.float().contiguous().reshape(b, d, h * w)
+    feat = features.detach().float().contiguous().reshape(b, d, h * w)
     sums = torch.empty(b, num_classes, d)
     counts = torch.zeros(b, num_classes + 1, dtype=torch.int64)  # last column: ignored pixels
     _nb().centroid_sums(feat.numpy(), labels.contiguous().reshape(b, -1).numpy(), int(num_classes),

@@ -1,10 +1,12 @@
 """The public ops: validate the inputs, pick a backend by the tensors' device, run it.
 
 Backends: `triton` (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1, for tests), `cpu` (the
-numba/tiled fast path, `cpu.py`), `reference` (the specification, `reference.py`). The environment
+numba fast path, `cpu.py`), `reference` (the specification, `reference.py`). The environment
 variable DIGA_KERNELS=auto|reference|cpu|triton is read on every call (default auto: CUDA -> triton,
-CPU -> cpu). Nothing is probed or imported at import time: triton and numba are looked up by name
-(`importlib.util.find_spec`) on first use and imported only by the backend that runs.
+CPU -> cpu). Only the loss is differentiable (a fused autograd Function); the other ops are
+selections and statistics and run under no_grad. Nothing is probed or imported at import time:
+triton and numba are looked up by name (`importlib.util.find_spec`) on first use and imported only
+by the backend that runs.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ def _same_device(*tensors: torch.Tensor) -> None:
 # --- the ops ------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
 def consensus_select(pseudo_labels: torch.Tensor, features: torch.Tensor, centroids: torch.Tensor,
                      ignore_index: int = 255) -> torch.Tensor:
     """Keep each pseudo-label where it equals the centroid (feature) label, else ignore_index (B,H,W)."""
@@ -134,6 +137,7 @@ def _check_chosen(chosen: torch.Tensor, batch: int) -> None:
     _need(chosen.shape[1] > 0, "chosen must have one column per class id (K > 0): build it with choose_classes")
 
 
+@torch.no_grad()
 def class_mix(img_a: torch.Tensor, img_b: torch.Tensor, label_a: torch.Tensor, label_b: torch.Tensor,
               chosen: torch.Tensor, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixels of A whose label is chosen (or ignore) over image B: (mixed_img, mixed_label)."""
@@ -158,6 +162,7 @@ def class_mix(img_a: torch.Tensor, img_b: torch.Tensor, label_a: torch.Tensor, l
     return fn(img_a, img_b, label_a, label_b, chosen, ignore_index)
 
 
+@torch.no_grad()
 def choose_classes(labels: torch.Tensor, num_classes: int, generator: torch.Generator | None = None,
                    ignore_index: int = 255) -> torch.Tensor:
     """(B,num_classes) bool: floor(n/2) of the n classes present per sample, at random (generator-reproducible)."""
@@ -174,6 +179,7 @@ def choose_classes(labels: torch.Tensor, num_classes: int, generator: torch.Gene
     return ref.pick_half(present, generator)
 
 
+@torch.no_grad()
 def centroid_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                   ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample per-class feature sums (B,C,D) float32 and pixel counts (B,C) int64, one pass."""
