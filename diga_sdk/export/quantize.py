@@ -96,6 +96,7 @@ def convert_fp16(fp32_onnx: str | Path, out: str | Path) -> Path:
         half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
     except Exception as exc:
         raise DigaError(f"FP16 conversion of {fp32_onnx} failed: {str(exc).splitlines()[0]}") from None
+    _toposort(half.graph)  # the converter appends its input/output Casts at the end of the node list
     del half.metadata_props[:]
     half.metadata_props.extend(props)
     _set_precision(half, "fp16")
@@ -103,3 +104,30 @@ def convert_fp16(fp32_onnx: str | Path, out: str | Path) -> Path:
 
     check_onnx(half)
     return save_onnx(half, out)
+
+
+def _toposort(graph: Any) -> None:
+    """Reorder graph.node so every node comes after the producers of its inputs (onnx.checker requires it)."""
+    produced_by = {out: i for i, n in enumerate(graph.node) for out in n.output}
+    order: list[int] = []
+    state: dict[int, int] = {}  # 1 = visiting, 2 = done
+
+    for root in range(len(graph.node)):
+        stack = [(root, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if state.get(i) == 2:
+                continue
+            if expanded:
+                state[i] = 2
+                order.append(i)
+                continue
+            state[i] = 1
+            stack.append((i, True))
+            for name in graph.node[i].input:
+                j = produced_by.get(name)
+                if j is not None and state.get(j) is None:
+                    stack.append((j, False))
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
