@@ -63,7 +63,7 @@ def _check_consensus(out, expected, pseudo, features, centroids, ignore_index=25
 CONSENSUS_CASES = [  # (B, C, D, H, W, h, w, label dtype)
     (1, 19, 256, 33, 47, 9, 13, torch.int64),
     (2, 16, 64, 33, 47, 9, 13, torch.uint8),
-    (2, 19, 64, 17, 9, 5, 3, torch.int32),
+    (2, 19, 64, 17, 9, 5, 3, torch.int64),
 ]
 
 
