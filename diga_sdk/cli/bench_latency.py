@@ -44,3 +44,27 @@ def latency_cmd(
         atomic_write_bytes(md_path, table.encode())
     if plot_path:
         plot(result, plot_path)
+
+
+@bench_app.command("precision")
+def precision_cmd(
+    model: Path = typer.Option(..., "--model", help="checkpoint (.safetensors)"),
+    val: str = typer.Option("synthetic:target@val", "--val", help="labelled dataset spec"),
+    calib: str = typer.Option("synthetic:target@train", "--calib", help="target images for the INT8 calibrations"),
+    calib_images: int = typer.Option(64, "--calib-images", min=1),
+    limit: int | None = typer.Option(None, "--limit", help="evaluate only the first N images"),
+    threads: int | None = typer.Option(None, "--threads"),
+    work: Path | None = typer.Option(None, "--work", help="folder for the exported files (default: the cache)"),
+    json_path: Path | None = typer.Option(None, "--json"),
+    md_path: Path | None = typer.Option(None, "--md"),
+) -> None:
+    """mIoU of every deployment precision (fp32, bf16, fp16, INT8) against PyTorch fp32 on --val."""
+    from ..export.precision import precision_table, run_precision
+    from ..io import atomic_write_bytes
+
+    result = run_precision(model, val, calib=calib, calib_images=calib_images, limit=limit, work=work, threads=threads)
+    table = precision_table(result)
+    console.print(table, highlight=False, markup=False)
+    write_json(json_path, result)
+    if md_path:
+        atomic_write_bytes(md_path, table.encode())

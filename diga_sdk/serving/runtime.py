@@ -347,6 +347,8 @@ def _open(p: Path, kind: str, runtime: str, device: str, precision: str | None, 
 
 
 def _candidates(kind: str, device: str) -> list[str]:
+    if kind == "tensorrt":
+        return ["tensorrt"]  # an engine runs only there; its loader explains a missing GPU or version mismatch
     if device.startswith("cuda"):
         return {"checkpoint": ["torch", "onnxruntime"], "onnx": ["onnxruntime"]}.get(kind, list(_COMPATIBLE[kind]))
     return [r for r in _COMPATIBLE[kind] if r != "tensorrt" and _installed(r)]
