@@ -178,8 +178,6 @@ class Segmenter:
 
     async def call_model(self, api: str, **kwargs: Any) -> Any:
         """Call the model service; a call cut off by a closed connection is retried (every API is idempotent)."""
-        import aiohttp
-
         if not self._pinned:
             _pin_dependency_session(self.model)
             self._pinned = True
