@@ -27,7 +27,7 @@ from .labels import LABELS
 from .synthetic_render import SOURCE_RENDER, TARGET_RENDER, render
 from .synthetic_scene import SOURCE_SCENE, TARGET_SCENE, make_scene
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_SIZE = (256, 512)
 DEFAULT_COUNTS = {"source/train": 400, "source/val": 100, "target/train": 400, "target/val": 100}
 CITIES = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau")}

@@ -62,7 +62,7 @@ SOURCE_RENDER = RenderStyle(
 )
 # The target's colours lie between the source palette and a natural one: colour cues transfer
 # partly, as between GTA5 and Cityscapes. TARGET_PALETTE_MIX is the calibrated share (frozen).
-TARGET_PALETTE_MIX = 0.5
+TARGET_PALETTE_MIX = 0.3
 TARGET_RENDER = RenderStyle(
     base=(1 - TARGET_PALETTE_MIX) * _lut(_SOURCE_BASE) + TARGET_PALETTE_MIX * _lut(_TARGET_BASE), instance_jitter=14.0, texture=0.18, exposure=(0.6, 1.05), gradient=0.25,
     shadows=2.0, white_balance=0.06, blur_sigma=(0.6, 1.2), noise_sigma=(3.0, 7.0), vignette=0.25,
