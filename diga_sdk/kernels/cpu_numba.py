@@ -13,6 +13,39 @@ from numba import njit, prange
 _PIX_CHUNK = 128  # feature pixels per task in the distance kernel (C x chunk float64 accumulators)
 _MIX_BLOCK = 8192  # pixels per task in the mixing kernel
 
+# --- a vectorisable float32 exp (numba has no SVML here: np.exp stays a scalar libm call)
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)  # ln 2 split so k * _LN2_HI is exact for |k| < 2^11
+_LN2_LO = np.float32(-2.12194440e-4)
+_EXP_MIN = np.float32(-87.0)  # exp(-87) ~ 1.6e-38: still a normal float32
+_HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
+_C2 = np.float32(1.0 / 2.0)
+_C3 = np.float32(1.0 / 6.0)
+_C4 = np.float32(1.0 / 24.0)
+_C5 = np.float32(1.0 / 120.0)
+_C6 = np.float32(1.0 / 720.0)
+_C7 = np.float32(1.0 / 5040.0)
+_LOSS_BLOCK = 256  # pixels per task
+
+
+@njit(cache=True, inline="always")
+def _exp_nonpositive(buf, scale_bits, scale, n):  # pragma: no cover - compiled
+    """buf[:n] = exp(buf[:n]) for arguments <= 0 (clamped at -87): Cody-Waite reduction to
+    r in [-ln2/2, ln2/2], a degree-7 Taylor polynomial (~1 ulp), times 2^k built from its bits.
+    Branch-free so LLVM vectorises it; scale is a float32 view of the int32 scale_bits."""
+    for i in range(n):
+        x = max(buf[i], _EXP_MIN)
+        k = np.floor(x * _LOG2E + _HALF)
+        r = (x - k * _LN2_HI) - k * _LN2_LO
+        p = _ONE + r * (_ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
+        buf[i] = p
+        scale_bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
+    for i in range(n):
+        buf[i] = buf[i] * scale[i]
+
+
 
 @njit(cache=True, fastmath={"contract", "reassoc"})
 def _tile_sq_distances(tile, cent64, cnorm, acc):  # pragma: no cover - compiled
@@ -24,7 +57,30 @@ def _tile_sq_distances(tile, cent64, cnorm, acc):  # pragma: no cover - compiled
     for d in range(nd):
         for i in range(nt):
             fnorm[i] += tile[d, i] * tile[d, i]
-    for c in range(nc):
+    c = 0
+    while c + 4 <= nc:  # four classes per sweep: each tile element loaded once for four FMAs
+        d0 = np.zeros(nt, np.float64)
+        d1 = np.zeros(nt, np.float64)
+        d2 = np.zeros(nt, np.float64)
+        d3 = np.zeros(nt, np.float64)
+        for d in range(nd):
+            a0 = cent64[c, d]
+            a1 = cent64[c + 1, d]
+            a2 = cent64[c + 2, d]
+            a3 = cent64[c + 3, d]
+            for i in range(nt):
+                tv = tile[d, i]
+                d0[i] += tv * a0
+                d1[i] += tv * a1
+                d2[i] += tv * a2
+                d3[i] += tv * a3
+        for i in range(nt):
+            acc[c, i] = fnorm[i] - 2.0 * d0[i] + cnorm[c]
+            acc[c + 1, i] = fnorm[i] - 2.0 * d1[i] + cnorm[c + 1]
+            acc[c + 2, i] = fnorm[i] - 2.0 * d2[i] + cnorm[c + 2]
+            acc[c + 3, i] = fnorm[i] - 2.0 * d3[i] + cnorm[c + 3]
+        c += 4
+    while c < nc:
         dot = np.zeros(nt, np.float64)
         for d in range(nd):
             cv = cent64[c, d]
@@ -32,6 +88,7 @@ def _tile_sq_distances(tile, cent64, cnorm, acc):  # pragma: no cover - compiled
                 dot[i] += tile[d, i] * cv
         for i in range(nt):
             acc[c, i] = fnorm[i] - 2.0 * dot[i] + cnorm[c]
+        c += 1
 
 
 @njit(parallel=True, cache=True)
@@ -57,33 +114,41 @@ def lowres_weights(feat, cent, weights, top_label, margin):  # pragma: no cover 
                 tile[d, i] = feat[b, d, p0 + i]
         acc = np.empty((nc, _PIX_CHUNK), np.float64)
         _tile_sq_distances(tile, cent64, cnorm, acc)
+        # softmax over classes of x_c = -dist_c (float32, max-subtracted), vectorised over the tile
+        x32 = np.empty((nc, _PIX_CHUNK), np.float32)
+        xmax = np.full(_PIX_CHUNK, -np.inf, np.float32)
+        for c in range(nc):
+            for i in range(_PIX_CHUNK):
+                v = -np.float32(np.sqrt(max(acc[c, i], 0.0)))
+                x32[c, i] = v
+                xmax[i] = max(xmax[i], v)
+        total = np.zeros(_PIX_CHUNK, np.float32)
+        xbuf = np.empty(_PIX_CHUNK, np.float32)
+        bits = np.empty(_PIX_CHUNK, np.int32)
+        scale = bits.view(np.float32)
+        for c in range(nc):
+            for i in range(_PIX_CHUNK):
+                xbuf[i] = x32[c, i] - xmax[i]
+            _exp_nonpositive(xbuf, bits, scale, _PIX_CHUNK)
+            for i in range(_PIX_CHUNK):
+                x32[c, i] = xbuf[i]
+                total[i] += xbuf[i]
+        best = np.full(_PIX_CHUNK, -1.0, np.float32)
+        second = np.full(_PIX_CHUNK, -1.0, np.float32)
+        arg = np.zeros(_PIX_CHUNK, np.int64)
+        for c in range(nc):
+            for i in range(_PIX_CHUNK):
+                wv = x32[c, i] / total[i]
+                x32[c, i] = wv
+                gt = wv > best[i]
+                second[i] = best[i] if gt else (wv if wv > second[i] else second[i])
+                best[i] = wv if gt else best[i]
+                arg[i] = c if gt else arg[i]
+            for i in range(n):
+                weights[b, c, p0 + i] = x32[c, i]
         for i in range(n):
-            # softmax over classes of x_c = -dist_c, max-subtracted, in float32
-            xmax = np.float32(-np.inf)
-            for c in range(nc):
-                x = -np.float32(np.sqrt(max(acc[c, i], 0.0)))
-                acc[c, i] = x
-                if x > xmax:
-                    xmax = x
-            total = np.float32(0.0)
-            for c in range(nc):
-                e = np.float32(np.exp(np.float32(acc[c, i]) - xmax))
-                acc[c, i] = e
-                total += e
-            best = np.float32(-1.0)
-            second = np.float32(-1.0)
-            arg = 0
-            for c in range(nc):
-                wv = np.float32(acc[c, i]) / total
-                weights[b, c, p0 + i] = wv
-                if wv > best:
-                    second = best
-                    best = wv
-                    arg = c
-                elif wv > second:
-                    second = wv
-            top_label[b, p0 + i] = arg
-            margin[b, p0 + i] = best - second
+            top_label[b, p0 + i] = arg[i]
+            margin[b, p0 + i] = best[i] - second[i]
 
 
 @njit(parallel=True, cache=True)
@@ -237,39 +302,6 @@ def centroid_sums(feat, labels, nc, ignore_index, sums, counts):  # pragma: no c
             acc[i & 3, cls[b, i]] += feat[b, d, i]
         for c in range(nc):
             sums[b, c, d] = np.float32(acc[0, c] + acc[1, c] + acc[2, c] + acc[3, c])
-
-
-# --- symmetric distillation: a vectorisable float32 exp (numba has no SVML here: np.exp stays scalar)
-
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)  # ln 2 split so k * _LN2_HI is exact for |k| < 2^11
-_LN2_LO = np.float32(-2.12194440e-4)
-_EXP_MIN = np.float32(-87.0)  # exp(-87) ~ 1.6e-38: still a normal float32
-_HALF = np.float32(0.5)
-_ONE = np.float32(1.0)
-_C2 = np.float32(1.0 / 2.0)
-_C3 = np.float32(1.0 / 6.0)
-_C4 = np.float32(1.0 / 24.0)
-_C5 = np.float32(1.0 / 120.0)
-_C6 = np.float32(1.0 / 720.0)
-_C7 = np.float32(1.0 / 5040.0)
-_LOSS_BLOCK = 256  # pixels per task
-
-
-@njit(cache=True, inline="always")
-def _exp_nonpositive(buf, scale_bits, scale, n):  # pragma: no cover - compiled
-    """buf[:n] = exp(buf[:n]) for arguments <= 0 (clamped at -87): Cody-Waite reduction to
-    r in [-ln2/2, ln2/2], a degree-7 Taylor polynomial (~1 ulp), times 2^k built from its bits.
-    Branch-free so LLVM vectorises it; scale is a float32 view of the int32 scale_bits."""
-    for i in range(n):
-        x = max(buf[i], _EXP_MIN)
-        k = np.floor(x * _LOG2E + _HALF)
-        r = (x - k * _LN2_HI) - k * _LN2_LO
-        p = _ONE + r * (_ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * (_C6 + r * _C7))))))
-        buf[i] = p
-        scale_bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
-    for i in range(n):
-        buf[i] = buf[i] * scale[i]
 
 
 @njit(cache=True)
