@@ -55,6 +55,8 @@ def precision_cmd(
     limit: int | None = typer.Option(None, "--limit", help="evaluate only the first N images"),
     threads: int | None = typer.Option(None, "--threads"),
     work: Path | None = typer.Option(None, "--work", help="folder for the exported files (default: the cache)"),
+    skip: str | None = typer.Option(None, "--skip", help="paths to leave out, comma-separated (e.g. torch-bf16 on "
+                                    "CPUs without bf16 units, where autocast runs reference kernels)"),
     json_path: Path | None = typer.Option(None, "--json"),
     md_path: Path | None = typer.Option(None, "--md"),
 ) -> None:
@@ -62,7 +64,8 @@ def precision_cmd(
     from ..export.precision import precision_table, run_precision
     from ..io import atomic_write_bytes
 
-    result = run_precision(model, val, calib=calib, calib_images=calib_images, limit=limit, work=work, threads=threads)
+    result = run_precision(model, val, calib=calib, calib_images=calib_images, limit=limit, work=work, threads=threads,
+                           skip=[p.strip() for p in skip.split(",")] if skip else None)
     table = precision_table(result)
     console.print(table, highlight=False, markup=False)
     write_json(json_path, result)

@@ -9,12 +9,13 @@ from typing import Any
 from ..progress import log
 from .latency import ALL_VARIANTS, machine_info, prepare_variants
 
-PRECISION_PATHS = ("torch-fp32", "torch-bf16", "onnxruntime-fp32", "onnxruntime-int8", "onnxruntime-fp16",
+PRECISION_PATHS = ("torch-fp32", "torch-bf16", "torch-bf16-emulated", "onnxruntime-fp32", "onnxruntime-int8", "onnxruntime-fp16",
                    "openvino-fp32", "openvino-bf16", "openvino-int8")
 
 
 def run_precision(checkpoint: str | Path, val: str, *, calib: str, calib_images: int = 64, limit: int | None = None,
-                  work: Path | None = None, threads: int | None = None) -> dict[str, Any]:
+                  work: Path | None = None, threads: int | None = None,
+                  skip: list[str] | None = None) -> dict[str, Any]:
     """{rows: [{path, runtime, miou, delta_vs_fp32}], ...}: each path evaluated on `val` with its runtime."""
     from ..models.checkpoint import checkpoint_hash
     from ..serving.runtime import open_runtime
@@ -31,8 +32,12 @@ def run_precision(checkpoint: str | Path, val: str, *, calib: str, calib_images:
         convert_fp16(fp32, fp16)
     rows: list[dict[str, Any]] = []
     for name in PRECISION_PATHS:
+        if skip and name in skip:
+            continue
         if name == "onnxruntime-fp16":
             path, runtime, precision = str(fp16), "onnxruntime", None
+        elif name == "torch-bf16-emulated":
+            path, runtime, precision = str(checkpoint), "torch", "bf16-emulated"
         else:
             v = variants[name]
             path, runtime, precision = v.path, v.runtime, v.precision

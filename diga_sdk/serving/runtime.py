@@ -136,13 +136,15 @@ class TorchRuntime(Runtime):
 
         from ..models.checkpoint import checkpoint_hash, load_checkpoint
 
-        if precision not in (None, "fp32", "bf16"):
-            raise DigaError(f"torch runtime precision {precision!r} unsupported; use fp32 or bf16")
+        if precision not in (None, "fp32", "bf16", "bf16-emulated"):
+            raise DigaError(f"torch runtime precision {precision!r} unsupported; use fp32, bf16 or bf16-emulated")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise DigaError("device cuda requested but PyTorch sees no CUDA GPU; use --device cpu")
         if threads:
             torch.set_num_threads(threads)
         model, meta = load_checkpoint(path, device)
+        if precision == "bf16-emulated":
+            emulate_bf16(model)
         super().__init__(meta, checkpoint_hash(path), device)
         self.model, self.precision = model, precision or "fp32"
 
@@ -156,6 +158,22 @@ class TorchRuntime(Runtime):
             logits, _ = self.model(x)
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits.float().cpu().numpy()
+
+
+def emulate_bf16(model) -> None:
+    """bf16 inference numerics in fp32 kernels: every convolution's weights and inputs rounded to bf16, products
+    accumulated in fp32 (what AMX / AVX512-BF16 do). For accuracy checks on CPUs without bf16 units, where
+    oneDNN's bf16 autocast falls back to very slow reference kernels; not a fast path."""
+    import torch
+    import torch.nn as nn
+
+    def round_input(_module: nn.Module, args: tuple) -> tuple:
+        return (args[0].to(torch.bfloat16).float(), *args[1:])
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.data = m.weight.data.to(torch.bfloat16).float()
+            m.register_forward_pre_hook(round_input)
 
 
 # ------------------------------------------------------------------------------------- onnxruntime
