@@ -240,3 +240,19 @@ def test_export_errors(tiny_checkpoint: Path, tmp_path: Path) -> None:
         export_model(tiny_checkpoint, "onnx", tmp_path / "m.onnx", opset=16, parity_data=None)
     assert list(tmp_path.iterdir()) == [bad]
     assert main(["export", "--model", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "x.onnx")]) == 1
+
+
+def test_bf16_emulation_rounds_but_stays_close(tiny_checkpoint: Path, tiny_specs: dict[str, str]) -> None:
+    import torch
+
+    from diga_sdk.serving.runtime import open_runtime
+
+    imgs = _images(tiny_specs)
+    fp = open_runtime(tiny_checkpoint, "torch")
+    bf = open_runtime(tiny_checkpoint, "torch", precision="bf16-emulated")
+    assert bf.precision == "bf16-emulated"
+    conv = next(m for m in bf.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert torch.equal(conv.weight, conv.weight.to(torch.bfloat16).float())  # weights hold bf16 values
+    a, b = fp.logits(imgs), bf.logits(imgs)
+    rel = np.abs(a - b).mean() / np.abs(a).mean()
+    assert 0 < rel < 0.03

@@ -312,8 +312,7 @@ class TensorRTRuntime(Runtime):
         names = [self.graph.logits_name] + ([self.graph.labels_name] if self.graph.labels_name else [])
         for name in names:
             shape = tuple(self.context.get_tensor_shape(name))
-            dtype = torch.uint8 if name == self.graph.labels_name else (
-                torch.float16 if self.precision == "fp16" else torch.float32)
+            dtype = self._torch_dtype(self.engine.get_tensor_dtype(name))
             outs[name] = torch.empty(shape, dtype=dtype, device="cuda")
             self.context.set_tensor_address(name, outs[name].data_ptr())
         stream = torch.cuda.current_stream()
@@ -321,6 +320,18 @@ class TensorRTRuntime(Runtime):
             raise DigaError("TensorRT execution failed; check the engine with `trtexec --loadEngine`")
         stream.synchronize()
         return outs
+
+    @staticmethod
+    def _torch_dtype(trt_dtype: Any) -> Any:
+        """The torch dtype of an engine I/O tensor (outputs keep the ONNX graph's I/O types)."""
+        import tensorrt as trt
+        import torch
+
+        table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.uint8: torch.uint8,
+                 trt.int32: torch.int32, trt.int64: torch.int64, trt.bfloat16: torch.bfloat16}
+        if trt_dtype not in table:
+            raise DigaError(f"TensorRT engine output type {trt_dtype} is not supported by diga's runtime")
+        return table[trt_dtype]
 
     def _logits(self, images: np.ndarray) -> np.ndarray:
         return self._execute(images)[self.graph.logits_name].float().cpu().numpy()
