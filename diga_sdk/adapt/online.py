@@ -159,8 +159,8 @@ class OnlineAdapter:
         self.cost = {"ms_per_kpx": None, "overhead_ms": None}
         self.rollback_frames: list[int] = []
         self.state_path = Path(state_path) if state_path else None
-        self._take_snapshot()
-        self.counters["snapshots"] = 0
+        self._candidate = None
+        self._take_snapshot(confirmed=True)  # the shipped model is the first good state
 
     # ---- the per-frame step -------------------------------------------------------------------
     def process(self, image: np.ndarray) -> FrameResult:
@@ -177,7 +177,8 @@ class OnlineAdapter:
         ready = bool(self.seen.any())
         pl_sel = kernels.consensus_select(pred, t_feats, self.centroids) if ready else pred
         kept = float((pl_sel != IGNORE_INDEX).float().mean())
-        collapse = self.cfg.safety.enabled and self.monitor.observe(frame_signals(t_logits, kept), self.last_agreement)
+        sig = frame_signals(t_logits, kept, t_feats, self.centroids, self.seen) if self.cfg.safety.enabled else None
+        collapse = sig is not None and self.monitor.observe(sig, self.last_agreement)
         self.last_agreement = None
         result = FrameResult(i, pred_np, "update", 0.0, predict_ms, reasons=list(self.monitor.last_reasons))
 
@@ -191,9 +192,12 @@ class OnlineAdapter:
             if self.suspended and self.monitor.good_streak >= self.cfg.safety.recover_frames:
                 self.suspended = False
             if self.suspended or (self.cfg.safety.enabled and self.monitor.last_reasons):
+                self._candidate = None  # weights of a period that ended unhealthy are never "good"
                 self.counters["skip_unhealthy"] += 1
                 result.action = "skip-unhealthy"
             else:
+                if self.frame_index % self.cfg.snapshot_every == 0:
+                    self._take_snapshot()  # the weights as this healthy frame found them
                 self._update_centroids(t_feats, t_logits, pl_sel)
                 self.replay.add((x[0] * 255).round(), pl_sel[0], t_logits[0], i)
                 if i % self.cfg.update_every:
@@ -206,8 +210,6 @@ class OnlineAdapter:
                     else:
                         result.update_ms = self._update(i, scale)
                         result.crop_scale = scale
-                if self.frame_index % self.cfg.snapshot_every == 0 and self.monitor.bad_streak == 0:
-                    self._take_snapshot()
         self.frame_index += 1
         self.counters["frames"] += 1
         result.signals = self.monitor.signals()
@@ -306,10 +308,18 @@ class OnlineAdapter:
         self.counters["updates"] += 1
         return total
 
-    def _take_snapshot(self) -> None:
-        self._good = {"student": _state(self.student), "teacher": _state(self.teacher.module),
-                      "centroids": self.centroids.clone(), "seen": self.seen.clone(), "frame": self.frame_index}
-        self.counters["snapshots"] += 1
+    def _take_snapshot(self, confirmed: bool = False) -> None:
+        """Two stages: a snapshot becomes the "last good" weights only after a further `snapshot_every`
+        frames passed healthy (a collapse shows in the signals a few frames after it starts)."""
+        snap = {"student": _state(self.student), "teacher": _state(self.teacher.module),
+                "centroids": self.centroids.clone(), "seen": self.seen.clone(), "frame": self.frame_index}
+        if confirmed:
+            self._good, self._candidate = snap, None
+            return
+        if self._candidate is not None:
+            self._good = self._candidate
+            self.counters["snapshots"] += 1
+        self._candidate = snap
 
     def _rollback(self) -> None:
         """Restore the last good weights and centroids, forget the replay buffer and optimizer momentum."""
@@ -318,6 +328,7 @@ class OnlineAdapter:
         self.centroids, self.seen = self._good["centroids"].clone(), self._good["seen"].clone()
         self.optimizer.state.clear()
         self.replay.clear()
+        self._candidate = None
         self.monitor.after_rollback()
         self.suspended = True
         self.counters["rollbacks"] += 1
@@ -354,7 +365,7 @@ class OnlineAdapter:
             self.centroids = centroids.float().clone()
             self.seen = seen.bool().clone() if seen is not None else (centroids < FAR / 2).all(1)
         self.optimizer.state.clear()
-        self._take_snapshot()
+        self._take_snapshot(confirmed=True)
 
     # ---- state: one file, atomic ------------------------------------------------------------------
     def save_state(self, path: str | Path) -> Path:
@@ -372,10 +383,16 @@ class OnlineAdapter:
                         "good.centroids": self._good["centroids"].contiguous(),
                         "good.seen": self._good["seen"].to(torch.uint8), "pixel_counts": self.pixel_counts,
                         "calib_sums": self._calib_sums})
+        if self._candidate is not None:
+            for part in ("student", "teacher"):
+                tensors.update({f"cand.{part}.{k}": v.contiguous() for k, v in self._candidate[part].items()})
+            tensors.update({"cand.centroids": self._candidate["centroids"].contiguous(),
+                            "cand.seen": self._candidate["seen"].to(torch.uint8)})
         tensors.update(self.replay.tensors())
         info = {"version": STATE_VERSION, "frame_index": self.frame_index, "counters": self.counters,
                 "suspended": self.suspended, "last_agreement": self.last_agreement, "cost": self.cost,
                 "rollback_frames": self.rollback_frames, "good_frame": self._good["frame"],
+                "candidate_frame": None if self._candidate is None else self._candidate["frame"],
                 "monitor": self.monitor.state(), "replay_frames": self.replay.frame_ids,
                 "optim_param_groups": opt["param_groups"], "config": self.cfg.model_dump(mode="json"),
                 "meta": self.meta.model_dump(mode="json")}
@@ -413,6 +430,12 @@ class OnlineAdapter:
         self._good = {"student": {k[13:]: v for k, v in t.items() if k.startswith("good.student.")},
                       "teacher": {k[13:]: v for k, v in t.items() if k.startswith("good.teacher.")},
                       "centroids": t["good.centroids"], "seen": t["good.seen"].bool(), "frame": info["good_frame"]}
+        self._candidate = None
+        if info.get("candidate_frame") is not None:
+            self._candidate = {"student": {k[13:]: v for k, v in t.items() if k.startswith("cand.student.")},
+                               "teacher": {k[13:]: v for k, v in t.items() if k.startswith("cand.teacher.")},
+                               "centroids": t["cand.centroids"], "seen": t["cand.seen"].bool(),
+                               "frame": info["candidate_frame"]}
         self.replay.load(t, info["replay_frames"])
         self.monitor.load(info["monitor"])
         self.frame_index, self.counters = info["frame_index"], info["counters"]

@@ -6,7 +6,9 @@ Per frame, from the teacher's prediction (no labels anywhere):
 - agreement: share of pixels where the student's argmax equals the teacher's (after an update);
 - drift: total-variation distance between the recent predicted class distribution and the reference
   one measured on the first frames with the shipped model;
-- diversity: effective number of predicted classes, exp(entropy of the class distribution).
+- diversity: effective number of predicted classes, exp(entropy of the class distribution);
+- distance: mean distance of each pixel's feature to its nearest class centroid (input or features
+  unlike anything the model knows: blank, noise, a covered lens).
 
 The first `calib_frames` frames set the reference. Each signal is smoothed (EMA) and a frame is
 "bad" when any smoothed signal crosses its bound; `patience` bad frames in a row call a collapse.
@@ -38,17 +40,24 @@ class SafetyConfig(BaseModel):
     min_diversity_ratio: float = 0.5  # effective classes < 0.5 * reference
     min_entropy_ratio: float = 0.25  # over-confident collapse: entropy < 0.25 * reference
     max_entropy_ratio: float = 3.0
+    max_distance_ratio: float = 1.6  # mean nearest-centroid distance outside [ref/1.6, 1.6*ref]
     min_agreement: float = 0.6  # absolute share of pixels
     recover_frames: int = 3  # healthy frames in a row before updates resume after a rollback
 
 
-def frame_signals(t_logits: torch.Tensor, kept: float) -> dict[str, Any]:
-    """Entropy (normalised) and class distribution of one frame's (1,C,h,w) teacher logits."""
+def frame_signals(t_logits: torch.Tensor, kept: float, features: torch.Tensor | None = None,
+                  centroids: torch.Tensor | None = None, seen: torch.Tensor | None = None) -> dict[str, Any]:
+    """Entropy (normalised), class distribution and nearest-centroid distance of one frame's (1,C,h,w)
+    teacher logits and (1,D,h,w) features."""
     prob = torch.softmax(t_logits.float(), 1)
     c = prob.shape[1]
     ent = float(-(prob * torch.log(prob.clamp_min(1e-12))).sum(1).mean() / math.log(c))
     hist = torch.bincount(prob.argmax(1).reshape(-1), minlength=c).double()
-    return {"kept": kept, "entropy": ent, "hist": (hist / hist.sum().clamp_min(1)).tolist()}
+    dist = 0.0
+    if features is not None and centroids is not None and seen is not None and bool(seen.any()):
+        f = features[0].float().flatten(1).T  # (h*w, D)
+        dist = float(torch.cdist(f, centroids[seen].float()).min(1).values.mean())
+    return {"kept": kept, "entropy": ent, "hist": (hist / hist.sum().clamp_min(1)).tolist(), "distance": dist}
 
 
 def _diversity(hist: list[float]) -> float:
@@ -86,19 +95,19 @@ class HealthMonitor:
         a = self.cfg.smoothing
         if not self.calibrated:  # running mean of the shipped model's first frames
             k = self.n_calib
-            for key in ("kept", "entropy"):
+            for key in ("kept", "entropy", "distance"):
                 self.ref[key] = (self.ref.get(key, 0.0) * k + sig[key]) / (k + 1)
             old = self.ref.get("hist", [0.0] * len(sig["hist"]))
             self.ref["hist"] = [(o * k + h) / (k + 1) for o, h in zip(old, sig["hist"], strict=True)]
             self.n_calib += 1
             if self.calibrated:
                 self.ref["diversity"] = _diversity(self.ref["hist"])
-                self.smooth = {"kept": self.ref["kept"], "entropy": self.ref["entropy"], "hist": list(self.ref["hist"]),
-                               "agreement": 1.0}
+                self._reset_smooth()
             return False
         s = self.smooth
         s["kept"] = (1 - a) * s["kept"] + a * sig["kept"]
         s["entropy"] = (1 - a) * s["entropy"] + a * sig["entropy"]
+        s["distance"] = (1 - a) * s["distance"] + a * sig["distance"]
         s["hist"] = [(1 - a) * o + a * h for o, h in zip(s["hist"], sig["hist"], strict=True)]
         if agreement is not None:
             s["agreement"] = (1 - a) * s["agreement"] + a * agreement
@@ -117,7 +126,7 @@ class HealthMonitor:
         if not self.calibrated:
             return {}
         s, r = self.smooth, self.ref
-        return {"kept": s["kept"], "entropy": s["entropy"], "agreement": s["agreement"],
+        return {"kept": s["kept"], "entropy": s["entropy"], "agreement": s["agreement"], "distance": s["distance"],
                 "drift": 0.5 * sum(abs(x - y) for x, y in zip(s["hist"], r["hist"], strict=True)),
                 "diversity": _diversity(s["hist"])}
 
@@ -134,11 +143,17 @@ class HealthMonitor:
             out.append("entropy")
         if v["agreement"] < c.min_agreement:
             out.append("agreement")
+        if r["distance"] > 0 and not r["distance"] / c.max_distance_ratio <= v["distance"] <= c.max_distance_ratio * r["distance"]:
+            out.append("distance")
         return out
 
     def after_rollback(self) -> None:
         """Start the smoothed signals again from the reference; the bad streak is spent."""
-        self.smooth = {"kept": self.ref["kept"], "entropy": self.ref["entropy"], "hist": list(self.ref["hist"]),
-                       "agreement": 1.0}
+        self._reset_smooth()
         self.bad_streak = 0
         self.good_streak = 0
+
+    def _reset_smooth(self) -> None:
+        r = self.ref
+        self.smooth = {"kept": r["kept"], "entropy": r["entropy"], "distance": r["distance"], "hist": list(r["hist"]),
+                       "agreement": 1.0}

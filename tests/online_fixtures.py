@@ -1,0 +1,17 @@
+"""Shared by the online/fleet tests: a light model trained a little on the tiny source split (so
+its predictions carry structure the health signals can see)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ONLINE_SIZE = (64, 128)
+
+
+def train_small_model(out: Path, source_spec: str, steps: int = 25) -> Path:
+    from diga_sdk.adapt.supervised import train_supervised
+    from diga_sdk.config import TrainConfig
+
+    cfg = TrainConfig(train_data=source_spec, val_data=[], steps=steps, batch_size=2, crop=(64, 128),
+                      scale=(0.9, 1.1), checkpoint_every=1000, optim={"lr": 0.02})
+    return train_supervised(cfg, out, stage="source_only")

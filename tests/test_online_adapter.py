@@ -1,0 +1,153 @@
+"""Online adaptation on tiny 64x128 streams: it adapts, the batch-norm modes do what they say, the
+budget skips updates, a forced collapse (noise frames) is rolled back to the pre-collapse mIoU, and
+a run killed mid-stream resumes to the same weights as an uninterrupted one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from online_fixtures import ONLINE_SIZE, train_small_model
+
+from diga_sdk.adapt.online import OnlineAdapter, OnlineConfig, open_adapter
+from diga_sdk.data.streams import FrameStream
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory, tiny_specs: dict[str, str]) -> Path:
+    return train_small_model(tmp_path_factory.mktemp("online-model"), tiny_specs["source_train"])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(**kw) -> OnlineConfig:
+    base = {"crop": ONLINE_SIZE, "safety": {"calib_frames": 3}, "snapshot_every": 3}
+    base.update(kw)
+    return OnlineConfig.model_validate(base)
+
+
+def _miou(model, frames) -> float:
+    from diga_sdk.data.transforms import to_tensor
+    from diga_sdk.evaluate import predict_logits
+    from diga_sdk.metrics import ConfusionMatrix
+
+    cm = ConfusionMatrix(19)
+    for f in frames:
+        cm.update(predict_logits(model, to_tensor(f.image)[None]).argmax(1)[0], torch.from_numpy(f.label))
+    return cm.miou()
+
+
+def test_adapter_updates_teacher_and_centroids(small_model: Path) -> None:
+    stream = FrameStream("scenario:target", 6, ONLINE_SIZE, seed=1)
+    ad = open_adapter(small_model, _cfg())
+    shipped = {k: v.clone() for k, v in ad.model.state_dict().items()}
+    actions = [ad.process(f.image).action for f in stream]
+    assert actions[:3] == ["calibrate"] * 3
+    assert ad.counters["updates"] >= 2 and ad.counters["rollbacks"] == 0, actions  # no false alarm on clean frames
+    assert ad.seen.any() and float(ad.pixel_counts.sum()) > 0
+    moved = [k for k, v in ad.model.state_dict().items() if v.is_floating_point() and not torch.equal(v, shipped[k])]
+    assert moved, "the EMA teacher must follow the student"
+
+
+@pytest.mark.parametrize("mode", ["adapt", "frozen"])
+def test_batchnorm_modes(small_model: Path, mode: str) -> None:
+    ad = open_adapter(small_model, _cfg(bn=mode, safety={"enabled": False, "calib_frames": 2}))
+    key = next(k for k in ad.student.state_dict() if k.endswith("running_mean"))
+    before = ad.student.state_dict()[key].clone()
+    for f in FrameStream("scenario:target", 4, ONLINE_SIZE, seed=2):
+        ad.process(f.image)
+    assert ad.counters["updates"] == 2
+    changed = not torch.equal(before, ad.student.state_dict()[key])
+    assert changed == (mode == "adapt")
+
+
+def test_budget_skips_updates_that_do_not_fit(small_model: Path) -> None:
+    ad = open_adapter(small_model, _cfg(budget_ms=0.01, safety={"enabled": False, "calib_frames": 1}))
+    results = [ad.process(f.image) for f in FrameStream("scenario:target", 5, ONLINE_SIZE, seed=3)]
+    # the first update measures the cost on the smallest crop; none fits a 0.01 ms budget afterwards
+    assert [r.action for r in results] == ["calibrate", "update", "skip-budget", "skip-budget", "skip-budget"]
+    assert results[1].crop_scale == pytest.approx(0.25)
+    assert ad.cost["ms_per_kpx"] > 0
+
+
+def _collapse_run(model: Path, safety: bool):
+    # aggressive settings (fast teacher, fast BN statistics, high lr) so that learning on noise frames hurts
+    cfg = _cfg(lr=0.05, ema_decay=0.5, bn_momentum=0.1, safety={"enabled": safety, "calib_frames": 3})
+    stream = FrameStream("scenario:target", 16, ONLINE_SIZE, segments="noise@6:12", seed=4)
+    held_out = list(FrameStream("scenario:target", 6, ONLINE_SIZE, seed=99))
+    ad = open_adapter(model, cfg)
+    pre = post = None
+    actions = []
+    for f in stream:
+        if f.index == 6:
+            pre = _miou(ad.model, held_out)
+        actions.append(ad.process(f.image).action)
+        if f.index == 11:
+            post = _miou(ad.model, held_out)
+    return ad, pre, post, actions
+
+
+def test_forced_collapse_rolls_back_to_pre_collapse_miou(small_model: Path) -> None:
+    unsafe, pre_u, post_u, _ = _collapse_run(small_model, safety=False)
+    safe, pre, post, actions = _collapse_run(small_model, safety=True)
+    assert pre_u - post_u > 2.0, f"noise frames must really damage an unguarded adapter ({pre_u:.1f} -> {post_u:.1f})"
+    assert safe.counters["rollbacks"] >= 1
+    assert all(6 <= f <= 12 for f in safe.rollback_frames), safe.rollback_frames
+    assert "update" not in actions[6:12], actions
+    assert post >= pre - 1.0, f"after rollback mIoU {post:.2f} is below the pre-collapse {pre:.2f}"
+    assert post - post_u > 2.0, "the guarded adapter ends the noise far above the unguarded one"
+
+
+def test_resume_after_restart_matches_uninterrupted_run(small_model: Path, tmp_path: Path) -> None:
+    frames = list(FrameStream("scenario:target", 8, ONLINE_SIZE, seed=5))
+    full = open_adapter(small_model, _cfg())
+    for f in frames:
+        full.process(f.image)
+
+    state = tmp_path / "state.safetensors"
+    first = open_adapter(small_model, _cfg(checkpoint_every=5), state=state)
+    for f in frames[:7]:  # "crashes" after frame 6; the last save was after frame 4
+        first.process(f.image)
+    del first
+    resumed = OnlineAdapter.resume(state)
+    assert resumed.frame_index == 5
+    for f in frames[resumed.frame_index:]:
+        resumed.process(f.image)
+    assert resumed.counters == full.counters
+    for name in ("student", "teacher"):
+        a = getattr(full, name) if name == "student" else full.model
+        b = getattr(resumed, name) if name == "student" else resumed.model
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(va, vb), f"{name}.{k} differs after resume"
+    assert torch.equal(full.centroids, resumed.centroids)
+
+
+def test_stream_scenarios_are_deterministic_and_conditioned() -> None:
+    s = FrameStream("scenario:target", 10, ONLINE_SIZE, segments="fog@0.5,noise@8:9", seed=7)
+    conds = [s.condition(i) for i in range(10)]
+    assert conds == ["clear"] * 5 + ["fog"] * 3 + ["noise"] + ["fog"]
+    a, b = s.frame(6), FrameStream("scenario:target", 10, ONLINE_SIZE, segments="fog@0.5", seed=7).frame(6)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+    clear = FrameStream("scenario:target", 10, ONLINE_SIZE, seed=7).frame(6)
+    assert np.array_equal(a.label, clear.label) and not np.array_equal(a.image, clear.image)
+    assert a.image.mean() > clear.image.mean()  # haze brightens toward the airlight
+    assert (s.frame(8).label == 255).all()  # a noise frame has nothing to score
+
+
+def test_bad_stream_specs_raise_clear_errors() -> None:
+    from diga_sdk.errors import DigaError
+
+    with pytest.raises(DigaError, match="CONDITION@START"):
+        FrameStream("scenario:target", 10, ONLINE_SIZE, segments="rain@0.5")
+    with pytest.raises(DigaError, match="outside"):
+        FrameStream("scenario:target", 10, ONLINE_SIZE, segments="fog@5:50")
+    with pytest.raises(DigaError, match="unknown scenario"):
+        FrameStream("scenario:mars", 10, ONLINE_SIZE)
