@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..results import env_info
 from .augment import StrongView
 from .distill import StepContext, diga_step
 from .ema import EMATeacher
+from .mixture import cross_domain_mixture
 from .optim import make_optimizer, set_poly_lr
 from .supervised import seg_loss
 from .translators import FourierTranslator
@@ -63,8 +65,20 @@ def run_step_benchmark(json_path: str | Path | None, repeats: int = 10, threads:
                           seen=torch.ones(num_classes, dtype=torch.bool) if selftrain else None)
         return lambda i: diga_step(ctx, i, x_s, y_s, x_t, pl_t if selftrain else None)
 
-    kinds = ("source_only", "warmup", "selftrain")
-    steps = {k: make(k) for k in kinds}
+    def views() -> Callable[[int], None]:
+        view, fourier = StrongView(), FourierTranslator(0.05)
+        return lambda i: cross_domain_mixture(view(x_s, 0.4, i), fourier(x_s, x_t), y_s, num_classes,
+                                              torch.Generator().manual_seed(i))
+
+    def teacher_forward() -> Callable[[int], None]:
+        teacher = EMATeacher(build_model(model_name, num_classes))
+        x2 = torch.cat([x_s, x_t])
+        return lambda i: teacher(normalize(x2))
+
+    kinds = ("source_only", "warmup", "selftrain", "warmup_views_only", "teacher_forward_2b")
+    steps = {k: make(k) for k in kinds[:3]}
+    steps["warmup_views_only"] = views()
+    steps["teacher_forward_2b"] = teacher_forward()
     for k in kinds:  # warm-up runs: allocator, oneDNN primitive caches
         for i in range(2):
             steps[k](i)

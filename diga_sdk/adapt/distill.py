@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,9 +146,11 @@ def diga_step(ctx: StepContext, step: int, x_s: torch.Tensor, y_s: torch.Tensor,
 
 def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_checkpoint: str | Path,
                        out_dir: str | Path, resume: bool = False, selftrain: SelfTrainInputs | None = None,
-                       translator: Translator | None = None) -> Path:
+                       translator: Translator | None = None,
+                       on_finish: Callable[[torch.nn.Module, World], None] | None = None) -> Path:
     """Run a warm-up (selftrain=None) or self-training stage; returns `out_dir/model.safetensors` (the
-    student's last weights; the teacher is saved beside it as teacher.safetensors)."""
+    student's last weights; the teacher is saved beside it as teacher.safetensors). `on_finish` sees
+    every rank's final student (tests use it to compare ranks)."""
     world = init_world(cfg.device)
     device = cfg.device
     out = Path(out_dir)
@@ -215,6 +218,8 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
             save_checkpoint(teacher.module, out / "teacher.safetensors",
                             meta.model_copy(update={"stage": f"{stage}-teacher"}))
     save_state(scfg.steps)
+    if on_finish is not None:
+        on_finish(student, world)
     barrier(world)
     return ckpt
 
