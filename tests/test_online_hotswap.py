@@ -30,7 +30,8 @@ def test_push_adapted_model_into_running_endpoint(tmp_path: Path, tiny_specs: di
     models = tmp_path / "models"
     ckpt = train_small_model(models, tiny_specs["source_train"], steps=10)
     torch.set_num_threads(1)
-    cfg = OnlineConfig.model_validate({"crop": ONLINE_SIZE, "lr": 0.05, "safety": {"calib_frames": 2}})
+    # safety off: this test is about the swap (a 10-step model's signals are too noisy for the monitor)
+    cfg = OnlineConfig.model_validate({"crop": ONLINE_SIZE, "lr": 0.05, "safety": {"enabled": False, "calib_frames": 2}})
     adapter = open_adapter(ckpt, cfg)
     for f in FrameStream("scenario:target", 6, ONLINE_SIZE, seed=11):
         adapter.process(f.image)
