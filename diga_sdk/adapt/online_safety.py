@@ -36,11 +36,11 @@ class SafetyConfig(BaseModel):
     smoothing: float = 0.5  # EMA weight of the newest frame
     patience: int = 2  # consecutive bad frames that call a collapse
     min_kept_ratio: float = 0.35  # kept < 0.35 * reference kept
-    max_drift: float = 0.45  # absolute total-variation distance
+    max_drift: float = 0.6  # absolute total-variation distance
     min_diversity_ratio: float = 0.5  # effective classes < 0.5 * reference
     min_entropy_ratio: float = 0.25  # over-confident collapse: entropy < 0.25 * reference
     max_entropy_ratio: float = 3.0
-    max_distance_ratio: float = 1.6  # mean nearest-centroid distance outside [ref/1.6, 1.6*ref]
+    max_distance_ratio: float = 2.5  # mean nearest-centroid distance outside [ref/2.5, 2.5*ref]
     min_agreement: float = 0.6  # absolute share of pixels
     recover_frames: int = 3  # healthy frames in a row before updates resume after a rollback
 
@@ -95,8 +95,13 @@ class HealthMonitor:
         a = self.cfg.smoothing
         if not self.calibrated:  # running mean of the shipped model's first frames
             k = self.n_calib
-            for key in ("kept", "entropy", "distance"):
+            for key in ("kept", "entropy"):
                 self.ref[key] = (self.ref.get(key, 0.0) * k + sig[key]) / (k + 1)
+            if sig["distance"] > 0:  # frames before any centroid exists have no distance
+                nd = self.ref.get("n_distance", 0)
+                self.ref["distance"] = (self.ref.get("distance", 0.0) * nd + sig["distance"]) / (nd + 1)
+                self.ref["n_distance"] = nd + 1
+            self.ref.setdefault("distance", 0.0)
             old = self.ref.get("hist", [0.0] * len(sig["hist"]))
             self.ref["hist"] = [(o * k + h) / (k + 1) for o, h in zip(old, sig["hist"], strict=True)]
             self.n_calib += 1
