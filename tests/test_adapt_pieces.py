@@ -284,3 +284,12 @@ def test_threshold_baseline_reads_confidence(tmp_path):
 
     assert PseudoLabelledDataset(Images(), tmp_path)[0].label.tolist() == [[3, 4, 5]]
     assert PseudoLabelledDataset(Images(), tmp_path, threshold=0.9)[0].label.tolist() == [[3, 255, 5]]  # 229 >= floor(.9*255)
+
+
+def test_gap_closed_percent():
+    from diga_sdk.adapt.ablation import gap_closed
+
+    stages = [{"name": "source_only", "target_val_miou": 20.0}, {"name": "oracle", "target_val_miou": 60.0},
+              {"name": "selftrain", "target_val_miou": 50.0}]
+    assert gap_closed(stages, "selftrain") == pytest.approx(75.0)
+    assert gap_closed(stages, "missing") is None
