@@ -33,6 +33,8 @@ def init_world(device: str = "cpu") -> World:
         return World()
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":  # one GPU per process: "cuda" then means this rank's device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
     return World(dist.get_rank(), dist.get_world_size())
 
@@ -71,7 +73,7 @@ def all_gather_cat(x: torch.Tensor, world: World) -> torch.Tensor:
 def wrap_ddp(model: nn.Module, world: World, device: str) -> nn.Module:
     if world.size == 1:
         return model
-    ids = [torch.device(device).index or 0] if device.startswith("cuda") else None
+    ids = [torch.cuda.current_device()] if device.startswith("cuda") else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
