@@ -8,8 +8,18 @@ from pathlib import Path
 import pytest
 
 from diga_sdk.errors import DigaError
-from diga_sdk.export.latency import (ISA_FLAGS, Variant, add_ratios, cpu_isa_flags, library_versions, machine_info,
-                                     markdown_table, measure, plot, prepare_variants)
+from diga_sdk.export.latency import (
+    ISA_FLAGS,
+    Variant,
+    add_ratios,
+    cpu_isa_flags,
+    library_versions,
+    machine_info,
+    markdown_table,
+    measure,
+    plot,
+    prepare_variants,
+)
 
 
 def test_measure_interleaved_rows(tiny_checkpoint: Path, tmp_path: Path) -> None:
