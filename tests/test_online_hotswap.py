@@ -28,10 +28,12 @@ def test_push_adapted_model_into_running_endpoint(tmp_path: Path, tiny_specs: di
     from diga_sdk.serving.settings import ServeSettings
 
     models = tmp_path / "models"
-    ckpt = train_small_model(models, tiny_specs["source_train"], steps=10)
+    ckpt = train_small_model(models, tiny_specs["source_train"])
     torch.set_num_threads(1)
-    # safety off: this test is about the swap (a 10-step model's signals are too noisy for the monitor)
-    cfg = OnlineConfig.model_validate({"crop": ONLINE_SIZE, "lr": 0.05, "safety": {"enabled": False, "calib_frames": 2}})
+    # safety off: this test is about the swap (a 25-step model's signals are too noisy for the
+    # monitor); a fast teacher (ema 0.5) so that a few frames change its predictions visibly
+    cfg = OnlineConfig.model_validate({"crop": ONLINE_SIZE, "lr": 0.05, "ema_decay": 0.5,
+                                       "safety": {"enabled": False, "calib_frames": 2}})
     adapter = open_adapter(ckpt, cfg)
     for f in FrameStream("scenario:target", 6, ONLINE_SIZE, seed=11):
         adapter.process(f.image)
