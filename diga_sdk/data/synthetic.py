@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 from collections.abc import Callable
@@ -117,7 +118,8 @@ def generate_benchmark(out: str | os.PathLike[str], seed: int = 0, size: tuple[i
     workers = workers or min(os.cpu_count() or 1, 4)
     done = 0
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn, not fork: forking a process that already runs torch/onnxruntime threads can deadlock.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for _ in pool.map(_run_job, jobs, chunksize=16):
                 done += 1
                 if progress:
