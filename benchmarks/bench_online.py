@@ -1,0 +1,106 @@
+"""Per-frame cost of online adaptation on this CPU: the shipped model predicting alone (adaptation
+off), the adapter updating on every frame (on), and the adapter under a per-frame budget.
+Median / p90 / p99 ms per frame and peak RSS per mode (each mode in its own process, so RSS is its
+own); JSON + a markdown table.
+
+    python benchmarks/bench_online.py --model CKPT [--size 256x512] [--frames 40] [--budget-ms 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _run_mode(args: dict, mode: str, queue) -> None:  # noqa: ANN001
+    os.environ.setdefault("DIGA_NO_PROGRESS", "1")
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args["threads"])
+    from diga_sdk.adapt.online import OnlineConfig, open_adapter
+    from diga_sdk.adapt.online_run import peak_rss_mb
+    from diga_sdk.data.streams import FrameStream
+    from diga_sdk.data.transforms import normalize, to_tensor
+    from diga_sdk.models.checkpoint import load_checkpoint
+
+    h, w = args["size"]
+    frames = [f.image for f in FrameStream("scenario:target", args["frames"] + args["warmup"], (h, w), seed=5)]
+    times, actions = [], []
+    if mode == "off":
+        model, meta = load_checkpoint(args["model"])
+        with torch.no_grad():
+            for img in frames:
+                t0 = time.perf_counter()
+                logits, _ = model(normalize(to_tensor(img)[None], meta.mean, meta.std))
+                torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear").argmax(1)
+                times.append((time.perf_counter() - t0) * 1e3)
+    else:
+        budget = args["budget_ms"] if mode == "budget" else None
+        ad = open_adapter(args["model"], OnlineConfig(budget_ms=budget, safety={"calib_frames": 3}))
+        for img in frames:
+            r = ad.process(img)
+            times.append(r.total_ms)
+            actions.append(r.action)
+    t = np.asarray(times[args["warmup"]:])
+    acts = actions[args["warmup"]:]
+    queue.put({"mode": mode, "budget_ms": args["budget_ms"] if mode == "budget" else None, "frames": int(t.size),
+               "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
+               "p99_ms": float(np.percentile(t, 99)), "max_ms": float(t.max()), "peak_rss_mb": peak_rss_mb(),
+               "updates": acts.count("update"), "skipped_for_budget": acts.count("skip-budget")})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--size", default="256x512")
+    p.add_argument("--frames", type=int, default=40, help="timed frames per mode (after --warmup calibration frames)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--budget-ms", type=float, default=400.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default="runs/bench/online.json")
+    a = p.parse_args(argv)
+    h, w = (int(v) for v in a.size.lower().split("x"))
+    args = {"model": a.model, "size": (h, w), "frames": a.frames, "warmup": a.warmup, "budget_ms": a.budget_ms,
+            "threads": a.threads}
+    from diga_sdk.io import atomic_write_bytes, atomic_write_json
+    from diga_sdk.results import env_info
+
+    ctx = mp.get_context("spawn")
+    rows = []
+    for mode in ("off", "on", "budget"):
+        q = ctx.Queue()
+        proc = ctx.Process(target=_run_mode, args=(args, mode, q))
+        proc.start()
+        rows.append(q.get())
+        proc.join()
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    off = rows[0]["median_ms"]
+    for r in rows:
+        r["median_vs_off"] = r["median_ms"] / off
+    if rows[2]["budget_ms"] is not None:
+        rows[2]["p99_within_budget"] = rows[2]["p99_ms"] <= rows[2]["budget_ms"]
+    result = {"size": [h, w], "model": a.model, "rows": rows, "env": env_info(),
+              "note": "wall time per frame incl. prediction; machine shared with other jobs (load recorded)",
+              "loadavg": os.getloadavg()}
+    atomic_write_json(a.json, result)
+    lines = [f"Per-frame cost, light model, {h}x{w}, {a.threads} thread(s), load avg {os.getloadavg()[0]:.1f}", "",
+             "| mode | budget ms | median ms | p90 ms | p99 ms | peak RSS MiB | updates | skipped (budget) | median / off |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['budget_ms'] or '-'} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {r['peak_rss_mb']:.0f} | {r['updates']} | {r['skipped_for_budget']} | "
+                     f"{r['median_vs_off']:.2f} |")
+    md = "\n".join(lines) + "\n"
+    atomic_write_bytes(Path(a.json).with_suffix(".md"), md.encode())
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
