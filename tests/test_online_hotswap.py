@@ -44,8 +44,12 @@ def test_push_adapted_model_into_running_endpoint(tmp_path: Path, tiny_specs: di
     want_shipped = predict_logits(shipped, to_tensor(probe)[None]).argmax(1)[0].numpy()
     assert (want_adapted != want_shipped).mean() > 0.01, "the adapted model must predict differently to tell them apart"
 
-    settings = ServeSettings(model=ckpt, models_dir=models, runtime="torch", threads=1, api_token=TOKEN,
-                             max_latency_ms=30_000)
+    from diga_sdk.export.pipeline import export_model
+
+    shipped_onnx = models / "shipped.onnx"  # the endpoint serves ONNX (onnxruntime), as the pushed model will be
+    export_model(ckpt, "onnx", shipped_onnx, parity_data=tiny_specs["target_val"], parity_images=2)
+    settings = ServeSettings(model=shipped_onnx, models_dir=models, runtime="onnxruntime", threads=1,
+                             api_token=TOKEN, max_latency_ms=30_000)
     with background_server(settings, tmp_path / "server.log") as srv, SegmentClient(srv.url, token=TOKEN) as client:
         before = client.segment(probe)
         assert (before == want_shipped).mean() > 0.999
