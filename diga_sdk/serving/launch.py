@@ -64,17 +64,18 @@ class RunningServer:
             return ""
 
     def stop(self, timeout: float = 8.0) -> None:
-        """SIGTERM the server's process group (the arbiter and its workers), SIGKILL if it lingers."""
-        if self.proc.poll() is not None:
-            return
+        """SIGTERM the server's process group (the arbiter and its workers), SIGKILL what lingers.
+
+        The group is signalled even when the arbiter already exited: its workers may outlive it."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
 
 
 @contextlib.contextmanager
