@@ -20,7 +20,19 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
     setup_logging(verbose)
 
 
-from . import adapt, adapt_online, bench, bench_kernels, bench_latency, data, export, fleet, predict, serve, train  # noqa: E402,F401  (modules register commands)
+from . import (  # noqa: E402,F401  (modules register commands)
+    adapt,
+    adapt_online,
+    bench,
+    bench_kernels,
+    bench_latency,
+    data,
+    export,
+    fleet,
+    predict,
+    serve,
+    train,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
