@@ -14,7 +14,7 @@ The first `calib_frames` frames set the reference. Each signal is smoothed (EMA)
 "bad" when any smoothed signal crosses its bound; `patience` bad frames in a row call a collapse.
 Collapse-shaped failures (one class everywhere, blank or noise input, a student drifting away from
 its teacher) cross these bounds; a camera or weather change moves them less (the bounds were set on
-the fog and dusk scenarios of `diga_sdk.data.streams`, see docs/online.md).
+the fog and dusk scenarios of `diga_sdk.data.streams`, see the README, "On-device adaptation").
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class SafetyConfig(BaseModel):
     min_entropy_ratio: float = 0.25  # over-confident collapse: entropy < 0.25 * reference
     max_entropy_ratio: float = 3.0
     # mean nearest-centroid distance outside [ref/r, r*ref]; off by default (None): on the fog stream with a
-    # source-only model it false-alarmed after the first updates (docs/online.md); the collapse test turns it on
+    # source-only model it false-alarmed after the first updates (README, "On-device adaptation"); the collapse test turns it on
     max_distance_ratio: float | None = None
     min_agreement: float = 0.6  # absolute share of pixels
     recover_frames: int = 3  # healthy frames in a row before updates resume after a rollback
