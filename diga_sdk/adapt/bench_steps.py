@@ -4,6 +4,7 @@ three alike; medians and ratios, JSON + markdown, the machine recorded."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -75,8 +76,25 @@ def run_step_benchmark(json_path: str | Path | None, repeats: int = 10, threads:
         x2 = torch.cat([x_s, x_t])
         return lambda i: teacher(normalize(x2))
 
-    kinds = ("source_only", "warmup", "selftrain", "warmup_views_only", "teacher_forward_2b")
+    def reference_kernels(step: Callable[[int], None]) -> Callable[[int], None]:
+        """The same step with the hot ops forced to their PyTorch references (the kernels' speed-up)."""
+        def run(i: int) -> None:
+            old = os.environ.get("DIGA_KERNELS")
+            os.environ["DIGA_KERNELS"] = "reference"
+            try:
+                step(i)
+            finally:
+                if old is None:
+                    os.environ.pop("DIGA_KERNELS", None)
+                else:
+                    os.environ["DIGA_KERNELS"] = old
+        return run
+
+    kinds = ("source_only", "warmup", "selftrain", "warmup_views_only", "teacher_forward_2b",
+             "warmup_reference_kernels", "selftrain_reference_kernels")
     steps = {k: make(k) for k in kinds[:3]}
+    steps["warmup_reference_kernels"] = reference_kernels(make("warmup"))
+    steps["selftrain_reference_kernels"] = reference_kernels(make("selftrain"))
     steps["warmup_views_only"] = views()
     steps["teacher_forward_2b"] = teacher_forward()
     for k in kinds:  # warm-up runs: allocator, oneDNN primitive caches
@@ -94,6 +112,7 @@ def run_step_benchmark(json_path: str | Path | None, repeats: int = 10, threads:
         "median_s": med, "times_s": times,
         "ratio_vs_source_only": {k: med[k] / med["source_only"] for k in kinds},
         "target": {"warmup_ratio_max": 2.5, "met": med["warmup"] / med["source_only"] <= 2.5},
+        "kernel_speedup": {k: med[f"{k}_reference_kernels"] / med[k] for k in ("warmup", "selftrain")},
         "env": env_info(),
     }
     md = ["| step | median (s) | x source-only |", "|---|---:|---:|"]
