@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from .bench import bench_app
+from .common import write_report
 
 
 @bench_app.command("kernels")
@@ -21,7 +22,6 @@ def bench_kernels(
     import torch
 
     from ..errors import DigaError
-    from ..io import atomic_write_bytes, atomic_write_json
     from ..kernels import benchmark
     from ..progress import log
     from ..results import env_info
@@ -39,7 +39,4 @@ def bench_kernels(
     result["env"] = env_info()
     table = benchmark.markdown(result)
     typer.echo(table)
-    if json_path:
-        atomic_write_json(json_path, result)
-    if markdown_path:
-        atomic_write_bytes(markdown_path, table.encode())
+    write_report(result, table, json_path, markdown_path)

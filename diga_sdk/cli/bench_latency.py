@@ -8,7 +8,7 @@ import typer
 
 from ..progress import console
 from .bench import bench_app
-from .common import parse_size, write_json
+from .common import parse_size, write_report
 
 
 @bench_app.command("latency")
@@ -30,7 +30,6 @@ def latency_cmd(
 ) -> None:
     """PyTorch eager fp32 / bf16, onnxruntime fp32 / INT8, OpenVINO fp32 / bf16 / INT8, auto (+ CUDA / TensorRT)."""
     from ..export.latency import markdown_table, plot, run_latency
-    from ..io import atomic_write_bytes
 
     size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
     batches = [int(b) for b in batch.split(",") if b.strip()]
@@ -39,9 +38,7 @@ def latency_cmd(
                          include=[p.strip() for p in paths.split(",")] if paths else None)
     table = markdown_table(result)
     console.print(table, highlight=False, markup=False)
-    write_json(json_path, result)
-    if md_path:
-        atomic_write_bytes(md_path, table.encode())
+    write_report(result, table, json_path, md_path)
     if plot_path:
         plot(result, plot_path)
 
@@ -62,12 +59,9 @@ def precision_cmd(
 ) -> None:
     """mIoU of every deployment precision (fp32, bf16, fp16, INT8) against PyTorch fp32 on --val."""
     from ..export.precision import precision_table, run_precision
-    from ..io import atomic_write_bytes
 
     result = run_precision(model, val, calib=calib, calib_images=calib_images, limit=limit, work=work, threads=threads,
                            skip=[p.strip() for p in skip.split(",")] if skip else None)
     table = precision_table(result)
     console.print(table, highlight=False, markup=False)
-    write_json(json_path, result)
-    if md_path:
-        atomic_write_bytes(md_path, table.encode())
+    write_report(result, table, json_path, md_path)

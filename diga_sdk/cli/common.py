@@ -26,5 +26,14 @@ def write_json(path: Path | None, obj: Any) -> None:
         atomic_write_json(path, obj)
 
 
+def write_report(result: Any, table: str, json_path: Path | None, md_path: Path | None) -> None:
+    """A measuring command's two outputs: the results as JSON and the markdown table, each if asked for."""
+    from ..io import atomic_write_bytes
+
+    write_json(json_path, result)
+    if md_path:
+        atomic_write_bytes(md_path, table.encode())
+
+
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str)
