@@ -11,6 +11,7 @@ from rich.table import Table
 from .data.datasets import open_dataset
 from .evaluate import evaluate
 from .models.checkpoint import load_checkpoint
+from .models.registry import channels_last
 from .progress import console, progress_bar
 
 
@@ -18,6 +19,7 @@ def evaluate_specs(checkpoint: str | Path, specs: Sequence[str], subset: int | N
                    device: str = "cpu") -> dict[str, Any]:
     """{spec: summary} for each labelled dataset spec."""
     model, _ = load_checkpoint(checkpoint, device)
+    channels_last(model)
     out: dict[str, Any] = {}
     for spec in specs:
         ds = open_dataset(spec)

@@ -50,11 +50,26 @@ def test_cli_pipeline_writes_every_stage(pipeline_run):
     assert res["checkpoint_selection"] == "last"
     for r in (1, 2):
         assert len(list((out / f"pseudo_r{r}" / "labels").glob("*.png"))) == 12
-        assert (out / f"centroids_r{r}" / "centroids.safetensors").is_file()
+        assert (out / f"pseudo_r{r}" / "centroids.safetensors").is_file()  # same pass as the labels
     # round 2 is labelled by the self-trained model, round 1 by the warm-up model
     assert json.loads((out / "pseudo_r2" / "stage.json").read_text())["labelled_by"].endswith(
         "selftrain/model.safetensors")
     assert json.loads((out / "results.json").read_text())["stages"][0]["name"] == "warmup"
+
+
+def test_pseudo_label_pass_gives_the_centroids_of_a_separate_pass(pipeline_run, tmp_path):
+    """The pipeline's one pass (labels + centroids) equals `diga adapt centroids` on the same model."""
+    from diga_sdk.adapt.centroids import load_centroids
+    from diga_sdk.adapt.pipeline import stage_centroids
+
+    out, _ = pipeline_run
+    cfg = AdaptConfig.model_validate(yaml.safe_load((out / "adapt.yaml").read_text()))
+    labelled_by = json.loads((out / "pseudo_r1" / "stage.json").read_text())["labelled_by"]
+    separate = stage_centroids(cfg, labelled_by, tmp_path)["centroids"]
+    fused_c, fused_seen = load_centroids(out / "pseudo_r1" / "centroids.safetensors")
+    sep_c, sep_seen = load_centroids(separate)
+    assert torch.equal(fused_seen, sep_seen) and int(sep_seen.sum()) >= 1
+    torch.testing.assert_close(fused_c, sep_c, rtol=1e-5, atol=1e-5)
 
 
 def test_cli_refuses_to_overwrite_and_resume_skips_finished_stages(pipeline_run, tmp_path):
@@ -81,7 +96,7 @@ def _assert_same(a: Path, b: Path) -> None:
 def test_selftrain_is_deterministic_and_resumes_after_a_crash(pipeline_run, tiny_specs, tmp_path, monkeypatch):
     out, _ = pipeline_run
     cfg = tiny_adapt_config(tiny_specs)
-    inputs = SelfTrainInputs(out / "pseudo_r1", out / "centroids_r1" / "centroids.safetensors", cfg.selection)
+    inputs = SelfTrainInputs(out / "pseudo_r1", out / "pseudo_r1" / "centroids.safetensors", cfg.selection)
     init = out / "warmup" / "model.safetensors"
     a = train_distil_stage("selftrain", cfg, cfg.selftrain, init, tmp_path / "a", selftrain=inputs)
     # Same seed, same inputs: the same weights as the pipeline's own self-training stage.
@@ -152,7 +167,7 @@ def test_stage_commands_pseudo_and_centroids(pipeline_run, tiny_specs, tmp_path)
     assert main(["adapt", "centroids", "--model", str(ckpt), "--config", str(cfg_path), "--out",
                  str(tmp_path / "c")]) == 0
     assert torch.equal(load_file(str(tmp_path / "c" / "centroids.safetensors"))["centroids"],
-                       load_file(str(out / "centroids_r1" / "centroids.safetensors"))["centroids"])
+                       load_file(str(out / "pseudo_r1" / "centroids.safetensors"))["centroids"])
 
 
 def test_seeds_report_mean_and_std(tiny_specs, tiny_checkpoint, tmp_path):

@@ -16,7 +16,7 @@ import torch
 from ..config import DistilConfig, OptimConfig, SelectionConfig
 from ..data.transforms import normalize
 from ..io import atomic_write_bytes, atomic_write_json
-from ..models.registry import build_model
+from ..models.registry import build_model, channels_last
 from ..progress import console
 from ..results import env_info
 from .augment import StrongView
@@ -45,7 +45,7 @@ def run_step_benchmark(json_path: str | Path | None, repeats: int = 10, threads:
     total = 10**6  # a long schedule: the learning rate barely moves while we time
 
     def make(kind: str):
-        model = build_model(model_name, num_classes).train()
+        model = channels_last(build_model(model_name, num_classes)).train()  # as the trainers run it
         opt = make_optimizer(model, OptimConfig())
         if kind == "source_only":
             def step(i: int) -> None:

@@ -61,27 +61,46 @@ def momentum_update(centroids: torch.Tensor, seen: torch.Tensor, means: torch.Te
     return new, seen | valid.any(0)
 
 
+class CentroidAccumulator:
+    """Per-class feature sums and pixel counts over a pass of target images; `result()` gives the
+    centroids (C,D), which classes were seen (C,) and the pixel counts (C,)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.total: torch.Tensor | None = None
+        self.counts = torch.zeros(num_classes, dtype=torch.long)
+
+    def add(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        """(B,D,h,w) features and (B,h,w) labels at the features' resolution."""
+        sums, cnt = kernels.centroid_sums(feats.float(), labels, self.num_classes)
+        self.total = sums.sum(0).cpu() if self.total is None else self.total + sums.sum(0).cpu()
+        self.counts += cnt.sum(0).cpu()
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.total is None:
+            raise DigaError("no images reached the centroid pass; the target set is empty")
+        seen = self.counts > 0
+        cents = torch.where(seen[:, None], self.total / self.counts.clamp_min(1)[:, None],
+                            torch.full_like(self.total, FAR))
+        return cents, seen, self.counts
+
+
 @torch.no_grad()
 def initial_centroids(model: nn.Module, dataset: CachedDataset, num_classes: int, batch_size: int = 4,
                       device: str = "cpu", progress=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One pass over target-train: per class, the mean feature over pixels the model predicts as that
-    class (at feature resolution). Returns (centroids (C,D), seen (C,), pixel counts (C,))."""
+    class (at feature resolution). Returns (centroids (C,D), seen (C,), pixel counts (C,)).
+    (The pipeline gets the same numbers from its pseudo-label pass, `pseudo.generate_pseudo_labels`.)"""
     model.eval()
-    total: torch.Tensor | None = None
-    counts = torch.zeros(num_classes, dtype=torch.long)
+    acc = CentroidAccumulator(num_classes)
     n = len(dataset)
     for start in range(0, n, batch_size):
         x = torch.stack([to_tensor(dataset[i].image) for i in range(start, min(start + batch_size, n))]).to(device)
         logits, feats = model(normalize(x))
-        sums, cnt = kernels.centroid_sums(feats.float(), logits.argmax(1), num_classes)
-        total = sums.sum(0).cpu() if total is None else total + sums.sum(0).cpu()
-        counts += cnt.sum(0).cpu()
+        acc.add(feats, logits.argmax(1))
         if progress:
             progress(min(start + batch_size, n), n)
-    assert total is not None
-    seen = counts > 0
-    cents = torch.where(seen[:, None], total / counts.clamp_min(1)[:, None], torch.full_like(total, FAR))
-    return cents, seen, counts
+    return acc.result()
 
 
 def save_centroids(path: str | Path, centroids: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor) -> Path:

