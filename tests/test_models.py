@@ -71,3 +71,36 @@ def test_backbone_weights_from_user_file(tmp_path: Path) -> None:
     assert torch.equal(model.backbone.conv1.weight, state["conv1.weight"])
     with pytest.raises(DigaError, match="not found"):
         build_model("deeplabv2_r101", backbone_weights=str(tmp_path / "none.safetensors"))
+
+
+@pytest.mark.parametrize("name", ["light", "deeplabv2_r101"])
+def test_folded_copy_matches_the_module_and_follows_its_changes(name):
+    """The BatchNorm-folded channels-last copy (the EMA teacher's forward) equals the eval-mode module,
+    before and after the module's weights and BatchNorm statistics change in place."""
+    from diga_sdk.models.folded import FoldedCopy
+
+    torch.manual_seed(0)
+    model = build_model(name, 19)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    model.eval()
+    folded = FoldedCopy.build(model)
+    assert folded is not None and len(folded._convs) >= 19  # every conv->bn pair folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.gm.modules())
+    x = torch.rand(2, 3, 64, 96)
+    for _ in range(2):
+        with torch.no_grad():
+            want = model(x)
+            got = folded(x)
+        for w, g in zip(want, got, strict=True):
+            assert g.shape == w.shape
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
+        with torch.no_grad():  # move every weight and statistic; the copy must follow after refresh()
+            for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]:
+                t.mul_(1 + 0.05 * torch.rand_like(t))  # positive factors keep running_var positive
+        folded.refresh()
