@@ -72,10 +72,29 @@ def test_batchnorm_modes(small_model: Path, mode: str) -> None:
 def test_budget_skips_updates_that_do_not_fit(small_model: Path) -> None:
     ad = open_adapter(small_model, _cfg(budget_ms=0.01, safety={"enabled": False, "calib_frames": 1}))
     results = [ad.process(f.image) for f in FrameStream("scenario:target", 5, ONLINE_SIZE, seed=3)]
-    # the first update measures the cost on the smallest crop; none fits a 0.01 ms budget afterwards
-    assert [r.action for r in results] == ["calibrate", "update", "skip-budget", "skip-budget", "skip-budget"]
-    assert results[1].crop_scale == pytest.approx(0.25)
-    assert ad.cost["ms_per_kpx"] > 0
+    # nothing measured yet: the prior (scaled from the frame's own prediction time) already says no crop fits
+    assert [r.action for r in results] == ["calibrate"] + ["skip-budget"] * 4
+    assert ad.counters["updates"] == 0 and ad.counters["over_budget"] == 5
+    roomy = open_adapter(small_model, _cfg(budget_ms=1e7, safety={"enabled": False, "calib_frames": 1}))
+    results = [roomy.process(f.image) for f in FrameStream("scenario:target", 4, ONLINE_SIZE, seed=3)]
+    assert [r.action for r in results] == ["calibrate"] + ["update"] * 3
+    assert all(r.crop_scale == 1.0 for r in results[1:]) and roomy.cost["ms_per_kpx"] > 0
+
+
+def test_budget_plan_uses_a_high_estimate(small_model: Path) -> None:
+    ad = open_adapter(small_model, _cfg(crop=(128, 256)))
+    h, w, b = 256, 512, 2
+    full_kpx = 2 * b * 128 * 256 / 1e3
+    # before any measurement: 1.5 x the prior
+    assert ad.plan_crop(1.5 * full_kpx + 0.1, h, w, b, prior_ms_per_kpx=1.0) == 1.0
+    assert ad.plan_crop(1.5 * full_kpx - 0.1, h, w, b, prior_ms_per_kpx=1.0) < 1.0
+    ad.cost.update(ms_per_kpx=1.0, overhead_ms=10.0, dev_per_kpx=0.0, dev_overhead=0.0)
+    scales = [ad.plan_crop(left, h, w, b, prior_ms_per_kpx=99.0) for left in (5, 20, 40, 80, 120, 200)]
+    assert scales == sorted(scales) and scales[0] == 0.0 and scales[-1] == 1.0  # more time, never a smaller crop
+    assert ad.plan_crop(10 + full_kpx, h, w, b, 99.0) == 1.0
+    ad.cost.update(dev_per_kpx=0.5, dev_overhead=5.0)  # a noisy cost: the same time buys a smaller crop
+    assert ad.plan_crop(10 + full_kpx, h, w, b, 99.0) < 1.0
+    assert ad.plan_crop(20 + 2.0 * full_kpx, h, w, b, 99.0) == 1.0
 
 
 def _collapse_run(model: Path, safety: bool):

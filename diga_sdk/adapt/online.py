@@ -21,9 +21,15 @@ momentum `bn_momentum`; the teacher, in eval mode, uses running statistics that 
 student's, exactly like its weights. "frozen" keeps every BN layer in eval mode with the shipped
 running statistics (only the affine parameters learn).
 
-Budget: prediction always runs; the update's cost is modelled as overhead + ms per kilopixel
-(measured, smoothed), and each frame trains on the largest crop that fits what is left of the
-budget, or skips the update.
+Budget: prediction always runs; the update's cost is modelled as overhead + ms per kilopixel of
+crops, each with a running mean and a running mean absolute deviation (so the plan is a high
+estimate, not the average); before the first update the model is a prior scaled from this frame's
+own prediction time (an update's forward+backward costs about three forwards per pixel). Each frame
+trains on the largest crop of the ladder whose planned cost (mean + 2 deviations) fits what is left
+of the budget after prediction, the measured work after an update and, on a checkpoint frame, the
+measured time of a state save; otherwise it skips the update. Prediction itself cannot be skipped:
+a budget below the prediction time's own p99 cannot be kept (`summary()["over_budget"]` counts the
+frames that overran).
 
 State: everything (student, teacher, optimizer, centroids, last good weights, replay buffer,
 monitor, counters) saves to one safetensors file with its JSON in the header, atomically; `resume`
@@ -65,6 +71,9 @@ from .supervised import seg_loss
 
 STATE_VERSION = 1
 CROP_LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)  # update crop area, as fractions of `crop`
+BUDGET_DEVIATIONS = 2.0  # planned update cost = mean + this many mean absolute deviations
+BUDGET_MARGIN = 0.05  # share of the budget kept free (timer jitter, allocator)
+PRIOR_FB_FACTOR = 3.0  # before any update: forward+backward ms/kpx ~ 3 x the prediction's forward ms/kpx
 
 
 class OnlineConfig(BaseModel):
@@ -153,10 +162,11 @@ class OnlineAdapter:
         self.strong = StrongView()
         self.frame_index = 0
         self.counters = {"frames": 0, "updates": 0, "skip_budget": 0, "skip_unhealthy": 0, "rollbacks": 0,
-                         "snapshots": 0}
+                         "snapshots": 0, "over_budget": 0}
         self.suspended = False
         self.last_agreement: float | None = None
-        self.cost = {"ms_per_kpx": None, "overhead_ms": None}
+        self.cost: dict[str, float | None] = {"ms_per_kpx": None, "overhead_ms": None, "dev_per_kpx": 0.0,
+                                              "dev_overhead": 0.0, "tail_ms": 0.0, "save_ms": 0.0}
         self.rollback_frames: list[int] = []
         self.state_path = Path(state_path) if state_path else None
         self._candidate = None
@@ -203,20 +213,34 @@ class OnlineAdapter:
                 if i % self.cfg.update_every:
                     result.action = "skip-schedule"
                 else:
-                    scale = self._crop_scale(t0)
+                    scale = self._crop_scale(t0, predict_ms, x.shape[-2] * x.shape[-1])
                     if scale == 0.0:
                         self.counters["skip_budget"] += 1
                         result.action = "skip-budget"
                     else:
                         result.update_ms = self._update(i, scale)
                         result.crop_scale = scale
+        t_tail = time.perf_counter()
         self.frame_index += 1
         self.counters["frames"] += 1
         result.signals = self.monitor.signals()
-        result.total_ms = (time.perf_counter() - t0) * 1e3
-        if self.state_path and self.cfg.checkpoint_every and self.frame_index % self.cfg.checkpoint_every == 0:
+        if result.update_ms:  # the work after an update (signals, bookkeeping), kept as a running max-ish
+            tail = (time.perf_counter() - t_tail) * 1e3
+            self.cost["tail_ms"] = max(tail, 0.9 * float(self.cost.get("tail_ms") or 0.0))
+        if self._checkpoint_due():
+            t_save = time.perf_counter()
             self.save_state(self.state_path)
+            save = (time.perf_counter() - t_save) * 1e3
+            self.cost["save_ms"] = max(save, 0.7 * float(self.cost.get("save_ms") or 0.0) + 0.3 * save)
+        result.total_ms = (time.perf_counter() - t0) * 1e3
+        if self.cfg.budget_ms is not None and result.total_ms > self.cfg.budget_ms:
+            self.counters["over_budget"] = self.counters.get("over_budget", 0) + 1
         return result
+
+    def _checkpoint_due(self) -> bool:
+        """Whether the frame being finished (frame_index already advanced) ends with a state save."""
+        return bool(self.state_path and self.cfg.checkpoint_every
+                    and self.frame_index % self.cfg.checkpoint_every == 0)
 
     # ---- pieces ---------------------------------------------------------------------------------
     def _calibrate_centroids(self, feats: torch.Tensor, pred: torch.Tensor) -> None:
@@ -242,19 +266,29 @@ class OnlineAdapter:
         f = scale ** 0.5
         return max(8, int(ch * f) // 8 * 8), max(8, int(cw * f) // 8 * 8)
 
-    def _crop_scale(self, t0: float) -> float:
-        """The largest crop of the ladder whose modelled update cost fits the rest of the budget (0 = skip)."""
+    def _crop_scale(self, t0: float, predict_ms: float, frame_px: int) -> float:
+        """The largest crop of the ladder whose planned update cost fits the rest of the budget (0 = skip)."""
         budget = self.cfg.budget_ms
         if budget is None:
             return 1.0
-        if self.cost["ms_per_kpx"] is None:
-            return CROP_LADDER[-1]  # first update: the smallest crop, to measure the cost
-        left = 0.9 * (budget - (time.perf_counter() - t0) * 1e3)
+        left = budget * (1.0 - BUDGET_MARGIN) - (time.perf_counter() - t0) * 1e3 - float(self.cost.get("tail_ms") or 0.0)
+        if self.state_path and self.cfg.checkpoint_every and (self.frame_index + 1) % self.cfg.checkpoint_every == 0:
+            left -= float(self.cost.get("save_ms") or 0.0)  # this frame also saves the state
         h, w = self.replay.images[-1].shape[-2:]
         b = min(self.cfg.batch_frames, len(self.replay))
+        return self.plan_crop(left, h, w, b, prior_ms_per_kpx=PRIOR_FB_FACTOR * predict_ms / (frame_px / 1e3))
+
+    def plan_crop(self, left_ms: float, h: int, w: int, b: int, prior_ms_per_kpx: float) -> float:
+        """Pure planning step (tested on its own): the largest ladder scale whose planned cost <= left_ms."""
+        c = self.cost
+        if c["ms_per_kpx"] is None:  # nothing measured yet: the prior, 1.5x for safety (overhead folded in)
+            per_kpx, overhead = 1.5 * prior_ms_per_kpx, 0.0
+        else:
+            per_kpx = float(c["ms_per_kpx"]) + BUDGET_DEVIATIONS * float(c.get("dev_per_kpx") or 0.0)
+            overhead = float(c["overhead_ms"]) + BUDGET_DEVIATIONS * float(c.get("dev_overhead") or 0.0)
         for s in CROP_LADDER:
             ch, cw = self._crop_hw(s, h, w)
-            if self.cost["overhead_ms"] + self.cost["ms_per_kpx"] * 2 * b * ch * cw / 1e3 <= left:
+            if overhead + per_kpx * 2 * b * ch * cw / 1e3 <= left_ms:
                 return s
         return 0.0
 
@@ -303,8 +337,13 @@ class OnlineAdapter:
         per_kpx, overhead = fb_ms / kpx, total - fb_ms
         a = 0.3
         c = self.cost
-        c["ms_per_kpx"] = per_kpx if c["ms_per_kpx"] is None else (1 - a) * c["ms_per_kpx"] + a * per_kpx
-        c["overhead_ms"] = overhead if c["overhead_ms"] is None else (1 - a) * c["overhead_ms"] + a * overhead
+        if c["ms_per_kpx"] is None:
+            c["ms_per_kpx"], c["overhead_ms"], c["dev_per_kpx"], c["dev_overhead"] = per_kpx, overhead, 0.0, 0.0
+        else:  # running mean and running mean absolute deviation of both terms
+            c["dev_per_kpx"] = (1 - a) * float(c.get("dev_per_kpx") or 0.0) + a * abs(per_kpx - c["ms_per_kpx"])
+            c["dev_overhead"] = (1 - a) * float(c.get("dev_overhead") or 0.0) + a * abs(overhead - c["overhead_ms"])
+            c["ms_per_kpx"] = (1 - a) * c["ms_per_kpx"] + a * per_kpx
+            c["overhead_ms"] = (1 - a) * c["overhead_ms"] + a * overhead
         self.counters["updates"] += 1
         return total
 
