@@ -31,7 +31,7 @@ def _run_mode(args: dict, mode: str, queue) -> None:  # noqa: ANN001
 
     h, w = args["size"]
     frames = [f.image for f in FrameStream("scenario:target", args["frames"] + args["warmup"], (h, w), seed=5)]
-    times, actions = [], []
+    times, actions, predict, scales = [], [], [], []
     if mode == "off":
         model, meta = load_checkpoint(args["model"])
         with torch.no_grad():
@@ -46,13 +46,21 @@ def _run_mode(args: dict, mode: str, queue) -> None:  # noqa: ANN001
         for img in frames:
             r = ad.process(img)
             times.append(r.total_ms)
+            predict.append(r.predict_ms)
+            if r.action == "update":
+                scales.append(r.crop_scale)
             actions.append(r.action)
     t = np.asarray(times[args["warmup"]:])
     acts = actions[args["warmup"]:]
+    pr = np.asarray(predict[args["warmup"]:]) if predict else t
+    budget = args["budget_ms"] if mode == "budget" else None
     queue.put({"mode": mode, "budget_ms": args["budget_ms"] if mode == "budget" else None, "frames": int(t.size),
                "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
                "p99_ms": float(np.percentile(t, 99)), "max_ms": float(t.max()), "peak_rss_mb": peak_rss_mb(),
-               "updates": acts.count("update"), "skipped_for_budget": acts.count("skip-budget")})
+               "updates": acts.count("update"), "skipped_for_budget": acts.count("skip-budget"),
+               "predict_median_ms": float(np.median(pr)), "predict_p99_ms": float(np.percentile(pr, 99)),
+               "frames_over_budget": int((t > budget).sum()) if budget is not None else None,
+               "update_crop_scales": sorted(set(scales)) if scales else []})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
               "loadavg": os.getloadavg()}
     atomic_write_json(a.json, result)
     lines = [f"Per-frame cost, light model, {h}x{w}, {a.threads} thread(s), load avg {os.getloadavg()[0]:.1f}", "",
-             "| mode | budget ms | median ms | p90 ms | p99 ms | peak RSS MiB | updates | skipped (budget) | median / off |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| mode | budget ms | median ms | p90 ms | p99 ms | max ms | predict p99 ms | peak RSS MiB | updates | "
+             "skipped (budget) | frames over budget | median / off |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        over = "-" if r["frames_over_budget"] is None else r["frames_over_budget"]
         lines.append(f"| {r['mode']} | {r['budget_ms'] or '-'} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['peak_rss_mb']:.0f} | {r['updates']} | {r['skipped_for_budget']} | "
-                     f"{r['median_vs_off']:.2f} |")
+                     f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['predict_p99_ms']:.1f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['updates']} | {r['skipped_for_budget']} | {over} | {r['median_vs_off']:.2f} |")
     md = "\n".join(lines) + "\n"
     atomic_write_bytes(Path(a.json).with_suffix(".md"), md.encode())
     print(md)
