@@ -43,7 +43,9 @@ class SafetyConfig(BaseModel):
     # mean nearest-centroid distance outside [ref/r, r*ref]; off by default (None): on the fog stream with a
     # source-only model it false-alarmed after the first updates (README, "On-device adaptation"); the collapse test turns it on
     max_distance_ratio: float | None = None
-    min_agreement: float = 0.6  # absolute share of pixels
+    # absolute share of pixels; the student sees the strong view, so a healthy learner already drifts to 0.6-0.85
+    # within ~15 updates on the clean 256x512 target stream (README, "On-device adaptation"): 0.6 false-alarmed
+    min_agreement: float = 0.4
     recover_frames: int = 3  # healthy frames in a row before updates resume after a rollback
 
 
