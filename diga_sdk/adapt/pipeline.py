@@ -186,8 +186,8 @@ def run_pipeline(cfg: AdaptConfig, out: str | Path, resume: bool = False) -> dic
                     lambda: stage_train("warmup", cfg, cfg.warmup, init, out / "warmup", resume), resume)
     stages.append(rec)
     current = rec["checkpoint"]
+    consensus = cfg.selection.kind == "consensus"
     for r in range(1, cfg.rounds + 2):
-        consensus = cfg.selection.kind == "consensus"
         rec_p = run_stage(f"pseudo_r{r}", out / f"pseudo_r{r}",
                           lambda c=current, r=r: stage_pseudo(cfg, c, out / f"pseudo_r{r}", consensus), resume,
                           main_only=True)
