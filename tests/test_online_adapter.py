@@ -169,3 +169,28 @@ def test_bad_stream_specs_raise_clear_errors() -> None:
         FrameStream("scenario:target", 10, ONLINE_SIZE, segments="fog@5:50")
     with pytest.raises(DigaError, match="unknown scenario"):
         FrameStream("scenario:mars", 10, ONLINE_SIZE)
+
+
+def test_distance_signal_is_one_sided_and_re_measured_after_new_centroids() -> None:
+    from diga_sdk.adapt.online_safety import HealthMonitor, SafetyConfig
+
+    mon = HealthMonitor(SafetyConfig(calib_frames=2, max_distance_ratio=1.35))
+    sig = {"kept": 0.8, "entropy": 0.4, "hist": [0.5, 0.5] + [0.0] * 17, "distance": 5.0}
+    for _ in range(2):
+        mon.observe(sig, None)
+    mon.observe({**sig, "distance": 2.0}, None)  # features closer to the centroids: not a collapse
+    assert mon.last_reasons == []
+    for _ in range(2):
+        mon.observe({**sig, "distance": 9.0}, None)  # far from every centroid (noise-like input)
+    assert mon.last_reasons == ["distance"]
+    mon.after_rollback()
+    mon.rebase_distance()  # new (fleet) centroids: distances of 9 are the new normal
+    for _ in range(2):
+        mon.observe({**sig, "distance": 9.0}, None)
+        assert mon.last_reasons == []
+    assert mon.ref["distance"] == pytest.approx(9.0) and mon.rebase_left == 0
+    mon.observe({**sig, "distance": 9.5}, None)
+    assert mon.last_reasons == []
+    for _ in range(3):
+        mon.observe({**sig, "distance": 20.0}, None)
+    assert mon.last_reasons == ["distance"]

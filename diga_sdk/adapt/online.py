@@ -403,6 +403,7 @@ class OnlineAdapter:
         if centroids is not None:
             self.centroids = centroids.float().clone()
             self.seen = seen.bool().clone() if seen is not None else (centroids < FAR / 2).all(1)
+            self.monitor.rebase_distance()  # distances to other centroids: measure the reference again
         self.optimizer.state.clear()
         self._take_snapshot(confirmed=True)
 

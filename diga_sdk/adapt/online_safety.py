@@ -84,14 +84,23 @@ class HealthMonitor:
         self.bad_streak = 0
         self.good_streak = 0
         self.last_reasons: list[str] = []
+        self.rebase_left = 0  # frames still re-measuring the distance reference (new centroids)
 
     def state(self) -> dict[str, Any]:
         return {"n_calib": self.n_calib, "ref": self.ref, "smooth": self.smooth, "bad_streak": self.bad_streak,
-                "good_streak": self.good_streak}
+                "good_streak": self.good_streak, "rebase_left": self.rebase_left}
 
     def load(self, state: dict[str, Any]) -> None:
         self.n_calib, self.ref, self.smooth = state["n_calib"], state["ref"], state["smooth"]
         self.bad_streak, self.good_streak = state["bad_streak"], state["good_streak"]
+        self.rebase_left = state.get("rebase_left", 0)
+
+    def rebase_distance(self) -> None:
+        """The centroids were replaced (fleet model): the distance reference, measured against the old
+        ones, no longer applies; the next `calib_frames` frames measure it again (distance unchecked meanwhile)."""
+        if self.calibrated:
+            self.rebase_left = self.cfg.calib_frames
+            self.ref["n_distance_rebase"] = 0
 
     @property
     def calibrated(self) -> bool:
@@ -117,6 +126,13 @@ class HealthMonitor:
                 self._reset_smooth()
             return False
         s = self.smooth
+        if self.rebase_left > 0 and sig["distance"] > 0:
+            nd = self.ref.get("n_distance_rebase", 0)
+            self.ref["distance"] = (self.ref["distance"] * nd + sig["distance"]) / (nd + 1)
+            self.ref["n_distance_rebase"] = nd + 1
+            s["distance"] = self.ref["distance"] - a * sig["distance"]  # so that the update below lands on the ref
+            s["distance"] /= 1 - a
+            self.rebase_left -= 1
         s["kept"] = (1 - a) * s["kept"] + a * sig["kept"]
         s["entropy"] = (1 - a) * s["entropy"] + a * sig["entropy"]
         s["distance"] = (1 - a) * s["distance"] + a * sig["distance"]
@@ -156,7 +172,8 @@ class HealthMonitor:
         if v["agreement"] < c.min_agreement:
             out.append("agreement")
         ratio = c.max_distance_ratio
-        if ratio is not None and r["distance"] > 0 and not r["distance"] / ratio <= v["distance"] <= ratio * r["distance"]:
+        # one-sided: input unlike anything the model knows moves features AWAY from every centroid
+        if ratio is not None and r["distance"] > 0 and self.rebase_left == 0 and v["distance"] > ratio * r["distance"]:
             out.append("distance")
         return out
 
