@@ -3,7 +3,7 @@ off), the adapter updating on every frame (on), and the adapter under a per-fram
 Median / p90 / p99 ms per frame and peak RSS per mode (each mode in its own process, so RSS is its
 own); JSON + a markdown table.
 
-    python benchmarks/bench_online.py --model CKPT [--size 256x512] [--frames 40] [--budget-ms 400]
+    python benchmarks/bench_online.py --model CKPT [--size 256x512] [--frames 40] [--budget-ms 400] [--config YAML]
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ def _run_mode(args: dict, mode: str, queue) -> None:  # noqa: ANN001
                 times.append((time.perf_counter() - t0) * 1e3)
     else:
         budget = args["budget_ms"] if mode == "budget" else None
-        ad = open_adapter(args["model"], OnlineConfig(budget_ms=budget, safety={"calib_frames": 3}))
+        from diga_sdk.config import load_config
+
+        cfg = load_config(args["config"], OnlineConfig, {"budget_ms": budget, "safety.calib_frames": 3})
+        ad = open_adapter(args["model"], cfg)
         for img in frames:
             r = ad.process(img)
             times.append(r.total_ms)
@@ -71,11 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--budget-ms", type=float, default=400.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--config", default=None, help="YAML with OnlineConfig settings (e.g. docs/online/anchored.yaml)")
     p.add_argument("--json", default="runs/bench/online.json")
     a = p.parse_args(argv)
     h, w = (int(v) for v in a.size.lower().split("x"))
     args = {"model": a.model, "size": (h, w), "frames": a.frames, "warmup": a.warmup, "budget_ms": a.budget_ms,
-            "threads": a.threads}
+            "threads": a.threads, "config": a.config}
     from diga_sdk.io import atomic_write_bytes, atomic_write_json
     from diga_sdk.results import env_info
 
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         r["median_vs_off"] = r["median_ms"] / off
     if rows[2]["budget_ms"] is not None:
         rows[2]["p99_within_budget"] = rows[2]["p99_ms"] <= rows[2]["budget_ms"]
-    result = {"size": [h, w], "model": a.model, "rows": rows, "env": env_info(),
+    result = {"size": [h, w], "model": a.model, "config": a.config, "rows": rows, "env": env_info(),
               "note": "wall time per frame incl. prediction; machine shared with other jobs (load recorded)",
               "loadavg": os.getloadavg()}
     atomic_write_json(a.json, result)

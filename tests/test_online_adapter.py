@@ -124,14 +124,17 @@ def test_forced_collapse_rolls_back_to_pre_collapse_miou(small_model: Path) -> N
     assert post - post_u > 2.0, "the guarded adapter ends the noise far above the unguarded one"
 
 
-def test_resume_after_restart_matches_uninterrupted_run(small_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("anchored", [False, True], ids=["target-only", "source-anchor"])
+def test_resume_after_restart_matches_uninterrupted_run(small_model: Path, tmp_path: Path, anchored: bool,
+                                                        tiny_specs: dict[str, str]) -> None:
     frames = list(FrameStream("scenario:target", 8, ONLINE_SIZE, seed=5))
-    full = open_adapter(small_model, _cfg())
+    extra = {"source": tiny_specs["source_train"], "source_samples": 4} if anchored else {}
+    full = open_adapter(small_model, _cfg(**extra))
     for f in frames:
         full.process(f.image)
 
     state = tmp_path / "state.safetensors"
-    first = open_adapter(small_model, _cfg(checkpoint_every=5), state=state)
+    first = open_adapter(small_model, _cfg(checkpoint_every=5, **extra), state=state)
     for f in frames[:7]:  # "crashes" after frame 6; the last save was after frame 4
         first.process(f.image)
     del first
@@ -146,6 +149,27 @@ def test_resume_after_restart_matches_uninterrupted_run(small_model: Path, tmp_p
         for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(va, vb), f"{name}.{k} differs after resume"
     assert torch.equal(full.centroids, resumed.centroids)
+    assert (resumed.source is not None) == anchored  # the anchor subset is rebuilt from the saved config
+
+
+def test_source_anchor_is_a_fixed_seeded_labelled_subset(tiny_specs: dict[str, str]) -> None:
+    from diga_sdk.adapt.online_source import SourceAnchor
+    from diga_sdk.data.datasets import open_dataset
+    from diga_sdk.errors import DigaError
+
+    a, b = SourceAnchor(tiny_specs["source_train"], 3, seed=1), SourceAnchor(tiny_specs["source_train"], 3, seed=1)
+    assert len(a) == 3 and all(torch.equal(x, y) for x, y in zip(a.images, b.images, strict=True))
+    ds = open_dataset(tiny_specs["source_train"])
+    originals = [torch.from_numpy(ds[i].label.astype(np.uint8)) for i in range(len(ds))]
+    assert all(any(torch.equal(lab, o) for o in originals) for lab in a.labels)  # real labels, unchanged
+    x, y = a.crops(5, (32, 64), np.random.default_rng(0))
+    assert x.shape == (5, 3, 32, 64) and y.shape == (5, 32, 64) and 0.0 <= float(x.min()) <= float(x.max()) <= 1.0
+    assert set(y.unique().tolist()) <= set(range(19)) | {255}
+    with pytest.raises(DigaError, match="smaller than the update crop"):
+        a.check_crop((a.min_hw[0] + 8, a.min_hw[1]))
+    target_root = tiny_specs["target_train"].split(":", 1)[1].split("@")[0]
+    with pytest.raises(DigaError, match="no labels"):  # a plain image folder cannot anchor anything
+        SourceAnchor(f"folder:{target_root}/leftImg8bit/train", 2)
 
 
 def test_stream_scenarios_are_deterministic_and_conditioned() -> None:
@@ -194,3 +218,73 @@ def test_distance_signal_is_one_sided_and_re_measured_after_new_centroids() -> N
     for _ in range(3):
         mon.observe({**sig, "distance": 20.0}, None)
     assert mon.last_reasons == ["distance"]
+
+
+def test_distance_reference_follows_slow_adaptation_but_not_a_jump() -> None:
+    from diga_sdk.adapt.online_safety import HealthMonitor, SafetyConfig
+
+    sig = {"kept": 0.8, "entropy": 0.4, "hist": [0.5, 0.5] + [0.0] * 17, "distance": 5.0}
+    tracking, fixed = HealthMonitor(SafetyConfig(calib_frames=2)), HealthMonitor(SafetyConfig(calib_frames=2,
+                                                                                            distance_tracking=0.0))
+    for mon in (tracking, fixed):
+        for _ in range(2):
+            mon.observe(sig, None)
+    alarms = {"tracking": 0, "fixed": 0}
+    for k in range(200):  # adaptation moves features away from the centroids by 0.4 % a frame
+        for name, mon in (("tracking", tracking), ("fixed", fixed)):
+            mon.observe({**sig, "distance": 5.0 * (1.004 ** k)}, None)
+            alarms[name] += bool(mon.last_reasons)
+    assert alarms["tracking"] == 0 and alarms["fixed"] > 50, alarms
+    level = 5.0 * 1.004 ** 199
+    for _ in range(3):  # then a noise-like jump of 1.45x
+        tracking.observe({**sig, "distance": 1.45 * level}, None)
+    assert tracking.last_reasons == ["distance"]
+
+
+@pytest.mark.parametrize("prob", [0.0, 0.3, 1.0])
+def test_stochastic_restore_returns_that_share_of_weights_to_shipped(small_model: Path, prob: float) -> None:
+    stream = FrameStream("scenario:target", 5, ONLINE_SIZE, seed=2)
+    ad = open_adapter(small_model, _cfg(restore_prob=prob, safety={"calib_frames": 3, "enabled": False}))
+    shipped = {k: v.clone() for k, v in ad.student.named_parameters()}
+    for f in stream:
+        ad.process(f.image)
+    assert ad.counters["updates"] == 2
+    same = sum(int((p == shipped[k]).sum()) for k, p in ad.student.named_parameters())
+    total = sum(p.numel() for p in shipped.values())
+    share = same / total
+    if prob == 1.0:
+        assert share == 1.0
+    elif prob == 0.0:
+        assert share < 0.2, share  # SGD with weight decay moves (almost) every weight
+    else:  # restored in the last update, or in the one before and untouched since (never: SGD moves it)
+        assert abs(share - prob) < 0.05, share
+
+
+def test_shadow_check_flags_drift_from_shipped_but_not_a_shared_condition_change() -> None:
+    from diga_sdk.adapt.online_safety import HealthMonitor, SafetyConfig
+
+    sig = {"kept": 0.88, "entropy": 0.4, "hist": [0.5, 0.5] + [0.0] * 17, "distance": 5.0}
+    drift, weather = HealthMonitor(SafetyConfig(calib_frames=2)), HealthMonitor(SafetyConfig(calib_frames=2))
+    for mon in (drift, weather):
+        for _ in range(2):
+            mon.observe(sig, None)
+    for k in range(12):  # both frames see kept falling 0.88 -> 0.55; only the drifting teacher falls alone
+        kept = 0.88 - 0.03 * k
+        drift.observe({**sig, "kept": kept, "kept_shipped": 0.88}, None)
+        weather.observe({**sig, "kept": kept, "kept_shipped": kept}, None)
+        assert "shipped" not in weather.last_reasons
+    assert "shipped" in drift.last_reasons and drift.signals()["kept_vs_shipped"] < 0.85
+    drift.after_rollback()
+    assert drift.signals()["kept_vs_shipped"] == 1.0
+
+
+def test_rollback_slows_learning_only_when_the_model_was_to_blame(small_model: Path) -> None:
+    ad = open_adapter(small_model, _cfg(lr=0.004, rollback_lr_factor=0.5))
+    lr = lambda: {g["lr"] for g in ad.optimizer.param_groups}  # noqa: E731
+    base = lr()
+    ad._rollback(["distance"])  # the input was unlike anything (noise, a covered lens): same pace afterwards
+    assert lr() == base
+    ad._rollback(["shipped"])  # the teacher drifted away from the shipped model's consistency
+    assert lr() == {v * 0.5 for v in base}
+    ad._rollback(["agreement", "distance"])
+    assert lr() == {v * 0.25 for v in base} and ad.counters["rollbacks"] == 3

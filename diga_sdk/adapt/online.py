@@ -64,12 +64,15 @@ from ..models.registry import build_model
 from .augment import StrongView
 from .centroids import FAR, class_means, labels_at, momentum_update
 from .ema import EMATeacher
+from .mixture import source_to_target_classmix
 from .online_replay import ReplayBuffer
 from .online_safety import HealthMonitor, SafetyConfig, frame_signals
+from .online_source import SourceAnchor
 from .optim import make_optimizer
 from .supervised import seg_loss
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the shipped weights (stochastic restore) are part of the state
+MODEL_FAILURES = frozenset({"shipped", "agreement"})  # health reasons that blame the adapted model, not the input
 CROP_LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)  # update crop area, as fractions of `crop`
 BUDGET_DEVIATIONS = 2.0  # planned update cost = mean + this many mean absolute deviations
 BUDGET_MARGIN = 0.05  # share of the budget kept free (timer jitter, allocator)
@@ -98,6 +101,18 @@ class OnlineConfig(BaseModel):
     checkpoint_every: int = Field(0, ge=0)  # frames between state saves; 0 = only on request
     budget_ms: float | None = None  # per-frame time budget (prediction + update); None = always update
     seed: int = 0
+    # the source anchor (`online_source`): labelled source images the vehicle carries; each update pastes
+    # half of a source crop's classes onto every target crop (DiGA's source->target ClassMix)
+    source: str | None = None  # dataset spec, e.g. gta5:PATH or synthetic:source@train; None = target only
+    source_samples: int = Field(64, ge=1)
+    source_view: bool = False  # also train on the source crops themselves (plain source CE, one more view)
+    # stochastic restore (CoTTA): after each update every student weight returns to its shipped value with
+    # this probability, so knowledge the stream does not exercise is never lost for good; 0 = off
+    restore_prob: float = Field(0.0, ge=0.0, le=1.0)
+    # after a rollback that the model caused (MODEL_FAILURES: it drifted from its own shipped self, or
+    # its student left its teacher) the learning rate is multiplied by this: a stream that cannot
+    # support the current pace gets a slower one. Input-caused rollbacks (noise, a blank lens) keep it
+    rollback_lr_factor: float = Field(0.5, gt=0.0, le=1.0)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
 
 
@@ -147,6 +162,9 @@ class OnlineAdapter:
         self.student.train()
         _set_bn(self.student, self.cfg.bn, self.cfg.bn_momentum)
         self.teacher = EMATeacher(self.student)
+        # the shipped model, frozen: the target of stochastic restore and the shadow check's reference
+        self.shipped = EMATeacher(self.student)
+        self.shipped_centroids: torch.Tensor | None = None  # the centroids calibration ended with
         self.optimizer = make_optimizer(self.student, OptimConfig(lr=self.cfg.lr, momentum=self.cfg.momentum,
                                                                   weight_decay=self.cfg.weight_decay))
         d = getattr(self.student, "feature_dim", 256)
@@ -160,6 +178,10 @@ class OnlineAdapter:
         self.replay = ReplayBuffer(self.cfg.replay_capacity)
         self.monitor = HealthMonitor(self.cfg.safety)
         self.strong = StrongView()
+        self.source = None
+        if self.cfg.source:
+            self.source = SourceAnchor(self.cfg.source, self.cfg.source_samples, self.cfg.seed)
+            self.source.check_crop(self.cfg.crop)
         self.frame_index = 0
         self.counters = {"frames": 0, "updates": 0, "skip_budget": 0, "skip_unhealthy": 0, "rollbacks": 0,
                          "snapshots": 0, "over_budget": 0}
@@ -188,15 +210,19 @@ class OnlineAdapter:
         pl_sel = kernels.consensus_select(pred, t_feats, self.centroids) if ready else pred
         kept = float((pl_sel != IGNORE_INDEX).float().mean())
         sig = frame_signals(t_logits, kept, t_feats, self.centroids, self.seen) if self.cfg.safety.enabled else None
+        if sig is not None and self._shadow_due():
+            sig["kept_shipped"] = self._shipped_kept(x)
         collapse = sig is not None and self.monitor.observe(sig, self.last_agreement)
         self.last_agreement = None
         result = FrameResult(i, pred_np, "update", 0.0, predict_ms, reasons=list(self.monitor.last_reasons))
 
         if self.frame_index < self.cfg.safety.calib_frames:
             self._calibrate_centroids(t_feats, pred)
+            if self.frame_index == self.cfg.safety.calib_frames - 1:
+                self.shipped_centroids = self.centroids.clone()
             result.action = "calibrate"
         elif collapse:
-            self._rollback()
+            self._rollback(list(self.monitor.last_reasons))
             result.action = "rollback"
         else:
             if self.suspended and self.monitor.good_streak >= self.cfg.safety.recover_frames:
@@ -236,6 +262,18 @@ class OnlineAdapter:
         if self.cfg.budget_ms is not None and result.total_ms > self.cfg.budget_ms:
             self.counters["over_budget"] = self.counters.get("over_budget", 0) + 1
         return result
+
+    def _shadow_due(self) -> bool:
+        n = self.cfg.safety.shadow_every
+        return bool(n and self.shipped_centroids is not None and self.frame_index % n == 0)
+
+    def _shipped_kept(self, x: torch.Tensor) -> float:
+        """The shipped model's consensus-kept share on this frame, with the centroids it calibrated: the
+        reference the adapted teacher's own kept share is compared with (same frame, same conditions)."""
+        logits, feats = self.shipped(normalize(x, self.meta.mean, self.meta.std))
+        pred = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+        sel = kernels.consensus_select(pred, feats, self.shipped_centroids)
+        return float((sel != IGNORE_INDEX).float().mean())
 
     def _checkpoint_due(self) -> bool:
         """Whether the frame being finished (frame_index already advanced) ends with a state save."""
@@ -288,9 +326,13 @@ class OnlineAdapter:
             overhead = float(c["overhead_ms"]) + BUDGET_DEVIATIONS * float(c.get("dev_overhead") or 0.0)
         for s in CROP_LADDER:
             ch, cw = self._crop_hw(s, h, w)
-            if overhead + per_kpx * 2 * b * ch * cw / 1e3 <= left_ms:
+            if overhead + per_kpx * self._views() * b * ch * cw / 1e3 <= left_ms:
                 return s
         return 0.0
+
+    def _views(self) -> int:
+        """Student inputs per target crop in an update: strong view, mixed view (+ the source view)."""
+        return 3 if self.source is not None and self.cfg.source_view else 2
 
     def _update(self, i: int, scale: float) -> float:
         """One optimizer step on the current frame + replayed ones; returns its wall time (ms)."""
@@ -314,26 +356,36 @@ class OnlineAdapter:
         t_clean = torch.stack(ts).float()
         b = x.shape[0]
         x_aug = self.strong(x, self.cfg.aug_beta, seed + 2)
-        if b > 1:  # frame-to-frame ClassMix: half of each frame's classes pasted onto the next frame
+        extra: list[torch.Tensor] = []
+        if self.source is not None:  # DiGA's source->target ClassMix: source classes (with ground truth) on target
+            x_src, y_src = self.source.crops(b, (ch, cw), step_rng(self.cfg.seed, i, "online-source"))
+            x_mix, y_mix = source_to_target_classmix(x_src, y_src, x_aug, y, self.num_classes, gen)
+            if self.cfg.source_view:
+                extra = [x_src]
+        elif b > 1:  # frame-to-frame ClassMix: half of each frame's classes pasted onto the next frame
             chosen = kernels.choose_classes(y, self.num_classes, gen)
             x_mix, y_mix = kernels.class_mix(x_aug, x_aug.roll(1, 0), y, y.roll(1, 0), chosen)
         else:
             x_mix, y_mix = x_aug, y
         t_fb = time.perf_counter()
-        logits, _ = self.student(normalize(torch.cat([x_aug, x_mix]), self.meta.mean, self.meta.std))
+        logits, _ = self.student(normalize(torch.cat([x_aug, x_mix, *extra]), self.meta.mean, self.meta.std))
         s_aug = logits[:b]
         if tuple(s_aug.shape[-2:]) != tuple(t_clean.shape[-2:]):
             s_aug = F.interpolate(s_aug, size=t_clean.shape[-2:], mode="bilinear", align_corners=False)
         loss_kd = -(torch.softmax(t_clean, 1) * torch.log_softmax(s_aug, 1)).sum(1).mean()
-        loss = seg_loss(logits[b:], y_mix) + self.cfg.lambda_distil * loss_kd
+        loss = seg_loss(logits[b:2 * b], y_mix) + self.cfg.lambda_distil * loss_kd
+        if extra:
+            loss = loss + seg_loss(logits[2 * b:], y_src)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         fb_ms = (time.perf_counter() - t_fb) * 1e3
         self.optimizer.step()
+        if self.cfg.restore_prob > 0:
+            self._restore(gen)
         self.teacher.update(self.student, step=10**9, max_decay=self.cfg.ema_decay)  # constant decay
         self.last_agreement = float((s_aug[0].argmax(0) == t_clean[0].argmax(0)).float().mean())
         total = (time.perf_counter() - t0) * 1e3
-        kpx = 2 * b * ch * cw / 1e3
+        kpx = self._views() * b * ch * cw / 1e3
         per_kpx, overhead = fb_ms / kpx, total - fb_ms
         a = 0.3
         c = self.cost
@@ -346,6 +398,14 @@ class OnlineAdapter:
             c["overhead_ms"] = (1 - a) * c["overhead_ms"] + a * overhead
         self.counters["updates"] += 1
         return total
+
+    @torch.no_grad()
+    def _restore(self, gen: torch.Generator) -> None:
+        """Stochastic restore: each student weight goes back to the shipped value with prob `restore_prob`."""
+        shipped = dict(self.shipped.module.named_parameters())
+        for name, p in self.student.named_parameters():
+            keep = torch.rand(p.shape, generator=gen) >= self.cfg.restore_prob
+            p.copy_(torch.where(keep, p, shipped[name]))
 
     def _take_snapshot(self, confirmed: bool = False) -> None:
         """Two stages: a snapshot becomes the "last good" weights only after a further `snapshot_every`
@@ -360,8 +420,12 @@ class OnlineAdapter:
             self.counters["snapshots"] += 1
         self._candidate = snap
 
-    def _rollback(self) -> None:
-        """Restore the last good weights and centroids, forget the replay buffer and optimizer momentum."""
+    def _rollback(self, reasons: list[str] | None = None) -> None:
+        """Restore the last good weights and centroids, forget the replay buffer and optimizer momentum;
+        when the model itself went wrong (not the input), learn more slowly from here on."""
+        if self.cfg.rollback_lr_factor != 1.0 and set(reasons or ()) & MODEL_FAILURES:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.cfg.rollback_lr_factor
         self.student.load_state_dict(self._good["student"])
         self.teacher.module.load_state_dict(self._good["teacher"])
         self.centroids, self.seen = self._good["centroids"].clone(), self._good["seen"].clone()
@@ -412,6 +476,7 @@ class OnlineAdapter:
         """Everything needed to continue, in one safetensors file written atomically."""
         tensors: dict[str, torch.Tensor] = {}
         for prefix, sd in (("student.", self.student.state_dict()), ("teacher.", self.teacher.module.state_dict()),
+                           ("shipped.", self.shipped.module.state_dict()),
                            ("good.student.", self._good["student"]), ("good.teacher.", self._good["teacher"])):
             tensors.update({prefix + k: v.detach().cpu().contiguous() for k, v in sd.items()})
         opt = self.optimizer.state_dict()
@@ -423,6 +488,8 @@ class OnlineAdapter:
                         "good.centroids": self._good["centroids"].contiguous(),
                         "good.seen": self._good["seen"].to(torch.uint8), "pixel_counts": self.pixel_counts,
                         "calib_sums": self._calib_sums})
+        if self.shipped_centroids is not None:
+            tensors["shipped_centroids"] = self.shipped_centroids.contiguous()
         if self._candidate is not None:
             for part in ("student", "teacher"):
                 tensors.update({f"cand.{part}.{k}": v.contiguous() for k, v in self._candidate[part].items()})
@@ -459,6 +526,8 @@ class OnlineAdapter:
         model.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("student.")})
         self = cls(model, cfg or OnlineConfig.model_validate(info["config"]), meta=meta, state_path=p)
         self.teacher.module.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("teacher.")})
+        self.shipped.module.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("shipped.")})
+        self.shipped_centroids = t.get("shipped_centroids")
         state: dict[int, dict[str, torch.Tensor]] = {}
         for k, v in t.items():
             if k.startswith("optim."):

@@ -34,6 +34,9 @@ class SafetyConfig(BaseModel):
     enabled: bool = True
     calib_frames: int = 8
     smoothing: float = 0.5  # EMA weight of the newest frame
+    # agreement is measured on one random strongly augmented crop per update, so a single value swings
+    # by +-0.1 on a healthy stream (256x512 runs, README): it is smoothed over ~5 updates, not 2
+    agreement_smoothing: float = 0.2
     patience: int = 2  # consecutive bad frames that call a collapse
     # Bounds set from the shipped warm-up model's smoothed signals on 256x512 streams (README, "On-device
     # adaptation", Measured): clear, fog and dusk must pass, noise must not.
@@ -45,10 +48,22 @@ class SafetyConfig(BaseModel):
     # mean nearest-centroid distance outside [ref/r, r*ref] (None = off): clear/fog/dusk stay within
     # [0.79, 1.20] x ref, noise frames reach 1.42-1.49 x ref from their third frame
     max_distance_ratio: float | None = 1.35
+    # weight of each healthy frame in the distance reference after calibration (0 = fixed reference).
+    # Adaptation itself moves the features away from the slowly updated centroids (anchored 600-frame
+    # run: 33 frames over 1.35x a fixed reference, 8 rollbacks); noise or a blank lens jumps in 2-3 frames
+    distance_tracking: float = 0.02
     # absolute share of pixels. Measured on the clean 256x512 target stream (README, "On-device adaptation"):
     # 0.4 let a slow self-training drift through (-9 mIoU by frame 150, no other signal crossed its bound);
     # 0.6 stops the student once it moved that far from its teacher
     min_agreement: float = 0.6
+    # shadow check: every `shadow_every` frames the frozen shipped model also predicts the frame, and the
+    # adapted teacher's consensus-kept share is compared with the shipped model's on that same frame.
+    # A teacher drifting into its own mistakes loses the agreement between its classifier and its
+    # feature centroids (anchored 1200-frame run: 0.90 -> 0.55 while mIoU fell from +7 to -7 vs frozen)
+    # while a weather change lowers both models' share alike. 0 = off.
+    shadow_every: int = 5
+    min_kept_vs_shipped: float = 0.85  # smoothed adapted / shipped kept share on the shadow frames
+    shadow_smoothing: float = 0.3
     recover_frames: int = 3  # healthy frames in a row before updates resume after a rollback
 
 
@@ -137,8 +152,12 @@ class HealthMonitor:
         s["entropy"] = (1 - a) * s["entropy"] + a * sig["entropy"]
         s["distance"] = (1 - a) * s["distance"] + a * sig["distance"]
         s["hist"] = [(1 - a) * o + a * h for o, h in zip(s["hist"], sig["hist"], strict=True)]
+        if sig.get("kept_shipped"):
+            w = self.cfg.shadow_smoothing
+            s["kept_vs_shipped"] = (1 - w) * s.get("kept_vs_shipped", 1.0) + w * sig["kept"] / sig["kept_shipped"]
         if agreement is not None:
-            s["agreement"] = (1 - a) * s["agreement"] + a * agreement
+            w = self.cfg.agreement_smoothing
+            s["agreement"] = (1 - w) * s["agreement"] + w * agreement
         reasons = self.violations()
         self.last_reasons = reasons
         if reasons:
@@ -147,6 +166,9 @@ class HealthMonitor:
         else:
             self.bad_streak = 0
             self.good_streak += 1
+            w = self.cfg.distance_tracking
+            if w > 0 and self.rebase_left == 0 and sig["distance"] > 0 and self.ref.get("distance", 0) > 0:
+                self.ref["distance"] = (1 - w) * self.ref["distance"] + w * sig["distance"]
         return self.bad_streak >= self.cfg.patience
 
     def signals(self) -> dict[str, float]:
@@ -156,7 +178,7 @@ class HealthMonitor:
         s, r = self.smooth, self.ref
         return {"kept": s["kept"], "entropy": s["entropy"], "agreement": s["agreement"], "distance": s["distance"],
                 "drift": 0.5 * sum(abs(x - y) for x, y in zip(s["hist"], r["hist"], strict=True)),
-                "diversity": _diversity(s["hist"])}
+                "diversity": _diversity(s["hist"]), "kept_vs_shipped": s.get("kept_vs_shipped", 1.0)}
 
     def violations(self) -> list[str]:
         c, r, v = self.cfg, self.ref, self.signals()
@@ -171,6 +193,8 @@ class HealthMonitor:
             out.append("entropy")
         if v["agreement"] < c.min_agreement:
             out.append("agreement")
+        if v["kept_vs_shipped"] < c.min_kept_vs_shipped:
+            out.append("shipped")
         ratio = c.max_distance_ratio
         # one-sided: input unlike anything the model knows moves features AWAY from every centroid
         if ratio is not None and r["distance"] > 0 and self.rebase_left == 0 and v["distance"] > ratio * r["distance"]:
@@ -186,4 +210,4 @@ class HealthMonitor:
     def _reset_smooth(self) -> None:
         r = self.ref
         self.smooth = {"kept": r["kept"], "entropy": r["entropy"], "distance": r["distance"], "hist": list(r["hist"]),
-                       "agreement": 1.0}
+                       "agreement": 1.0, "kept_vs_shipped": 1.0}

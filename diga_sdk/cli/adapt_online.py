@@ -26,6 +26,9 @@ def online(
     budget_ms: float | None = typer.Option(None, "--budget-ms", help="per-frame time budget (predict + update)"),
     bn: str | None = typer.Option(None, "--bn", help="batch-norm handling: adapt (default) or frozen"),
     no_safety: bool = typer.Option(False, "--no-safety", help="disable the health monitor and rollback"),
+    source: str | None = typer.Option(None, "--source",
+                                      help="labelled source split the vehicle carries as an anchor, e.g. "
+                                           "gta5:PATH or synthetic:source@train (see OnlineConfig.source)"),
     centroids: Path | None = typer.Option(None, "--centroids",
                                           help="start from these centroids (else from the first frames)"),
     config: Path | None = typer.Option(None, "--config", help="YAML with any OnlineConfig setting"),
@@ -55,7 +58,7 @@ def online(
     if resume and state is None:
         raise DigaError("--resume needs --state FILE (the adapter state written by an earlier run)")
     cfg = load_config(config, OnlineConfig, {"budget_ms": budget_ms, "bn": bn, "seed": seed,
-                                             "checkpoint_every": checkpoint_every,
+                                             "checkpoint_every": checkpoint_every, "source": source,
                                              "safety.enabled": False if no_safety else None})
     fs = FrameStream(stream, frames, parse_size(size), segments, seed=seed)
     if resume and state is not None and state.is_file():

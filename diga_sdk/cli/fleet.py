@@ -18,14 +18,15 @@ app.add_typer(fleet_app, name="fleet")
 
 
 def _spec(model: Path, out: Path, vehicles: int, rounds: int, frames: int, stream: str, segments: str | None,
-          size: str, seed: int, config: Path | None, budget_ms: float | None, threads: int):
+          size: str, seed: int, config: Path | None, budget_ms: float | None, threads: int,
+          source: str | None = None):
     from ..adapt.online import OnlineConfig
     from ..config import load_config
     from ..fleet.vehicle import FleetSpec
     from ..models.checkpoint import read_meta
 
     read_meta(model)  # a missing or corrupt checkpoint fails here, before any process starts
-    online = load_config(config, OnlineConfig, {"budget_ms": budget_ms})
+    online = load_config(config, OnlineConfig, {"budget_ms": budget_ms, "source": source})
     return FleetSpec(checkpoint=str(model), workdir=str(out / "vehicles"), vehicles=vehicles, rounds=rounds,
                      frames_per_round=frames, stream=stream, segments=segments, size=parse_size(size), seed=seed,
                      threads=threads, online=online)
@@ -44,6 +45,8 @@ _SEED = typer.Option(0, "--seed")
 _CONFIG = typer.Option(None, "--config", help="YAML with any OnlineConfig setting")
 _BUDGET = typer.Option(None, "--budget-ms", help="per-frame time budget on each vehicle")
 _THREADS = typer.Option(1, "--threads", help="torch threads per vehicle")
+_SOURCE = typer.Option(None, "--source", help="labelled source split each vehicle carries as an anchor "
+                                              "(OnlineConfig.source), e.g. synthetic:source@train")
 
 
 @fleet_app.command("simulate")
@@ -51,6 +54,7 @@ def simulate_cmd(
     model: Path = _MODEL, out: Path = _OUT, vehicles: int = _VEHICLES, rounds: int = _ROUNDS,
     frames: int = _FRAMES, stream: str = _STREAM, segments: str | None = _SEGMENTS, size: str = _SIZE,
     seed: int = _SEED, config: Path | None = _CONFIG, budget_ms: float | None = _BUDGET, threads: int = _THREADS,
+    source: str | None = _SOURCE,
     eval_spec: str | None = typer.Option("synthetic:target@val", "--eval",
                                          help="labelled split scoring the fleet model (none: 'none')"),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline",
@@ -61,7 +65,7 @@ def simulate_cmd(
     """Run N vehicles on Flower's simulation engine; score the fleet model against single vehicles."""
     from ..fleet.run import simulate, single_vehicles
 
-    spec = _spec(model, out, vehicles, rounds, frames, stream, segments, size, seed, config, budget_ms, threads)
+    spec = _spec(model, out, vehicles, rounds, frames, stream, segments, size, seed, config, budget_ms, threads, source)
     if (out / "vehicles").exists() and any((out / "vehicles").iterdir()):
         raise DigaError(f"{out}/vehicles holds vehicle states of an earlier run; choose another --out or delete it")
     record: dict[str, Any] = simulate(spec, out, cpus_per_vehicle)
@@ -101,13 +105,14 @@ def server_cmd(
     model: Path = _MODEL, out: Path = _OUT, vehicles: int = _VEHICLES, rounds: int = _ROUNDS,
     frames: int = _FRAMES, stream: str = _STREAM, segments: str | None = _SEGMENTS, size: str = _SIZE,
     seed: int = _SEED, config: Path | None = _CONFIG, budget_ms: float | None = _BUDGET, threads: int = _THREADS,
+    source: str | None = _SOURCE,
     address: str = typer.Option("127.0.0.1:8088", "--address", help="gRPC address to listen on"),
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """The fleet server as a process: waits for --vehicles vehicles, runs --rounds rounds, writes the fleet model."""
     from ..fleet.run import serve
 
-    spec = _spec(model, out, vehicles, rounds, frames, stream, segments, size, seed, config, budget_ms, threads)
+    spec = _spec(model, out, vehicles, rounds, frames, stream, segments, size, seed, config, budget_ms, threads, source)
     record = serve(spec, out, address)
     write_json(json_path, record)
     console.print(dumps({k: v for k, v in record.items() if k != "spec"}), highlight=False)
@@ -118,11 +123,12 @@ def vehicle_cmd(
     model: Path = _MODEL, out: Path = _OUT, vehicles: int = _VEHICLES, rounds: int = _ROUNDS,
     frames: int = _FRAMES, stream: str = _STREAM, segments: str | None = _SEGMENTS, size: str = _SIZE,
     seed: int = _SEED, config: Path | None = _CONFIG, budget_ms: float | None = _BUDGET, threads: int = _THREADS,
+    source: str | None = _SOURCE,
     vehicle_id: int = typer.Option(..., "--vehicle-id", help="0..vehicles-1: which stream this vehicle drives"),
     address: str = typer.Option("127.0.0.1:8088", "--address", help="the fleet server's gRPC address"),
 ) -> None:
     """One vehicle as a process: adapt online on its own stream, exchange models with the fleet server."""
     from ..fleet.run import vehicle
 
-    spec = _spec(model, out, vehicles, rounds, frames, stream, segments, size, seed, config, budget_ms, threads)
+    spec = _spec(model, out, vehicles, rounds, frames, stream, segments, size, seed, config, budget_ms, threads, source)
     vehicle(spec, vehicle_id, address)
