@@ -288,3 +288,19 @@ def test_rollback_slows_learning_only_when_the_model_was_to_blame(small_model: P
     assert lr() == {v * 0.5 for v in base}
     ad._rollback(["agreement", "distance"])
     assert lr() == {v * 0.25 for v in base} and ad.counters["rollbacks"] == 3
+
+
+def test_fleet_weights_replace_the_teacher_and_move_the_student_alike(small_model: Path) -> None:
+    ad = open_adapter(small_model, _cfg())
+    for f in FrameStream("scenario:target", 6, ONLINE_SIZE, seed=3):
+        ad.process(f.image)
+    teacher, student = ad.weights(), {k: v.clone() for k, v in ad.student.state_dict().items()}
+    lead = [k for k, v in student.items() if v.is_floating_point() and not torch.equal(v, teacher[k])]
+    assert lead, "after updates the student leads its EMA teacher"
+    fleet = {k: v + 0.01 if v.is_floating_point() else v for k, v in teacher.items()}
+    ad.load_weights(fleet)
+    for k, v in ad.model.state_dict().items():
+        assert torch.equal(v, fleet[k]), k
+    for k, v in ad.student.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, student[k] + 0.01, atol=1e-6), k  # the lead is kept, not reset
