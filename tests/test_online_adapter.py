@@ -280,6 +280,8 @@ def test_shadow_check_flags_drift_from_shipped_but_not_a_shared_condition_change
 
 def test_rollback_slows_learning_only_when_the_model_was_to_blame(small_model: Path) -> None:
     ad = open_adapter(small_model, _cfg(lr=0.004, rollback_lr_factor=0.5))
+    for f in FrameStream("scenario:target", 4, ONLINE_SIZE, seed=6):  # calibrated, so a rollback has a reference
+        ad.process(f.image)
     lr = lambda: {g["lr"] for g in ad.optimizer.param_groups}  # noqa: E731
     base = lr()
     ad._rollback(["distance"])  # the input was unlike anything (noise, a covered lens): same pace afterwards

@@ -170,6 +170,7 @@ class OnlineAdapter:
         # the shipped model, frozen: the target of stochastic restore and the shadow check's reference
         self.shipped = EMATeacher(self.student)
         self.shipped_centroids: torch.Tensor | None = None  # the centroids calibration ended with
+        self.last_shadow = -(10**9)  # frame of the last shadow check
         self.optimizer = make_optimizer(self.student, OptimConfig(lr=self.cfg.lr, momentum=self.cfg.momentum,
                                                                   weight_decay=self.cfg.weight_decay))
         d = getattr(self.student, "feature_dim", 256)
@@ -215,8 +216,10 @@ class OnlineAdapter:
         pl_sel = kernels.consensus_select(pred, t_feats, self.centroids) if ready else pred
         kept = float((pl_sel != IGNORE_INDEX).float().mean())
         sig = frame_signals(t_logits, kept, t_feats, self.centroids, self.seen) if self.cfg.safety.enabled else None
-        if sig is not None and self._shadow_due():
+        if sig is not None and self._shadow_due(t0, predict_ms):
             sig["kept_shipped"] = self._shipped_kept(x)
+            self.last_shadow = i
+            self.counters["shadow_checks"] = self.counters.get("shadow_checks", 0) + 1
         collapse = sig is not None and self.monitor.observe(sig, self.last_agreement)
         self.last_agreement = None
         result = FrameResult(i, pred_np, "update", 0.0, predict_ms, reasons=list(self.monitor.last_reasons))
@@ -268,9 +271,16 @@ class OnlineAdapter:
             self.counters["over_budget"] = self.counters.get("over_budget", 0) + 1
         return result
 
-    def _shadow_due(self) -> bool:
+    def _shadow_due(self, t0: float, predict_ms: float) -> bool:
+        """Every `shadow_every` frames; under a budget, postponed to the next frame with room for one more
+        forward (a budget below ~2.2 predictions leaves no room: then the check never runs)."""
         n = self.cfg.safety.shadow_every
-        return bool(n and self.shipped_centroids is not None and self.frame_index % n == 0)
+        if not n or self.shipped_centroids is None or self.frame_index - self.last_shadow < n:
+            return False
+        if self.cfg.budget_ms is None:
+            return True
+        left = self.cfg.budget_ms * (1.0 - BUDGET_MARGIN) - (time.perf_counter() - t0) * 1e3
+        return 1.2 * predict_ms <= left
 
     def _shipped_kept(self, x: torch.Tensor) -> float:
         """The shipped model's consensus-kept share on this frame, with the centroids it calibrated: the
@@ -511,6 +521,7 @@ class OnlineAdapter:
         info = {"version": STATE_VERSION, "frame_index": self.frame_index, "counters": self.counters,
                 "suspended": self.suspended, "last_agreement": self.last_agreement, "cost": self.cost,
                 "rollback_frames": self.rollback_frames, "good_frame": self._good["frame"],
+                "last_shadow": self.last_shadow,
                 "candidate_frame": None if self._candidate is None else self._candidate["frame"],
                 "monitor": self.monitor.state(), "replay_frames": self.replay.frame_ids,
                 "optim_param_groups": opt["param_groups"], "config": self.cfg.model_dump(mode="json"),
@@ -562,6 +573,7 @@ class OnlineAdapter:
         self.frame_index, self.counters = info["frame_index"], info["counters"]
         self.suspended, self.last_agreement = info["suspended"], info["last_agreement"]
         self.cost, self.rollback_frames = info["cost"], info["rollback_frames"]
+        self.last_shadow = info["last_shadow"]
         return self
 
 

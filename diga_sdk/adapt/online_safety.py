@@ -202,8 +202,14 @@ class HealthMonitor:
         return out
 
     def after_rollback(self) -> None:
-        """Start the smoothed signals again from the reference; the bad streak is spent."""
+        """Start the model's smoothed signals again from the reference; the bad streak is spent. The
+        feature distance keeps its smoothed value: it reads the input (noise, a covered lens), which a
+        rollback does not change, and reset to the reference it let the next two noise frames pass as
+        healthy and be learned from (256x512 noise run)."""
+        distance = self.smooth.get("distance")
         self._reset_smooth()
+        if distance is not None:
+            self.smooth["distance"] = distance
         self.bad_streak = 0
         self.good_streak = 0
 
