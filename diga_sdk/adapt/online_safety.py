@@ -50,7 +50,7 @@ class SafetyConfig(BaseModel):
     max_distance_ratio: float | None = 1.35
     # weight of each healthy frame in the distance reference after calibration (0 = fixed reference).
     # Adaptation itself moves the features away from the slowly updated centroids (anchored 600-frame
-    # run: 33 frames over 1.35x a fixed reference, 8 rollbacks); noise or a blank lens jumps in 2-3 frames
+    # run: 33 frames over 1.35x a fixed reference, 12 rollbacks in all); noise or a blank lens jumps in 2-3 frames
     distance_tracking: float = 0.02
     # absolute share of pixels. Measured on the clean 256x512 target stream (README, "On-device adaptation"):
     # 0.4 let a slow self-training drift through (-9 mIoU by frame 150, no other signal crossed its bound);
