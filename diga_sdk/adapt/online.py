@@ -110,7 +110,6 @@ class OnlineConfig(BaseModel):
     # half of a source crop's classes onto every target crop (DiGA's source->target ClassMix)
     source: str | None = None  # dataset spec, e.g. gta5:PATH or synthetic:source@train; None = target only
     source_samples: int = Field(64, ge=1)
-    source_view: bool = False  # also train on the source crops themselves (plain source CE, one more view)
     # stochastic restore (CoTTA): after each update every student weight returns to its shipped value with
     # this probability, so knowledge the stream does not exercise is never lost for good; 0 = off
     restore_prob: float = Field(0.0, ge=0.0, le=1.0)
@@ -206,9 +205,7 @@ class OnlineAdapter:
         t0 = time.perf_counter()
         i = self.frame_index
         x = to_tensor(image)[None]
-        t_logits, t_feats = self.teacher(normalize(x, self.meta.mean, self.meta.std))
-        up = F.interpolate(t_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        pred = up.argmax(1)
+        t_logits, t_feats, pred = self._predict(self.teacher, x)
         predict_ms = (time.perf_counter() - t0) * 1e3
         pred_np = pred[0].to(torch.uint8).numpy()
 
@@ -271,6 +268,12 @@ class OnlineAdapter:
             self.counters["over_budget"] = self.counters.get("over_budget", 0) + 1
         return result
 
+    def _predict(self, model: EMATeacher, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, features, full-resolution argmax) of a frozen forward on a (1,3,H,W) frame in [0,1]."""
+        logits, feats = model(normalize(x, self.meta.mean, self.meta.std))
+        pred = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+        return logits, feats, pred
+
     def _shadow_due(self, t0: float, predict_ms: float) -> bool:
         """Every `shadow_every` frames; under a budget, postponed to the next frame with room for one more
         forward (a budget below ~2.2 predictions leaves no room: then the check never runs)."""
@@ -285,8 +288,7 @@ class OnlineAdapter:
     def _shipped_kept(self, x: torch.Tensor) -> float:
         """The shipped model's consensus-kept share on this frame, with the centroids it calibrated: the
         reference the adapted teacher's own kept share is compared with (same frame, same conditions)."""
-        logits, feats = self.shipped(normalize(x, self.meta.mean, self.meta.std))
-        pred = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+        _, feats, pred = self._predict(self.shipped, x)
         sel = kernels.consensus_select(pred, feats, self.shipped_centroids)
         return float((sel != IGNORE_INDEX).float().mean())
 
@@ -341,13 +343,9 @@ class OnlineAdapter:
             overhead = float(c["overhead_ms"]) + BUDGET_DEVIATIONS * float(c.get("dev_overhead") or 0.0)
         for s in CROP_LADDER:
             ch, cw = self._crop_hw(s, h, w)
-            if overhead + per_kpx * self._views() * b * ch * cw / 1e3 <= left_ms:
+            if overhead + per_kpx * 2 * b * ch * cw / 1e3 <= left_ms:  # strong + mixed view per crop
                 return s
         return 0.0
-
-    def _views(self) -> int:
-        """Student inputs per target crop in an update: strong view, mixed view (+ the source view)."""
-        return 3 if self.source is not None and self.cfg.source_view else 2
 
     def _update(self, i: int, scale: float) -> float:
         """One optimizer step on the current frame + replayed ones; returns its wall time (ms)."""
@@ -371,26 +369,21 @@ class OnlineAdapter:
         t_clean = torch.stack(ts).float()
         b = x.shape[0]
         x_aug = self.strong(x, self.cfg.aug_beta, seed + 2)
-        extra: list[torch.Tensor] = []
         if self.source is not None:  # DiGA's source->target ClassMix: source classes (with ground truth) on target
             x_src, y_src = self.source.crops(b, (ch, cw), step_rng(self.cfg.seed, i, "online-source"))
             x_mix, y_mix = source_to_target_classmix(x_src, y_src, x_aug, y, self.num_classes, gen)
-            if self.cfg.source_view:
-                extra = [x_src]
         elif b > 1:  # frame-to-frame ClassMix: half of each frame's classes pasted onto the next frame
             chosen = kernels.choose_classes(y, self.num_classes, gen)
             x_mix, y_mix = kernels.class_mix(x_aug, x_aug.roll(1, 0), y, y.roll(1, 0), chosen)
         else:
             x_mix, y_mix = x_aug, y
         t_fb = time.perf_counter()
-        logits, _ = self.student(normalize(torch.cat([x_aug, x_mix, *extra]), self.meta.mean, self.meta.std))
+        logits, _ = self.student(normalize(torch.cat([x_aug, x_mix]), self.meta.mean, self.meta.std))
         s_aug = logits[:b]
         if tuple(s_aug.shape[-2:]) != tuple(t_clean.shape[-2:]):
             s_aug = F.interpolate(s_aug, size=t_clean.shape[-2:], mode="bilinear", align_corners=False)
         loss_kd = -(torch.softmax(t_clean, 1) * torch.log_softmax(s_aug, 1)).sum(1).mean()
-        loss = seg_loss(logits[b:2 * b], y_mix) + self.cfg.lambda_distil * loss_kd
-        if extra:
-            loss = loss + seg_loss(logits[2 * b:], y_src)
+        loss = seg_loss(logits[b:], y_mix) + self.cfg.lambda_distil * loss_kd
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         fb_ms = (time.perf_counter() - t_fb) * 1e3
@@ -400,7 +393,7 @@ class OnlineAdapter:
         self.teacher.update(self.student, step=10**9, max_decay=self.cfg.ema_decay)  # constant decay
         self.last_agreement = float((s_aug[0].argmax(0) == t_clean[0].argmax(0)).float().mean())
         total = (time.perf_counter() - t0) * 1e3
-        kpx = self._views() * b * ch * cw / 1e3
+        kpx = 2 * b * ch * cw / 1e3
         per_kpx, overhead = fb_ms / kpx, total - fb_ms
         a = 0.3
         c = self.cost
