@@ -57,7 +57,7 @@ def test_adapter_updates_teacher_and_centroids(small_model: Path) -> None:
     assert moved, "the EMA teacher must follow the student"
 
 
-@pytest.mark.parametrize("mode", ["adapt", "frozen"])
+@pytest.mark.parametrize("mode", ["adapt", "adapt-batch", "frozen"])
 def test_batchnorm_modes(small_model: Path, mode: str) -> None:
     ad = open_adapter(small_model, _cfg(bn=mode, safety={"enabled": False, "calib_frames": 2}))
     key = next(k for k in ad.student.state_dict() if k.endswith("running_mean"))
@@ -66,7 +66,7 @@ def test_batchnorm_modes(small_model: Path, mode: str) -> None:
         ad.process(f.image)
     assert ad.counters["updates"] == 2
     changed = not torch.equal(before, ad.student.state_dict()[key])
-    assert changed == (mode == "adapt")
+    assert changed == (mode != "frozen")
 
 
 def test_budget_skips_updates_that_do_not_fit(small_model: Path) -> None:
@@ -128,7 +128,11 @@ def test_forced_collapse_rolls_back_to_pre_collapse_miou(small_model: Path) -> N
 def test_resume_after_restart_matches_uninterrupted_run(small_model: Path, tmp_path: Path, anchored: bool,
                                                         tiny_specs: dict[str, str]) -> None:
     frames = list(FrameStream("scenario:target", 8, ONLINE_SIZE, seed=5))
-    extra = {"source": tiny_specs["source_train"], "source_samples": 4} if anchored else {}
+    # the very first adapter of a process computes its first frame's features ~1e-6 differently from every
+    # later one (measured; not in the kernels), which a bit-exact comparison sees when this test runs alone
+    open_adapter(small_model, _cfg()).process(frames[0].image)
+    extra = ({"source": tiny_specs["source_train"], "source_samples": 4, "lr_gate": (0.9, 1.0), "lr_warmup": 3}
+             if anchored else {})
     full = open_adapter(small_model, _cfg(**extra))
     for f in frames:
         full.process(f.image)
@@ -290,6 +294,45 @@ def test_rollback_slows_learning_only_when_the_model_was_to_blame(small_model: P
     assert lr() == {v * 0.5 for v in base}
     ad._rollback(["agreement", "distance"])
     assert lr() == {v * 0.25 for v in base} and ad.counters["rollbacks"] == 3
+
+
+def test_lr_follows_the_shadow_gate_the_warm_up_and_the_back_off(small_model: Path) -> None:
+    ad = open_adapter(small_model, _cfg(lr=0.004, lr_gate=(0.9, 1.0), lr_warmup=4, rollback_lr_factor=0.5))
+    mults = [g.get("lr_mult", 1.0) for g in ad.optimizer.param_groups]
+    lrs = lambda: [g["lr"] / m for g, m in zip(ad.optimizer.param_groups, mults, strict=True)]  # noqa: E731
+    ad.counters["updates"] = 0
+    ad._set_lr()
+    assert lrs() == pytest.approx([0.001] * len(mults))  # first update of a 4-update warm-up
+    ad.counters["updates"] = 10
+    ad.monitor.smooth["kept_vs_shipped"] = 1.02  # no worse than shipped: the full lr
+    ad._set_lr()
+    assert lrs() == pytest.approx([0.004] * len(mults))
+    ad.monitor.smooth["kept_vs_shipped"] = 0.95  # half-way down the gate
+    ad._set_lr()
+    assert ad.lr_gate() == pytest.approx(0.5) and lrs() == pytest.approx([0.002] * len(mults))
+    ad.monitor.smooth["kept_vs_shipped"] = 0.88  # below the gate: no weight learning at all
+    ad._set_lr()
+    assert lrs() == [0.0] * len(mults)
+    ad.monitor.smooth["kept_vs_shipped"] = 0.95
+    ad.lr_backoff = 0.5
+    ad._set_lr()
+    assert lrs() == pytest.approx([0.001] * len(mults))
+
+
+@pytest.mark.parametrize("mode", ["adapt", "adapt-batch"])
+def test_adapt_bn_statistics_come_from_the_clean_crops_only(small_model: Path, mode: str) -> None:
+    """'adapt' moves the running statistics with the clean target crops, so how strongly the training
+    views are augmented cannot change them; 'adapt-batch' takes them from the (augmented) training batch."""
+    frames = list(FrameStream("scenario:target", 2, ONLINE_SIZE, seed=4))
+    stats = []
+    for beta in (0.0, 1.0):
+        ad = open_adapter(small_model, _cfg(bn=mode, aug_beta=beta, safety={"enabled": False, "calib_frames": 1}))
+        for f in frames:
+            ad.process(f.image)
+        assert ad.counters["updates"] == 1
+        stats.append({k: v for k, v in ad.student.state_dict().items() if "running_" in k})
+    same = all(torch.equal(stats[0][k], stats[1][k]) for k in stats[0])
+    assert same == (mode == "adapt")
 
 
 def test_fleet_weights_replace_the_teacher_and_move_the_student_alike(small_model: Path) -> None:

@@ -16,15 +16,21 @@ Per frame:
    half of DiGA's symmetric distillation; optionally a stochastic restore of `restore_prob` of the
    weights to the shipped values (CoTTA); then `teacher = a*teacher + (1-a)*student` (constant a: the
    student starts from the shipped model, so the warm-up ramp of offline training does not apply).
+   The lr is cfg.lr x a linear warm-up (`lr_warmup` updates) x the shadow gate (`lr_gate`) x the
+   rollback back-off.
 5. Every `safety.shadow_every` frames the frozen shipped model predicts the frame too (the shadow
-   check in `online_safety`); a rollback the model caused (shadow check, agreement) also multiplies
-   the lr by `rollback_lr_factor`.
+   check in `online_safety`): its smoothed kept-share ratio gates the lr, and below its bound rolls
+   back; a rollback the model caused (shadow check, agreement) also multiplies the lr by
+   `rollback_lr_factor`.
 
-BatchNorm (explicit, `bn`): "adapt" (default) trains the student in train mode, so BN normalises
-each update batch with its own statistics and its running statistics follow the target with
-momentum `bn_momentum`; the teacher, in eval mode, uses running statistics that are the EMA of the
-student's, exactly like its weights. "frozen" keeps every BN layer in eval mode with the shipped
-running statistics (only the affine parameters learn).
+BatchNorm (explicit, `bn`): "adapt" (default) moves the student's running statistics toward the
+clean target crops of each update (a no-grad train-mode forward on them, momentum `bn_momentum`),
+while the training forward normalises its augmented / mixed batch with that batch's own statistics
+and leaves the running ones alone; the teacher, in eval mode, uses running statistics that are the
+EMA of the student's, exactly like its weights. Measured (seed-1 stream, weights frozen): statistics
+of the frames the model predicts are worth ~1 mIoU more than those of the augmented, source-mixed
+training batch, which is what "adapt-batch" keeps. "frozen" keeps every BN layer in eval mode with
+the shipped running statistics (only the affine parameters learn).
 
 Budget: prediction always runs; the update's cost is modelled as overhead + ms per kilopixel of
 crops, each with a running mean and a running mean absolute deviation (so the plan is a high
@@ -44,8 +50,10 @@ resumed run ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +106,7 @@ class OnlineConfig(BaseModel):
     aug_beta: float = 0.3
     lambda_distil: float = 0.25
     ema_decay: float = 0.99
-    bn: str = Field("adapt", pattern="^(adapt|frozen)$")
+    bn: str = Field("adapt", pattern="^(adapt|adapt-batch|frozen)$")
     bn_momentum: float = 0.01
     centroid_momentum: float = 1e-3
     update_every: int = Field(1, ge=1)
@@ -117,6 +125,14 @@ class OnlineConfig(BaseModel):
     # its student left its teacher) the learning rate is multiplied by this: a stream that cannot
     # support the current pace gets a slower one. Input-caused rollbacks (noise, a blank lens) keep it
     rollback_lr_factor: float = Field(0.5, gt=0.0, le=1.0)
+    # shadow-gated learning rate: the lr scales with the shadow check's smoothed kept-vs-shipped ratio,
+    # linearly from 0 at lr_gate[0] to the full lr at lr_gate[1], so a teacher that starts to lose the
+    # consensus the shipped model keeps learns more slowly long before it is bad enough to roll back
+    # (stochastic restore and the BN statistics go on meanwhile). None = off
+    lr_gate: tuple[float, float] | None = None
+    # linear lr warm-up over this many updates: the first updates mostly move the BN statistics toward the
+    # target, so the weights learn from the pseudo-labels of an already statistics-adapted teacher. 0 = off
+    lr_warmup: int = Field(0, ge=0)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
 
 
@@ -141,6 +157,26 @@ def _set_bn(model: nn.Module, mode: str, momentum: float) -> None:
             m.momentum = momentum
             if mode == "frozen":
                 m.eval()
+
+
+@contextlib.contextmanager
+def _bn_statistics_from(student: nn.Module, clean: torch.Tensor | None, meta: ModelMeta) -> Iterator[None]:
+    """With `clean` crops: the running BN statistics move toward them (a no-grad train-mode forward), and
+    the training forward inside the block normalises with its own batch statistics without moving them."""
+    if clean is None:
+        yield
+        return
+    with torch.no_grad():
+        student(normalize(clean, meta.mean, meta.std))
+    layers = [m for m in student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -172,6 +208,7 @@ class OnlineAdapter:
         self.last_shadow = -(10**9)  # frame of the last shadow check
         self.optimizer = make_optimizer(self.student, OptimConfig(lr=self.cfg.lr, momentum=self.cfg.momentum,
                                                                   weight_decay=self.cfg.weight_decay))
+        self.lr_backoff = 1.0  # product of the rollback_lr_factor of every model-caused rollback so far
         d = getattr(self.student, "feature_dim", 256)
         if centroids is not None:
             self.centroids, self.seen = centroids[0].float().clone(), centroids[1].bool().clone()
@@ -378,7 +415,8 @@ class OnlineAdapter:
         else:
             x_mix, y_mix = x_aug, y
         t_fb = time.perf_counter()
-        logits, _ = self.student(normalize(torch.cat([x_aug, x_mix]), self.meta.mean, self.meta.std))
+        with _bn_statistics_from(self.student, x if self.cfg.bn == "adapt" else None, self.meta):
+            logits, _ = self.student(normalize(torch.cat([x_aug, x_mix]), self.meta.mean, self.meta.std))
         s_aug = logits[:b]
         if tuple(s_aug.shape[-2:]) != tuple(t_clean.shape[-2:]):
             s_aug = F.interpolate(s_aug, size=t_clean.shape[-2:], mode="bilinear", align_corners=False)
@@ -387,6 +425,7 @@ class OnlineAdapter:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         fb_ms = (time.perf_counter() - t_fb) * 1e3
+        self._set_lr()
         self.optimizer.step()
         if self.cfg.restore_prob > 0:
             self._restore(gen)
@@ -406,6 +445,22 @@ class OnlineAdapter:
             c["overhead_ms"] = (1 - a) * c["overhead_ms"] + a * overhead
         self.counters["updates"] += 1
         return total
+
+    def lr_gate(self) -> float:
+        """The shadow gate's factor in [0, 1] (1 when `lr_gate` is off or no shadow check ran yet)."""
+        if self.cfg.lr_gate is None:
+            return 1.0
+        lo, hi = self.cfg.lr_gate
+        ratio = float(self.monitor.smooth.get("kept_vs_shipped", 1.0))
+        return min(1.0, max(0.0, (ratio - lo) / max(hi - lo, 1e-9)))
+
+    def _set_lr(self) -> None:
+        """lr of every parameter group = cfg.lr x its multiplier x the rollback back-off x the shadow gate x warm-up."""
+        lr = self.cfg.lr * self.lr_backoff * self.lr_gate()
+        if self.cfg.lr_warmup:
+            lr *= min(1.0, (self.counters["updates"] + 1) / self.cfg.lr_warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
 
     @torch.no_grad()
     def _restore(self, gen: torch.Generator) -> None:
@@ -431,9 +486,9 @@ class OnlineAdapter:
     def _rollback(self, reasons: list[str] | None = None) -> None:
         """Restore the last good weights and centroids, forget the replay buffer and optimizer momentum;
         when the model itself went wrong (not the input), learn more slowly from here on."""
-        if self.cfg.rollback_lr_factor != 1.0 and set(reasons or ()) & MODEL_FAILURES:
-            for group in self.optimizer.param_groups:
-                group["lr"] *= self.cfg.rollback_lr_factor
+        if set(reasons or ()) & MODEL_FAILURES:
+            self.lr_backoff *= self.cfg.rollback_lr_factor
+            self._set_lr()
         self.student.load_state_dict(self._good["student"])
         self.teacher.module.load_state_dict(self._good["teacher"])
         self.centroids, self.seen = self._good["centroids"].clone(), self._good["seen"].clone()
@@ -460,6 +515,7 @@ class OnlineAdapter:
 
     def summary(self) -> dict[str, Any]:
         return {**self.counters, "frame_index": self.frame_index, "rollback_frames": list(self.rollback_frames),
+                "lr_backoff": self.lr_backoff, "lr_gate": self.lr_gate(),
                 "cost_model": dict(self.cost), "centroid_pixels": self.pixel_counts.tolist()}
 
     # ---- fleet hooks: weights and centroids in and out ---------------------------------------------
@@ -514,7 +570,7 @@ class OnlineAdapter:
         info = {"version": STATE_VERSION, "frame_index": self.frame_index, "counters": self.counters,
                 "suspended": self.suspended, "last_agreement": self.last_agreement, "cost": self.cost,
                 "rollback_frames": self.rollback_frames, "good_frame": self._good["frame"],
-                "last_shadow": self.last_shadow,
+                "last_shadow": self.last_shadow, "lr_backoff": self.lr_backoff,
                 "candidate_frame": None if self._candidate is None else self._candidate["frame"],
                 "monitor": self.monitor.state(), "replay_frames": self.replay.frame_ids,
                 "optim_param_groups": opt["param_groups"], "config": self.cfg.model_dump(mode="json"),
@@ -567,6 +623,8 @@ class OnlineAdapter:
         self.suspended, self.last_agreement = info["suspended"], info["last_agreement"]
         self.cost, self.rollback_frames = info["cost"], info["rollback_frames"]
         self.last_shadow = info["last_shadow"]
+        group = info["optim_param_groups"][0]  # files without the key kept the back-off in the lr itself
+        self.lr_backoff = float(info.get("lr_backoff", group["lr"] / (self.cfg.lr * group.get("lr_mult", 1.0))))
         return self
 
 

@@ -24,7 +24,7 @@ def online(
     size: str = typer.Option("256x512", "--size", help="frame size HxW of scenario streams"),
     seed: int = typer.Option(0, "--seed", help="stream and update seed"),
     budget_ms: float | None = typer.Option(None, "--budget-ms", help="per-frame time budget (predict + update)"),
-    bn: str | None = typer.Option(None, "--bn", help="batch-norm handling: adapt (default) or frozen"),
+    bn: str | None = typer.Option(None, "--bn", help="batch-norm handling: adapt (default: running statistics from the clean target crops), adapt-batch (from the training batch) or frozen"),
     no_safety: bool = typer.Option(False, "--no-safety", help="disable the health monitor and rollback"),
     source: str | None = typer.Option(None, "--source",
                                       help="labelled source split the vehicle carries as an anchor, e.g. "
