@@ -317,6 +317,8 @@ def test_lr_follows_the_shadow_gate_the_warm_up_and_the_back_off(small_model: Pa
     ad.lr_backoff = 0.5
     ad._set_lr()
     assert lrs() == pytest.approx([0.001] * len(mults))
+    with pytest.raises(ValueError, match="lr_gate"):
+        _cfg(lr_gate=(1.0, 0.9))
 
 
 @pytest.mark.parametrize("mode", ["adapt", "adapt-batch"])

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
@@ -134,6 +134,13 @@ class OnlineConfig(BaseModel):
     # target, so the weights learn from the pseudo-labels of an already statistics-adapted teacher. 0 = off
     lr_warmup: int = Field(0, ge=0)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+
+    @field_validator("lr_gate")
+    @classmethod
+    def _gate_is_a_rising_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] < v[1]:
+            raise ValueError(f"lr_gate {list(v)} must be [lo, hi] with 0 <= lo < hi, e.g. [0.9, 1.0]")
+        return v
 
 
 @dataclass
