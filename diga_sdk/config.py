@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import DigaError
 from .io import atomic_write_bytes
@@ -22,9 +22,46 @@ class ModelConfig(_Strict):
     """Which segmenter to build and with what options."""
 
     name: str = "light"
-    num_classes: int = 19
+    num_classes: int = Field(19, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
     backbone_weights: str | None = None  # optional ImageNet backbone (safetensors), never downloaded
+    # the Cityscapes train IDs the model's outputs stand for, in order (None: all 19); SYNTHIA's
+    # 16-class head leaves out terrain, truck and train, which its labels never show
+    classes: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _classes_fit(self) -> ModelConfig:
+        if self.classes is not None:
+            if len(self.classes) != self.num_classes:
+                raise ValueError(f"model.classes lists {len(self.classes)} train IDs for num_classes={self.num_classes}")
+            if len(set(self.classes)) != len(self.classes) or not all(0 <= c < 19 for c in self.classes):
+                raise ValueError("model.classes must be distinct Cityscapes train IDs in 0..18")
+        elif self.num_classes != 19:
+            raise ValueError(f"num_classes={self.num_classes} needs model.classes: the train IDs its outputs stand for")
+        return self
+
+
+class ViewConfig(_Strict):
+    """How each image of a training batch becomes a crop. With `sizes`, the batch has one slot per entry:
+    the (H, W) the image is rescaled to first, or null for its stored size."""
+
+    sizes: list[tuple[int, int] | None] | None = None
+    scale: tuple[float, float] | None = None  # random rescale factor range; None: the run's `scale`
+    per_axis: bool = False  # draw the rescale factor for height and width independently
+
+
+class DataConfig(_Strict):
+    """How training data is read: worker processes, an optional decoded-sample cache, strictness."""
+
+    workers: int | None = Field(None, ge=0)  # None: the cores, at most 4; 0: in the training process
+    cache_mb: int = Field(0, ge=0)  # per process; 0 keeps memory flat whatever the dataset's size
+    strict: bool = False  # refuse images without a label file instead of skipping them
+
+
+class EvalConfig(_Strict):
+    """How stages are evaluated: scales whose upsampled logits are max-fused (the authors report 1.0 + 0.5)."""
+
+    scales: tuple[float, ...] = (1.0,)
 
 
 class OptimConfig(_Strict):
@@ -38,19 +75,51 @@ class OptimConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Supervised training (source-only baseline, or the target oracle)."""
+    """Supervised training (source-only baseline, or the target oracle).
+
+    `val_data` left unset derives from `train_data`: the embedded benchmark's two val splits for the
+    benchmark, the `@val` split of a Cityscapes-layout set, nothing for other user data."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train_data: str = "synthetic:source@train"
-    val_data: list[str] = Field(default_factory=lambda: ["synthetic:source@val", "synthetic:target@val"])
+    val_data: list[str] = Field(default_factory=list)
     steps: int = 500
     batch_size: int = 4
     crop: tuple[int, int] = (128, 256)
     scale: tuple[float, float] = (0.75, 1.25)
+    view: ViewConfig = Field(default_factory=ViewConfig)
+    seg_loss: Literal["ce", "ohem"] = "ce"
+    data: DataConfig = Field(default_factory=DataConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: int = 0
     checkpoint_every: int = 100
     device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _derive_val(self) -> TrainConfig:
+        if "val_data" not in self.model_fields_set:
+            if is_benchmark_spec(self.train_data):
+                self.val_data = ["synthetic:source@val", "synthetic:target@val"]
+            else:
+                self.val_data = [v] if (v := val_split_of(self.train_data)) else []
+        return self
+
+
+def is_benchmark_spec(spec: str | None) -> bool:
+    """Whether a dataset spec names the embedded synthetic benchmark."""
+    return spec is not None and spec.partition(":")[0] == "synthetic"
+
+
+def val_split_of(spec: str) -> str | None:
+    """`cityscapes:PATH@train` -> `cityscapes:PATH@val` (kinds with official val splits); else None."""
+    kind, _, rest = spec.partition(":")
+    if kind not in ("cityscapes", "synthetic"):
+        return None
+    path, at, split = rest.rpartition("@")
+    if not at:
+        path, split = rest, "train"
+    return None if split == "val" else f"{kind}:{path}@val"
 
 
 def load_config(path: str | Path | None, cls: type[T], overrides: dict[str, Any] | None = None) -> T:
@@ -116,6 +185,14 @@ class DistilConfig(_Strict):
 
     steps: int = 300
     batch_size: int = 4
+    source_view: ViewConfig = Field(default_factory=ViewConfig)
+    target_view: ViewConfig = Field(default_factory=ViewConfig)
+    # a no-grad train-mode forward of the student on the target crops each step, so BatchNorm's running
+    # statistics follow the target (the authors' warm-up does this)
+    target_bn: bool = False
+    # self-training's ClassMix images: in the student's forward with the two source views ("joint"),
+    # or as a forward of their own ("separate", as the authors' code does)
+    mix_forward: Literal["joint", "separate"] = "joint"
     optim: OptimConfig = Field(default_factory=OptimConfig)
     lambda_distil: float = 0.5
     mixed_scale: float = 0.5  # weight of the pair whose teacher view is the mixed one
@@ -143,18 +220,31 @@ class SelectionConfig(_Strict):
     kind: str = Field("consensus", pattern="^(consensus|threshold|none)$")
     threshold: float = 0.9  # only for kind=threshold: keep pixels with max prob >= threshold
     centroid_momentum: float = 1e-4
-    centroid_min_pixels: int = 1  # a sample updates a class centroid only with at least this many pixels
+    centroid_min_pixels: int = Field(1, ge=1)  # a sample updates a class centroid only with this many pixels
     online_centroids: bool = True
+    # which target labels the online update averages: the stored pseudo-labels ("pseudo") or those kept
+    # by the consensus ("consensus", as the authors' code does); both also agree with the teacher's argmax
+    centroid_labels: Literal["pseudo", "consensus"] = "pseudo"
+    # initial centroids: mean over every pixel of a class ("pixel") or mean of per-image class means
+    # ("image", each image with >= centroid_min_pixels pixels of the class counting once, as the authors')
+    centroid_init: Literal["pixel", "image"] = "pixel"
 
 
 class AdaptConfig(_Strict):
-    """The whole DiGA pipeline: translator -> warm-up -> pseudo-labels -> centroids -> self-training -> rounds."""
+    """The whole DiGA pipeline: translator -> warm-up -> pseudo-labels -> centroids -> self-training -> rounds.
+
+    With neither `source` nor `target` given, the run uses the embedded benchmark and its val splits.
+    Once the user names their data, the evaluation sets left unset derive from it: target-val is the
+    target's `@val` split where its layout has one (else no target evaluation), source-val is off."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     source: str = "synthetic:source@train"
     target: str = "synthetic:target@train"
-    target_val: str = "synthetic:target@val"
+    target_val: str | None = "synthetic:target@val"
     source_val: str | None = "synthetic:source@val"
+    data: DataConfig = Field(default_factory=DataConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    seg_loss: Literal["ce", "ohem"] = "ce"
     init_checkpoint: str | None = None  # warm-up starts here; None -> a source-only stage is trained first
     source_only: TrainConfig | None = None  # settings of that source-only stage (data/model filled in)
     translator: TranslatorConfig = Field(default_factory=TranslatorConfig)
@@ -170,3 +260,17 @@ class AdaptConfig(_Strict):
     select_best: bool = False  # choose a stage's checkpoint by target-val mIoU (uses target labels!)
     snapshot_every: int = 100  # with select_best: evaluate a snapshot every N steps
     device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _derive_eval_sets(self) -> AdaptConfig:
+        user_data = not (is_benchmark_spec(self.source) and is_benchmark_spec(self.target))
+        if user_data:
+            if "target_val" not in self.model_fields_set:
+                self.target_val = val_split_of(self.target)
+            if "source_val" not in self.model_fields_set:
+                self.source_val = None
+        return self
+
+    def eval_sets(self) -> list[str]:
+        """The labelled sets every stage is evaluated on (target-val first)."""
+        return [s for s in (self.target_val, self.source_val) if s]

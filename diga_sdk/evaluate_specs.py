@@ -16,15 +16,15 @@ from .progress import console, progress_bar
 
 
 def evaluate_specs(checkpoint: str | Path, specs: Sequence[str], subset: int | None = None,
-                   device: str = "cpu") -> dict[str, Any]:
-    """{spec: summary} for each labelled dataset spec."""
+                   device: str = "cpu", scales: Sequence[float] = (1.0,)) -> dict[str, Any]:
+    """{spec: summary} for each labelled dataset spec; `scales` max-fuses multi-scale logits."""
     model, _ = load_checkpoint(checkpoint, device)
     channels_last(model)
     out: dict[str, Any] = {}
     for spec in specs:
         ds = open_dataset(spec)
         with progress_bar(f"eval {spec}", len(ds)) as bar:
-            cm = evaluate(model, ds, device=device, progress=lambda done, _n: bar.set(done))
+            cm = evaluate(model, ds, device=device, progress=lambda done, _n: bar.set(done), scales=scales)
         out[spec] = cm.summary(subset if subset in (16, 13) else None)
     return out
 

@@ -31,11 +31,11 @@ def test_same_seed_same_weights_and_resume_after_crash(tiny_specs, tmp_path, mon
     calls = {"n": 0}
     real_loss = supervised.seg_loss
 
-    def crash_on_fourth(logits, labels):
+    def crash_on_fourth(logits, labels, kind="ce"):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt("killed")
-        return real_loss(logits, labels)
+        return real_loss(logits, labels, kind)
 
     monkeypatch.setattr(supervised, "seg_loss", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):

@@ -12,8 +12,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import kernels
+from ..data.datasets import SegDataset
 from ..data.labels import IGNORE_INDEX
-from ..data.transforms import CachedDataset, normalize, to_tensor
+from ..data.transforms import normalize, to_tensor
 from ..errors import DigaError
 from ..io import atomic_path
 
@@ -62,17 +63,23 @@ def momentum_update(centroids: torch.Tensor, seen: torch.Tensor, means: torch.Te
 
 
 class CentroidAccumulator:
-    """Per-class feature sums and pixel counts over a pass of target images; `result()` gives the
-    centroids (C,D), which classes were seen (C,) and the pixel counts (C,)."""
+    """Class centroids over a pass of target images; `result()` gives the centroids (C,D), which classes
+    were seen (C,) and the counts (C,): pixels (mode "pixel": every pixel weighs the same) or images
+    (mode "image": the mean of per-image class means, an image counting for a class once it has
+    `min_pixels` pixels of it, as the authors' centroid pass)."""
 
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def __init__(self, num_classes: int, mode: str = "pixel", min_pixels: int = 1) -> None:
+        self.num_classes, self.mode, self.min_pixels = num_classes, mode, min_pixels
         self.total: torch.Tensor | None = None
         self.counts = torch.zeros(num_classes, dtype=torch.long)
 
     def add(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
         """(B,D,h,w) features and (B,h,w) labels at the features' resolution."""
         sums, cnt = kernels.centroid_sums(feats.float(), labels, self.num_classes)
+        if self.mode == "image":
+            valid = cnt >= max(self.min_pixels, 1)
+            sums = torch.where(valid[..., None], sums / cnt.clamp_min(1)[..., None].to(sums.dtype), 0.0)
+            cnt = valid.long()
         self.total = sums.sum(0).cpu() if self.total is None else self.total + sums.sum(0).cpu()
         self.counts += cnt.sum(0).cpu()
 
@@ -86,13 +93,14 @@ class CentroidAccumulator:
 
 
 @torch.no_grad()
-def initial_centroids(model: nn.Module, dataset: CachedDataset, num_classes: int, batch_size: int = 4,
-                      device: str = "cpu", progress=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def initial_centroids(model: nn.Module, dataset: SegDataset, num_classes: int, batch_size: int = 4,
+                      device: str = "cpu", progress=None, mode: str = "pixel", min_pixels: int = 1
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One pass over target-train: per class, the mean feature over pixels the model predicts as that
     class (at feature resolution). Returns (centroids (C,D), seen (C,), pixel counts (C,)).
     (The pipeline gets the same numbers from its pseudo-label pass, `pseudo.generate_pseudo_labels`.)"""
     model.eval()
-    acc = CentroidAccumulator(num_classes)
+    acc = CentroidAccumulator(num_classes, mode, min_pixels)
     n = len(dataset)
     for start in range(0, n, batch_size):
         x = torch.stack([to_tensor(dataset[i].image) for i in range(start, min(start + batch_size, n))]).to(device)

@@ -26,19 +26,21 @@ import torch
 from .. import kernels
 from ..config import AdaptConfig, DistilConfig, SelectionConfig
 from ..data.datasets import open_dataset
-from ..data.transforms import BatchSampler, normalize, step_rng
+from ..data.loader import BatchStream, to_device
+from ..data.transforms import normalize, step_rng
+from ..errors import DigaError
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.registry import channels_last
 from ..progress import log, progress_bar
 from .augment import StrongView
 from .centroids import agreeing_labels, class_means, load_centroids, momentum_update
-from .distributed import World, all_gather_cat, barrier, init_world, rank_slice, wrap_ddp
+from .distributed import World, all_gather_cat, barrier, init_world, rank_slice, unwrap, wrap_ddp
 from .ema import EMATeacher
 from .mixture import cross_domain_mixture
 from .optim import make_optimizer, set_poly_lr
 from .pseudo import PseudoLabelledDataset
 from .state import has_train_state, load_train_state, save_train_state
-from .supervised import seg_loss
+from .supervised import seg_loss, step_batches, workers_of
 from .translators import Translator, build_translator
 
 
@@ -83,6 +85,7 @@ class StepContext:
     selection: SelectionConfig | None = None  # None: warm-up
     centroids: torch.Tensor | None = None
     seen: torch.Tensor | None = None
+    seg_loss: str = "ce"  # the source cross-entropy: plain or OHEM
 
 
 def diga_step(ctx: StepContext, step: int, x_s: torch.Tensor, y_s: torch.Tensor, x_t: torch.Tensor,
@@ -104,11 +107,15 @@ def diga_step(ctx: StepContext, step: int, x_s: torch.Tensor, y_s: torch.Tensor,
     x_s, y_s, view2 = (rank_slice(v, world) for v in (x_s, y_s, view2))
     b = x_s.shape[0]
 
+    if scfg.target_bn:  # BatchNorm running statistics follow the target crops (no gradient)
+        with torch.no_grad():
+            unwrap(ctx.net)(normalize(rank_slice(x_t, world)))
     student_in = [x_s, view2]
-    t_logits = t_feats = pl = None
+    t_logits = t_feats = pl = pl_sel = None
     if ctx.teacher is not None:
         t_in = torch.cat([x_s, view2] + ([rank_slice(x_t, world)] if selftrain else []))
         t_logits, t_feats = ctx.teacher(normalize(t_in), bf16=scfg.teacher_bf16)
+    mix_img = mix_lab = None
     if selftrain:
         pl = rank_slice(pl_t, world).to(device)
         if sel.kind == "consensus":
@@ -117,20 +124,22 @@ def diga_step(ctx: StepContext, step: int, x_s: torch.Tensor, y_s: torch.Tensor,
             pl_sel = pl
         mix_img, mix_lab = kernels.class_mix(x_s, rank_slice(x_t_aug, world), y_s, pl_sel.to(y_s.dtype),
                                              rank_slice(chosen_st, world))
-        student_in.append(mix_img)
+        if scfg.mix_forward == "joint":
+            student_in.append(mix_img)
 
     logits, _ = ctx.net(normalize(torch.cat(student_in)))
     if scfg.distil:
-        loss_ce = seg_loss(logits[:b], y_s)
+        loss_ce = seg_loss(logits[:b], y_s, ctx.seg_loss)
         loss_kd = scfg.lambda_distil * kernels.symmetric_distillation_loss(t_logits[:2 * b], logits[:2 * b],
                                                                           scfg.mixed_scale)
     else:  # ablation: both views are plain supervised inputs
-        loss_ce = seg_loss(logits[:2 * b], torch.cat([y_s, y_s]))
+        loss_ce = seg_loss(logits[:2 * b], torch.cat([y_s, y_s]), ctx.seg_loss)
         loss_kd = torch.zeros((), device=device)
     loss = loss_ce + loss_kd
     out = {"ce": loss_ce.item(), "kd": loss_kd.item()}
     if selftrain:
-        loss_st = seg_loss(logits[2 * b:], mix_lab)
+        mix_logits = logits[2 * b:] if scfg.mix_forward == "joint" else ctx.net(normalize(mix_img))[0]
+        loss_st = seg_loss(mix_logits, mix_lab)
         loss = loss + loss_st
         out["st"] = loss_st.item()
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -139,7 +148,8 @@ def diga_step(ctx: StepContext, step: int, x_s: torch.Tensor, y_s: torch.Tensor,
     if ctx.teacher is not None:
         ctx.teacher.update(ctx.net, step, scfg.ema_max)
     if selftrain and ctx.centroids is not None and sel.online_centroids:
-        ctx.centroids, ctx.seen = _update_centroids(ctx.centroids, ctx.seen, t_logits, t_feats, y_s, pl, b,
+        labels_t = pl_sel if sel.centroid_labels == "consensus" else pl
+        ctx.centroids, ctx.seen = _update_centroids(ctx.centroids, ctx.seen, t_logits, t_feats, y_s, labels_t, b,
                                                     ctx.num_classes, sel, world)
     out["lr"] = lr
     return out
@@ -158,15 +168,18 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     out.mkdir(parents=True, exist_ok=True)
     state_dir = out / "state"
     torch.manual_seed(cfg.seed)
-    src = BatchSampler(open_dataset(cfg.source), scfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.seed,
-                       stream=f"{stage}-src")
+    student, meta = load_checkpoint(init_checkpoint, device)
+    crop, scale = tuple(cfg.crop), tuple(cfg.scale)
+    src = step_batches(open_dataset(cfg.source, strict=cfg.data.strict), scfg.batch_size, crop, scale,
+                       scfg.source_view, cfg.seed, f"{stage}-src", cfg.data, meta.classes)
     tgt_images = open_dataset(cfg.target, labelled=False)
     sel = selftrain.selection if selftrain else None
     tgt_data = tgt_images if selftrain is None else PseudoLabelledDataset(
         tgt_images, selftrain.pseudo_dir, sel.threshold if sel.kind == "threshold" else None)
-    tgt = BatchSampler(tgt_data, scfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.seed, stream=f"{stage}-tgt")
-
-    student, meta = load_checkpoint(init_checkpoint, device)
+    tgt = step_batches(tgt_data, scfg.batch_size, crop, scale, scfg.target_view, cfg.seed, f"{stage}-tgt", cfg.data)
+    if src.batch_size != tgt.batch_size:
+        raise DigaError(f"{stage}: the source batch has {src.batch_size} images but the target batch "
+                        f"{tgt.batch_size}; give both views the same number of slots")
     channels_last(student).train()
     num_classes = meta.num_classes
     teacher = EMATeacher(student) if (scfg.distil or selftrain is not None) else None
@@ -196,13 +209,18 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
 
     ctx = StepContext(stage=stage, seed=cfg.seed, scfg=scfg, num_classes=num_classes, net=net, teacher=teacher,
                       optimizer=optimizer, translator=translator, strong=strong, world=world, device=device,
-                      selection=sel, centroids=centroids, seen=seen)
+                      selection=sel, centroids=centroids, seen=seen, seg_loss=cfg.seg_loss)
     t0 = time.time()
+    workers = workers_of(cfg.data)
+    src_stream = BatchStream(src, start, scfg.steps, workers, device)
+    tgt_stream = BatchStream(tgt, start, scfg.steps, workers, device)
+    log.info("%s: %d steps, source %s (%d images), target %s (%d images), %d loader workers per stream", stage,
+             scfg.steps - start, cfg.source, len(src.data), cfg.target, len(tgt.data), workers)
     with progress_bar(stage, scfg.steps, completed=start) as bar:
-        for step in range(start, scfg.steps):
-            x_s, y_s, _ = src.batch(step)
-            x_t, pl_t, _ = tgt.batch(step)
-            losses = diga_step(ctx, step, x_s, y_s, x_t, pl_t if selftrain else None)
+        for step, b_s, b_t in zip(range(start, scfg.steps), src_stream, tgt_stream, strict=True):
+            x_t, pl_t = to_device(b_t.images, device), to_device(b_t.labels, device)
+            losses = diga_step(ctx, step, to_device(b_s.images, device), to_device(b_s.labels, device), x_t,
+                               pl_t if selftrain else None)
             centroids, seen = ctx.centroids, ctx.seen
             bar.advance(text=" ".join(f"{k} {v:.3f}" for k, v in losses.items()))
             if cfg.select_best and (step + 1) % cfg.snapshot_every == 0 and world.is_main:
@@ -211,8 +229,11 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < scfg.steps:
                 save_state(step + 1)
             _crash_hook(stage, step + 1)
+    src_stream.summary(f"{stage} source")
+    tgt_stream.summary(f"{stage} target")
     log.info("%s: %d steps in %.0f s", stage, scfg.steps - start, time.time() - t0)
     ckpt = out / "model.safetensors"
+    meta = meta.model_copy(update={"data": {"source": cfg.source, "target": cfg.target, "target_val": cfg.target_val}})
     if world.is_main:
         save_checkpoint(student, ckpt, meta.model_copy(update={"stage": stage}))
         if teacher is not None:

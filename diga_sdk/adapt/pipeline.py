@@ -17,7 +17,6 @@ from typing import Any
 
 from ..config import AdaptConfig, DistilConfig, TrainConfig, save_config
 from ..data.datasets import open_dataset
-from ..data.transforms import CachedDataset
 from ..errors import DigaError
 from ..io import atomic_write_json
 from ..models.checkpoint import load_checkpoint
@@ -38,14 +37,20 @@ def _read_stage(folder: Path) -> dict[str, Any] | None:
 
 
 def evaluate_checkpoint(ckpt: str | Path, cfg: AdaptConfig) -> dict[str, Any]:
-    """{source_val_miou, target_val_miou, target_val_per_class} of a checkpoint."""
+    """{source_val_miou, target_val_miou, target_val_per_class} of a checkpoint on the run's evaluation
+    sets (None where the run has no such set)."""
     from ..evaluate_specs import evaluate_specs
 
-    specs = [cfg.target_val] + ([cfg.source_val] if cfg.source_val else [])
-    res = evaluate_specs(ckpt, specs, device=cfg.device)
+    specs = cfg.eval_sets()
+    if not specs:
+        log.info("no labelled evaluation set for %s (give --target-val to evaluate the stages)", ckpt)
+        return {"source_val_miou": None, "target_val_miou": None, "target_val_per_class": None}
+    log.info("evaluating %s on %s (scales %s)", ckpt, ", ".join(specs), list(cfg.eval.scales))
+    res = evaluate_specs(ckpt, specs, device=cfg.device, scales=cfg.eval.scales)
+    tv = res.get(cfg.target_val) if cfg.target_val else None
     return {"source_val_miou": res[cfg.source_val]["miou"] if cfg.source_val else None,
-            "target_val_miou": res[cfg.target_val]["miou"],
-            "target_val_per_class": res[cfg.target_val]["per_class"]}
+            "target_val_miou": tv["miou"] if tv else None,
+            "target_val_per_class": tv["per_class"] if tv else None}
 
 
 def choose_checkpoint(stage_dir: Path, last: Path, cfg: AdaptConfig) -> tuple[Path, dict[str, Any]]:
@@ -54,9 +59,11 @@ def choose_checkpoint(stage_dir: Path, last: Path, cfg: AdaptConfig) -> tuple[Pa
         return last, {"checkpoint_selection": "last"}
     from ..evaluate_specs import evaluate_specs
 
+    if not cfg.target_val:
+        raise DigaError("select_best needs a labelled target-val set (--target-val)")
     candidates = sorted((stage_dir / "snapshots").glob("step*.safetensors")) + [last]
-    scores = {str(c): evaluate_specs(c, [cfg.target_val], device=cfg.device)[cfg.target_val]["miou"]
-              for c in candidates}
+    scores = {str(c): evaluate_specs(c, [cfg.target_val], device=cfg.device, scales=cfg.eval.scales)
+              [cfg.target_val]["miou"] for c in candidates}
     best = max(candidates, key=lambda c: scores[str(c)])
     log.warning("select_best: picked %s by target-val mIoU (uses target labels)", best.name)
     return best, {"checkpoint_selection": "best_target_val_uses_target_labels", "selected": best.name,
@@ -90,7 +97,8 @@ def run_stage(name: str, folder: Path, work: Callable[[], dict[str, Any]], resum
 def source_only_config(cfg: AdaptConfig) -> TrainConfig:
     base = cfg.source_only or TrainConfig()
     return base.model_copy(update={"model": cfg.model, "train_data": cfg.source, "val_data": [], "seed": cfg.seed,
-                                   "device": cfg.device})
+                                   "device": cfg.device, "data": cfg.data, "seg_loss": cfg.seg_loss,
+                                   "eval": cfg.eval})
 
 
 def stage_source_only(cfg: AdaptConfig, folder: Path, resume: bool) -> dict[str, Any]:
@@ -124,7 +132,8 @@ def stage_pseudo(cfg: AdaptConfig, ckpt: str | Path, folder: Path, with_centroid
     model, meta = load_checkpoint(ckpt, cfg.device)
     channels_last(model)
     data = open_dataset(cfg.target)  # labels, if any, only feed the recorded diagnostic
-    acc = CentroidAccumulator(meta.num_classes) if with_centroids else None
+    acc = (CentroidAccumulator(meta.num_classes, cfg.selection.centroid_init, cfg.selection.centroid_min_pixels)
+           if with_centroids else None)
     with progress_bar("pseudo-labels" + (" + centroids" if acc else ""), len(data)) as bar:
         manifest = generate_pseudo_labels(model, data, folder, tuple(cfg.pseudo.scales), cfg.pseudo.batch_size,
                                           cfg.device, str(ckpt), progress=lambda done, _n: bar.set(done),
@@ -142,10 +151,12 @@ def stage_pseudo(cfg: AdaptConfig, ckpt: str | Path, folder: Path, with_centroid
 def stage_centroids(cfg: AdaptConfig, ckpt: str | Path, folder: Path) -> dict[str, Any]:
     model, meta = load_checkpoint(ckpt, cfg.device)
     channels_last(model)
-    data = CachedDataset(open_dataset(cfg.target, labelled=False))
+    data = open_dataset(cfg.target, labelled=False)
     with progress_bar("centroids", len(data)) as bar:
         cents, seen, counts = initial_centroids(model, data, meta.num_classes, cfg.pseudo.batch_size, cfg.device,
-                                                progress=lambda done, _n: bar.set(done))
+                                                progress=lambda done, _n: bar.set(done),
+                                                mode=cfg.selection.centroid_init,
+                                                min_pixels=cfg.selection.centroid_min_pixels)
     path = save_centroids(folder / "centroids.safetensors", cents, seen, counts)
     return {"centroids": str(path), "from": str(ckpt), "classes_seen": int(seen.sum())}
 

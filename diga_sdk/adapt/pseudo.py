@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..data.datasets import Sample, SegDataset
 from ..data.labels import IGNORE_INDEX
-from ..data.transforms import CachedDataset, normalize, to_tensor
+from ..data.transforms import normalize, to_tensor
 from ..errors import DigaError
 from ..io import atomic_path, atomic_write_json
 from ..metrics import ConfusionMatrix
@@ -63,7 +63,7 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def generate_pseudo_labels(model: nn.Module, dataset: SegDataset | CachedDataset, out_dir: str | Path,
+def generate_pseudo_labels(model: nn.Module, dataset: SegDataset, out_dir: str | Path,
                            scales: tuple[float, ...] = (1.0, 0.5), batch_size: int = 4, device: str = "cpu",
                            source_checkpoint: str = "", progress=None,
                            centroids: CentroidAccumulator | None = None) -> dict:
@@ -77,7 +77,9 @@ def generate_pseudo_labels(model: nn.Module, dataset: SegDataset | CachedDataset
     model.eval()
     n = len(dataset)
     num_classes = getattr(model, "num_classes", 19)
-    cm = ConfusionMatrix(num_classes)
+    meta = getattr(model, "diga_meta", None)
+    train_ids = torch.tensor(meta.output_train_ids()) if meta is not None and meta.classes is not None else None
+    cm = ConfusionMatrix(19 if train_ids is not None else num_classes)
     has_gt = False
     names = []
     for start in range(0, n, batch_size):
@@ -98,7 +100,8 @@ def generate_pseudo_labels(model: nn.Module, dataset: SegDataset | CachedDataset
                 names.append(s.name)
                 if s.label is not None:
                     has_gt = True
-                    cm.update(label[k].cpu(), torch.from_numpy(s.label))
+                    pred = label[k].cpu()
+                    cm.update(train_ids[pred] if train_ids is not None else pred, torch.from_numpy(s.label))
         if progress:
             progress(idx[-1] + 1, n)
     manifest = {"count": n, "names": names, "scales": list(scales), "checkpoint": str(source_checkpoint)}

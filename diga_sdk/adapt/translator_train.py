@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from ..config import TranslatorConfig
 from ..data.datasets import open_dataset
 from ..data.labels import IGNORE_INDEX
-from ..data.transforms import BatchSampler, step_rng
+from ..data.loader import StepBatches
+from ..data.transforms import step_rng
 from ..errors import DigaError
 from ..progress import log, progress_bar
 from .state import has_train_state, load_train_state, save_train_state
@@ -88,9 +89,9 @@ def train_translator(cfg: TranslatorConfig, source: str, target: str, out_dir: s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    src = BatchSampler(open_dataset(source), cfg.batch_size, crop, scale, seed, stream="translator-src")
-    tgt = BatchSampler(open_dataset(target, labelled=False), cfg.batch_size, crop, scale, seed,
-                       stream="translator-tgt")
+    src = StepBatches(open_dataset(source), cfg.batch_size, crop, scale, seed, stream="translator-src")
+    tgt = StepBatches(open_dataset(target, labelled=False), cfg.batch_size, crop, scale, seed,
+                      stream="translator-tgt")
     g_st, g_ts = Generator(cfg.width, cfg.res_blocks).to(device), Generator(cfg.width, cfg.res_blocks).to(device)
     d_t = MultiScaleDiscriminator(cfg.width, cfg.disc_scales).to(device)
     d_s = MultiScaleDiscriminator(cfg.width, cfg.disc_scales).to(device)
@@ -108,8 +109,8 @@ def train_translator(cfg: TranslatorConfig, source: str, target: str, out_dir: s
     with progress_bar("translator", cfg.steps, completed=start) as bar:
         for step in range(start, cfg.steps):
             torch.manual_seed(int(step_rng(seed, step, "translator").integers(2**62)))
-            x_s, y_s, _ = src.batch(step)
-            x_t, _, _ = tgt.batch(step)
+            b_s, b_t = src[step], tgt[step]
+            x_s, y_s, x_t = b_s.images, b_s.labels, b_t.images
             x_s, y_s, x_t = x_s.to(device), y_s.to(device), x_t.to(device)
             fake_t, fake_s = g_st(x_s), g_ts(x_t)
             loss_adv = lsgan_loss(d_t(fake_t), True) + lsgan_loss(d_s(fake_s), True)

@@ -7,6 +7,7 @@ so a wrong path fails at once with the path named.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DigaError
 from .labels import to_train_ids
+
+log = logging.getLogger("diga")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DATASET_KINDS = ("synthetic", "gta5", "cityscapes", "synthia", "folder")
@@ -25,6 +28,7 @@ class Sample:
     image: np.ndarray
     label: np.ndarray | None
     name: str
+    label_resized: bool = False  # the label file's size differed from the image's: resized nearest-neighbour
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -83,6 +87,7 @@ class SegDataset:
             raise DigaError(f"no images found under {root}; check the path and the dataset layout")
         self.pairs = pairs
         self.root = root
+        self.resized_labels = 0  # labels resized to their image in this process (a count, not a list)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -95,12 +100,24 @@ class SegDataset:
         img_path, lab_path = self.pairs[i]
         image = read_image(img_path)
         label = None
+        resized = False
         if lab_path is not None:
             label = to_train_ids(read_label_ids(lab_path), self.dataset)
             if label.shape != image.shape[:2]:
-                raise DigaError(f"label {lab_path} is {label.shape[1]}x{label.shape[0]} but image {img_path} "
-                                f"is {image.shape[1]}x{image.shape[0]}; they must match")
-        return Sample(image, label, img_path.stem)
+                if self.resized_labels == 0:
+                    log.warning("label %s is %dx%d but its image is %dx%d: resized nearest-neighbour (further "
+                                "mismatches are counted, not logged)", lab_path, label.shape[1], label.shape[0],
+                                image.shape[1], image.shape[0])
+                self.resized_labels += 1
+                label = resize_label(label, image.shape[:2])
+                resized = True
+        return Sample(image, label, img_path.stem, resized)
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h,w) uint8 train IDs -> (H,W) by nearest-neighbour sampling (classes are never blended)."""
+    with Image.fromarray(label) as im:
+        return np.asarray(im.resize((size[1], size[0]), Image.NEAREST), dtype=np.uint8)
 
 
 def _need_dir(path: Path, what: str) -> Path:
@@ -113,23 +130,31 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def pair_by_stem(images: list[Path], labels: dict[str, Path], root: Path, label_dir: str, strict: bool
+                 ) -> list[tuple[Path, Path | None]]:
+    """Pair each image with the label of the same stem. Images without a label are skipped with one
+    warning that counts them (the real GTA5 download lacks 25 label files); `strict` refuses instead."""
+    missing = [p for p in images if p.stem not in labels]
+    if missing:
+        names = ", ".join(p.name for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        if strict:
+            raise DigaError(f"{root}: {len(missing)} of {len(images)} images have no label in {label_dir} "
+                            f"({names}); add the labels or drop --strict to skip those images")
+        log.warning("%s: %d of %d images have no label in %s and are skipped (%s)", root, len(missing),
+                    len(images), label_dir, names)
+    return [(p, labels[p.stem]) for p in images if p.stem in labels]
+
+
 class GTA5Dataset(SegDataset):
     """GTA5 layout: `images/*.png` and `labels/*.png` (Cityscapes label IDs), matched by file name."""
 
     dataset = "gta5"
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, strict: bool = False) -> None:
         root = Path(root)
         images = _images_in(_need_dir(root / "images", "GTA5 images"))
-        label_dir = _need_dir(root / "labels", "GTA5 labels")
-        labels = {p.stem: p for p in _images_in(label_dir)}
-        if len(labels) != len(images):
-            raise DigaError(f"{root}: {len(images)} images but {len(labels)} labels; every image in images/ "
-                            "needs a label of the same name in labels/")
-        missing = [p.name for p in images if p.stem not in labels]
-        if missing:
-            raise DigaError(f"{root}: no label in labels/ for images {missing[:3]}")
-        super().__init__([(p, labels[p.stem]) for p in images], root)
+        labels = {p.stem: p for p in _images_in(_need_dir(root / "labels", "GTA5 labels"))}
+        super().__init__(pair_by_stem(images, labels, root, "labels/", strict), root)
 
 
 class CityscapesDataset(SegDataset):
@@ -138,22 +163,15 @@ class CityscapesDataset(SegDataset):
 
     dataset = "cityscapes"
 
-    def __init__(self, root: str | Path, split: str = "train", labelled: bool = True) -> None:
+    def __init__(self, root: str | Path, split: str = "train", labelled: bool = True, strict: bool = False) -> None:
         root = Path(root)
         img_root = _need_dir(root / "leftImg8bit" / split, f"Cityscapes leftImg8bit/{split}")
         images = sorted(img_root.glob("*/*_leftImg8bit.png"))
-        pairs: list[tuple[Path, Path | None]] = []
         if labelled and (root / "gtFine").exists():
             gt_root = _need_dir(root / "gtFine" / split, f"Cityscapes gtFine/{split}")
-            n_labels = len(list(gt_root.glob("*/*_gtFine_labelIds.png")))
-            if n_labels != len(images):
-                raise DigaError(f"{root}: {len(images)} images in leftImg8bit/{split} but {n_labels} "
-                                f"*_gtFine_labelIds.png in gtFine/{split}; they must pair up")
-            for p in images:
-                lab = gt_root / p.parent.name / p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
-                if not lab.is_file():
-                    raise DigaError(f"label {lab} for image {p} is missing")
-                pairs.append((p, lab))
+            suffix = "_gtFine_labelIds.png"
+            labels = {p.name[:-len(suffix)] + "_leftImg8bit": p for p in gt_root.glob(f"*/*{suffix}")}
+            pairs = pair_by_stem(images, labels, root, f"gtFine/{split}", strict)
         else:
             pairs = [(p, None) for p in images]
         super().__init__(pairs, root)
@@ -164,17 +182,11 @@ class SynthiaDataset(SegDataset):
 
     dataset = "synthia"
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, strict: bool = False) -> None:
         root = Path(root)
         images = _images_in(_need_dir(root / "RGB", "SYNTHIA RGB"))
-        label_dir = _need_dir(root / "GT" / "LABELS", "SYNTHIA GT/LABELS")
-        labels = {p.stem: p for p in _images_in(label_dir)}
-        if len(labels) != len(images):
-            raise DigaError(f"{root}: {len(images)} images in RGB/ but {len(labels)} labels in GT/LABELS/")
-        missing = [p.name for p in images if p.stem not in labels]
-        if missing:
-            raise DigaError(f"{root}: no label in GT/LABELS/ for images {missing[:3]}")
-        super().__init__([(p, labels[p.stem]) for p in images], root)
+        labels = {p.stem: p for p in _images_in(_need_dir(root / "GT" / "LABELS", "SYNTHIA GT/LABELS"))}
+        super().__init__(pair_by_stem(images, labels, root, "GT/LABELS/", strict), root)
 
 
 class FolderDataset(SegDataset):
@@ -187,9 +199,9 @@ class FolderDataset(SegDataset):
         super().__init__([(p, None) for p in images], root)
 
 
-def open_dataset(spec: str, labelled: bool = True) -> SegDataset:
+def open_dataset(spec: str, labelled: bool = True, strict: bool = False) -> SegDataset:
     """Open a dataset by spec: `synthetic[:source|target][@train|val]`, `gta5:PATH`,
-    `cityscapes:PATH[@split]`, `synthia:PATH`, `folder:PATH`."""
+    `cityscapes:PATH[@split]`, `synthia:PATH`, `folder:PATH`. `strict` refuses images without labels."""
     kind, _, rest = spec.partition(":")
     path, _, split = rest.partition("@")
     if kind == "synthetic":
@@ -207,9 +219,9 @@ def open_dataset(spec: str, labelled: bool = True) -> SegDataset:
         raise DigaError(f"bad dataset spec {spec!r}; use one of synthetic, gta5:PATH, "
                         "cityscapes:PATH[@split], synthia:PATH, folder:PATH")
     if kind == "gta5":
-        return GTA5Dataset(path)
+        return GTA5Dataset(path, strict=strict)
     if kind == "cityscapes":
-        return CityscapesDataset(path, split or "train", labelled=labelled)
+        return CityscapesDataset(path, split or "train", labelled=labelled, strict=strict)
     if kind == "synthia":
-        return SynthiaDataset(path)
+        return SynthiaDataset(path, strict=strict)
     return FolderDataset(path)

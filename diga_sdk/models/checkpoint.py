@@ -37,7 +37,16 @@ class ModelMeta(BaseModel):
     input_size: list[int] = Field(default_factory=lambda: [256, 512])  # (H, W) it was trained at
     sdk_version: str = ""
     stage: str = ""  # which training stage produced it (source_only, warmup, selftrain, ...)
+    # the Cityscapes train IDs its outputs stand for, in order (None: output c is train ID c)
+    classes: list[int] | None = None
+    # the dataset specs it was trained on ({"source": ..., "target": ..., "target_val": ...}): export and
+    # evaluation defaults derive from them, never from the embedded benchmark unless it was trained there
+    data: dict[str, str | None] = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    def output_train_ids(self) -> list[int]:
+        """Train ID of each output channel."""
+        return list(self.classes) if self.classes is not None else list(range(self.num_classes))
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: ModelMeta) -> Path:
