@@ -9,6 +9,7 @@ labels hold each dataset's own IDs (Cityscapes label IDs for GTA5 and Cityscapes
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -86,7 +87,8 @@ def write_cityscapes(root: str | Path, split: str, count: int, size: tuple[int, 
         _save_png(gt / f"{stem}_gtFine_labelIds.png", lut[cls])
         _save_png(gt / f"{stem}_gtFine_color.png", colours[cls])
         Image.fromarray(lut[cls].astype(np.uint16) * 1000).save(gt / f"{stem}_gtFine_instanceIds.png")
-        (gt / f"{stem}_gtFine_polygons.json").write_text('{"imgHeight": %d, "imgWidth": %d, "objects": []}' % size)
+        (gt / f"{stem}_gtFine_polygons.json").write_text(
+            json.dumps({"imgHeight": size[0], "imgWidth": size[1], "objects": []}))
     return root
 
 
