@@ -71,7 +71,10 @@ class OptimConfig(_Strict):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
-    head_lr_mult: float = 1.0  # learning-rate multiplier of the classifier head
+    head_lr_mult: float = 1.0  # learning-rate multiplier of the head
+    # what the multiplier covers: the final classifier, or the model's whole decoder head (the authors'
+    # DeepLabV2 recipe: ASPP, SE, fuse conv and classifier at 10x)
+    head_scope: Literal["classifier", "head"] = "classifier"
 
 
 class TrainConfig(_Strict):

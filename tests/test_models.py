@@ -73,7 +73,7 @@ def test_backbone_weights_from_user_file(tmp_path: Path) -> None:
         build_model("deeplabv2_r101", backbone_weights=str(tmp_path / "none.safetensors"))
 
 
-@pytest.mark.parametrize("name", ["light", "deeplabv2_r101"])
+@pytest.mark.parametrize("name", ["light", "deeplabv2_r101", "deeplabv2_r101_aspp_sum"])
 def test_folded_copy_matches_the_module_and_follows_its_changes(name):
     """The BatchNorm-folded channels-last copy (the EMA teacher's forward) equals the eval-mode module,
     before and after the module's weights and BatchNorm statistics change in place."""
@@ -104,3 +104,33 @@ def test_folded_copy_matches_the_module_and_follows_its_changes(name):
             for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]:
                 t.mul_(1 + 0.05 * torch.rand_like(t))  # positive factors keep running_var positive
         folded.refresh()
+
+
+def test_deeplabv2_r101_is_the_authors_head_and_the_sum_head_keeps_its_name() -> None:
+    from diga_sdk.adapt.optim import make_optimizer
+    from diga_sdk.config import OptimConfig
+
+    model = build_model("deeplabv2_r101")
+    head = model.head
+    assert len(head.branches) == 5 and head.branches[0][0].kernel_size == (1, 1)
+    assert [b[0].dilation for b in head.branches[1:]] == [(6, 6), (12, 12), (18, 18), (24, 24)]
+    assert all(isinstance(b[1], torch.nn.GroupNorm) and b[1].num_groups == 32 for b in head.branches)
+    assert head.fuse[0].in_channels == 5 * 256 and isinstance(head.fuse[1], torch.nn.GroupNorm)
+    assert model.classifier.bias is None
+    bn = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and not any(m.weight.requires_grad or m.bias.requires_grad for m in bn)
+    model.eval()
+    with torch.no_grad():
+        logits, feats = model(torch.randn(2, 3, 64, 96))
+    # the features are the GroupNorm output (affine at its init: identity): zero mean, unit variance per group
+    groups = feats.reshape(2, 32, -1)
+    torch.testing.assert_close(groups.mean(-1), torch.zeros(2, 32), atol=1e-4, rtol=0)
+    torch.testing.assert_close(groups.var(-1, unbiased=False), torch.ones(2, 32), atol=2e-2, rtol=0)
+    # the authors' recipe: the whole head (ASPP branches, SE, fuse, classifier) at 10x the lr; frozen BN excluded
+    opt = make_optimizer(model, OptimConfig(lr=2.5e-4, head_lr_mult=10, head_scope="head"))
+    body, head_group = opt.param_groups
+    head_ids = {id(p) for p in list(model.head.parameters()) + list(model.classifier.parameters())}
+    assert {id(p) for p in head_group["params"]} == head_ids and head_group["lr"] == pytest.approx(2.5e-3)
+    assert not any(id(p) in head_ids or not p.requires_grad for p in body["params"])
+    classic = build_model("deeplabv2_r101_aspp_sum")
+    assert classic.classifier.bias is not None and len(classic.head.branches) == 4

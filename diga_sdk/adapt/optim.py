@@ -8,10 +8,20 @@ import torch.nn as nn
 from ..config import OptimConfig
 
 
+def head_prefixes(model: nn.Module, scope: str) -> tuple[str, ...]:
+    """Parameter-name prefixes the head multiplier covers: the classifier, or the model's whole head."""
+    if scope == "head":
+        return tuple(getattr(model, "HEAD_PREFIXES", ("classifier",)))
+    return ("classifier",)
+
+
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
-    head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
+    """SGD over the trainable parameters; the head group (cfg.head_scope) gets lr x head_lr_mult."""
+    prefixes = head_prefixes(model, cfg.head_scope)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in trainable if n.startswith(prefixes)]
     head_ids = {id(p) for p in head}
-    body = [p for p in model.parameters() if id(p) not in head_ids]
+    body = [p for _, p in trainable if id(p) not in head_ids]
     return torch.optim.SGD(
         [{"params": body, "lr": cfg.lr, "lr_mult": 1.0},
          {"params": head, "lr": cfg.lr * cfg.head_lr_mult, "lr_mult": cfg.head_lr_mult}],

@@ -1,8 +1,12 @@
-"""DeepLabV2 with a dilated ResNet-101 (output stride 8) as DiGA uses it.
+"""DeepLabV2 with a dilated ResNet-101 (output stride 8), with the head DiGA's authors train.
 
-The ASPP head (3x3 branches at rates 6/12/18/24, summed) produces a 256-d feature map, then a 1x1
-classifier; the features feed DiGA's class centroids. Module names follow torchvision's ResNet so an
-ImageNet backbone converted to safetensors loads as is (`backbone_weights=`); nothing is downloaded.
+`deeplabv2_r101` (the authors' head): a 1x1 branch and four dilated 3x3 branches (rates 6/12/18/24),
+each conv -> GroupNorm(32) -> ReLU, concatenated, a squeeze-excitation block, a 3x3 conv to 256
+channels with GroupNorm, dropout, then a bias-free 1x1 classifier; the 256-d GroupNorm output is the
+feature map DiGA's class centroids live in. The backbone's BatchNorm affine parameters are frozen
+(their statistics still update), as in their code. `deeplabv2_r101_aspp_sum` keeps the classic head:
+3x3 branches summed to 256 channels. Module names follow torchvision's ResNet so an ImageNet backbone
+converted to safetensors loads as is (`backbone_weights=`); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -80,15 +84,71 @@ class ASPPV2(nn.Module):
         return self.relu(sum(b(x) for b in self.branches))
 
 
+class SqueezeExcitation(nn.Module):
+    """Channel attention: global average -> bottleneck MLP -> sigmoid gate on every channel."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, channels // reduction)
+        self.fc2 = nn.Linear(channels // reduction, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean(dim=(2, 3))))))
+        return x * w[:, :, None, None]
+
+
+def _conv_gn(cin: int, cout: int, k: int, dilation: int = 1, relu: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, 1, dilation * (k // 2), dilation=dilation),
+                               nn.GroupNorm(32, cout)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class ASPPSEHead(nn.Module):
+    """The authors' DeepLabV2 head: 1x1 + dilated 3x3 branches with GroupNorm, concatenated, SE, 3x3 to
+    `feature_dim` with GroupNorm (no ReLU: the classifier and the centroids see the normalised map)."""
+
+    def __init__(self, cin: int, feature_dim: int = 256, rates: tuple[int, ...] = (6, 12, 18, 24)) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([_conv_gn(cin, feature_dim, 1)] +
+                                      [_conv_gn(cin, feature_dim, 3, r) for r in rates])
+        width = feature_dim * (len(rates) + 1)
+        self.se = SqueezeExcitation(width)
+        self.fuse = _conv_gn(width, feature_dim, 3, relu=False)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.se(torch.cat([b(x) for b in self.branches], 1)))
+
+
 class DeepLabV2(nn.Module):
+    """Dilated ResNet-101 + a DeepLabV2 head; returns (logits, 256-d features) at output stride 8."""
+
+    HEAD_PREFIXES = ("head.", "classifier.")  # what the optimiser's head learning-rate multiplier covers
+
     def __init__(self, num_classes: int = 19, feature_dim: int = 256,
-                 layers: tuple[int, int, int, int] = (3, 4, 23, 3)) -> None:
+                 layers: tuple[int, int, int, int] = (3, 4, 23, 3), head: str = "aspp_se",
+                 freeze_bn_affine: bool = True) -> None:
         super().__init__()
         self.backbone = DilatedResNet(layers)
-        self.head = ASPPV2(2048, feature_dim)
+        if head == "aspp_se":
+            self.head: nn.Module = ASPPSEHead(2048, feature_dim)
+            self.classifier = nn.Conv2d(feature_dim, num_classes, 1, bias=False)
+            nn.init.normal_(self.classifier.weight, 0.0, 0.001)
+        elif head == "aspp_sum":
+            self.head = ASPPV2(2048, feature_dim)
+            self.classifier = nn.Conv2d(feature_dim, num_classes, 1)
+        else:
+            raise DigaError(f"unknown DeepLabV2 head {head!r}; use aspp_se or aspp_sum")
         self.dropout = nn.Dropout2d(0.1)
-        self.classifier = nn.Conv2d(feature_dim, num_classes, 1)
         self.num_classes, self.feature_dim = num_classes, feature_dim
+        if freeze_bn_affine:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.requires_grad_(False)
+                    m.bias.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.head(self.backbone(x))
@@ -111,8 +171,19 @@ def load_backbone(backbone: nn.Module, path: str | Path) -> None:
 
 @register("deeplabv2_r101")
 def deeplabv2_r101(num_classes: int = 19, feature_dim: int = 256, backbone_weights: str | None = None,
-                   **_: object) -> nn.Module:
-    model = DeepLabV2(num_classes, feature_dim)
+                   freeze_bn_affine: bool = True, **_: object) -> nn.Module:
+    """The authors' DeepLabV2-ResNet101 (GroupNorm + SE head, frozen backbone BatchNorm affines)."""
+    model = DeepLabV2(num_classes, feature_dim, head="aspp_se", freeze_bn_affine=freeze_bn_affine)
+    if backbone_weights:
+        load_backbone(model.backbone, backbone_weights)
+    return model
+
+
+@register("deeplabv2_r101_aspp_sum")
+def deeplabv2_r101_aspp_sum(num_classes: int = 19, feature_dim: int = 256, backbone_weights: str | None = None,
+                            **_: object) -> nn.Module:
+    """DeepLabV2-ResNet101 with the classic head: dilated 3x3 branches summed to 256 channels."""
+    model = DeepLabV2(num_classes, feature_dim, head="aspp_sum", freeze_bn_affine=False)
     if backbone_weights:
         load_backbone(model.backbone, backbone_weights)
     return model
