@@ -125,26 +125,36 @@ def val_split_of(spec: str) -> str | None:
     return None if split == "val" else f"{kind}:{path}@val"
 
 
-def load_config(path: str | Path | None, cls: type[T], overrides: dict[str, Any] | None = None) -> T:
-    """Read a YAML config (or the defaults) into `cls`, then apply dotted-key overrides."""
+def load_config(path: str | Path | None, cls: type[T], overrides: dict[str, Any] | None = None,
+                preset: str | None = None, sets: list[str] | None = None) -> T:
+    """Build `cls` from, in rising priority: its defaults, a preset, a YAML file, dotted-key overrides (the
+    command's options; None values skipped) and `--set key=value` strings (values parsed as YAML)."""
     data: dict[str, Any] = {}
+    if preset is not None:
+        from .presets import preset_config
+
+        data = preset_config(preset, "train" if cls.__name__ == "TrainConfig" else "adapt")
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise DigaError(f"config file {p} not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
             raise DigaError(f"config file {p} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
+        if not isinstance(loaded, dict):
             raise DigaError(f"config file {p} must hold a mapping of settings")
-    for key, value in (overrides or {}).items():
+        data = _deep_merge(data, loaded)
+    for key, value in {**(overrides or {}), **parse_sets(sets or [])}.items():
         if value is None:
             continue
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
         node[leaf] = value
     try:
         return cls.model_validate(data)
@@ -152,6 +162,27 @@ def load_config(path: str | Path | None, cls: type[T], overrides: dict[str, Any]
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise DigaError(f"bad config value {where!r}: {first['msg']}") from None
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`["warmup.steps=2", "eval.scales=[1.0, 0.5]"]` -> {"warmup.steps": 2, "eval.scales": [1.0, 0.5]}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise DigaError(f"--set {item!r} is not key=value; write e.g. --set warmup.steps=2")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise DigaError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def config_to_yaml(cfg: BaseModel) -> str:
@@ -248,7 +279,10 @@ class AdaptConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     seg_loss: Literal["ce", "ohem"] = "ce"
-    init_checkpoint: str | None = None  # warm-up starts here; None -> a source-only stage is trained first
+    init_checkpoint: str | None = None  # warm-up starts here; None -> see warmup_init
+    # without init_checkpoint: train a source-only stage first ("source_only"), or start warm-up from the
+    # freshly built model and its model.backbone_weights ("backbone", the authors' recipe)
+    warmup_init: Literal["source_only", "backbone"] = "source_only"
     source_only: TrainConfig | None = None  # settings of that source-only stage (data/model filled in)
     translator: TranslatorConfig = Field(default_factory=TranslatorConfig)
     warmup: DistilConfig = Field(default_factory=DistilConfig)

@@ -49,9 +49,12 @@ class ConfusionMatrix:
     def summary(self, subset: int | None = None) -> dict:
         iou = self.iou()
         names = CLASS_NAMES if self.num_classes == len(CLASS_NAMES) else tuple(str(i) for i in range(self.num_classes))
-        return {
+        out = {
             "miou": self.miou(subset),
             "pixel_accuracy": self.pixel_accuracy(),
             "per_class": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou, strict=True)},
             "num_classes_evaluated": int(np.sum(~np.isnan(iou))),
         }
+        if self.num_classes == len(CLASS_NAMES):  # SYNTHIA's protocols, recorded with every evaluation
+            out["miou_16"], out["miou_13"] = self.miou(16), self.miou(13)
+        return out

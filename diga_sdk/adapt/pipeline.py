@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import AdaptConfig, DistilConfig, TrainConfig, save_config
 from ..data.datasets import open_dataset
 from ..errors import DigaError
@@ -50,6 +52,8 @@ def evaluate_checkpoint(ckpt: str | Path, cfg: AdaptConfig) -> dict[str, Any]:
     tv = res.get(cfg.target_val) if cfg.target_val else None
     return {"source_val_miou": res[cfg.source_val]["miou"] if cfg.source_val else None,
             "target_val_miou": tv["miou"] if tv else None,
+            "target_val_miou_16": tv.get("miou_16") if tv else None,
+            "target_val_miou_13": tv.get("miou_13") if tv else None,
             "target_val_per_class": tv["per_class"] if tv else None}
 
 
@@ -106,6 +110,24 @@ def stage_source_only(cfg: AdaptConfig, folder: Path, resume: bool) -> dict[str,
 
     ckpt = train_supervised(source_only_config(cfg), folder, stage="source_only", resume=resume)
     return {"checkpoint": str(ckpt)}
+
+
+def stage_init(cfg: AdaptConfig, folder: Path) -> dict[str, Any]:
+    """The model warm-up starts from when no source-only stage runs: freshly built, with the backbone
+    weights the config names (the authors start from an ImageNet-initialised DeepLabV2)."""
+    from ..models.checkpoint import save_checkpoint
+    from ..models.registry import build_model
+    from .supervised import image_size, model_meta
+
+    if not cfg.model.backbone_weights:
+        log.warning("warm-up starts from random weights: set model.backbone_weights to an ImageNet backbone "
+                    "(safetensors) for a real run")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, cfg.model.num_classes, backbone_weights=cfg.model.backbone_weights,
+                        **cfg.model.options)
+    size = image_size(open_dataset(cfg.source, strict=cfg.data.strict))
+    path = save_checkpoint(model, folder / "model.safetensors", model_meta(cfg.model, "init", size))
+    return {"checkpoint": str(path), "backbone_weights": cfg.model.backbone_weights}
 
 
 def stage_translator(cfg: AdaptConfig, folder: Path, resume: bool) -> dict[str, Any]:
@@ -182,7 +204,11 @@ def run_pipeline(cfg: AdaptConfig, out: str | Path, resume: bool = False) -> dic
     artifacts: list[dict[str, Any]] = []
 
     init = cfg.init_checkpoint
-    if init is None:
+    if init is None and cfg.warmup_init == "backbone":
+        rec = run_stage("init", out / "init", lambda: stage_init(cfg, out / "init"), resume, main_only=True)
+        artifacts.append(rec)
+        init = rec["checkpoint"]
+    elif init is None:
         rec = run_stage("source_only", out / "source_only", lambda: _with_eval(stage_source_only(
             cfg, out / "source_only", resume), cfg), resume)
         stages.append(rec)

@@ -26,6 +26,7 @@ from . import (  # noqa: E402,F401  (modules register commands)
     bench,
     bench_kernels,
     bench_latency,
+    config_cmd,
     data,
     export,
     fleet,

@@ -10,7 +10,7 @@ import typer
 
 from ..config import AdaptConfig, load_config
 from ..errors import DigaError
-from ..progress import console
+from ..progress import console, log
 from . import app
 from .bench import bench_app
 from .common import dumps, write_json
@@ -19,8 +19,18 @@ adapt_app = typer.Typer(help="DiGA adaptation: the whole pipeline (no sub-comman
 app.add_typer(adapt_app, name="adapt")
 
 
-def _config(config: Path | None, overrides: dict[str, Any]) -> AdaptConfig:
-    return load_config(config, AdaptConfig, overrides)
+PRESET_HELP = "the authors' recipe: gta5-cityscapes or synthia-cityscapes (see `diga config show`)"
+SET_HELP = "override any setting by its dotted key, e.g. --set warmup.steps=2 (repeatable)"
+WORKERS_HELP = "loader worker processes per data stream (default: the cores, at most 4; 0: none)"
+
+
+def _config(config: Path | None, overrides: dict[str, Any], preset: str | None = None,
+            sets: list[str] | None = None) -> AdaptConfig:
+    cfg = load_config(config, AdaptConfig, overrides, preset=preset, sets=sets)
+    if preset is not None and (cfg.source.startswith("synthetic") or cfg.target.startswith("synthetic")):
+        raise DigaError(f"--preset {preset} is a recipe for the real datasets: give --source "
+                        f"{preset.split('-')[0]}:PATH and --target cityscapes:PATH@train")
+    return cfg
 
 
 @adapt_app.callback(invoke_without_command=True)
@@ -33,6 +43,10 @@ def adapt(
     model: str | None = typer.Option(None, "--model", help="model name, e.g. light or deeplabv2_r101"),
     out: Path | None = typer.Option(None, "--out", help="run folder (checkpoints, pseudo-labels, results)"),
     config: Path | None = typer.Option(None, "--config", help="YAML with any AdaptConfig setting"),
+    preset: str | None = typer.Option(None, "--preset", help=PRESET_HELP),
+    sets: list[str] = typer.Option([], "--set", help=SET_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
+    strict: bool = typer.Option(False, "--strict", help="refuse images without a label file instead of skipping"),
     init: str | None = typer.Option(None, "--init", help="start warm-up from this checkpoint (else train source-only)"),
     translator: str | None = typer.Option(None, "--translator", help="fourier or learned"),
     rounds: int | None = typer.Option(None, "--rounds", help="extra refinement rounds"),
@@ -53,7 +67,10 @@ def adapt(
 
     cfg = _config(config, {"source": source, "target": target, "target_val": target_val, "source_val": source_val,
                            "model.name": model, "init_checkpoint": init, "translator.kind": translator,
-                           "rounds": rounds, "seed": seed, "select_best": select_best or None})
+                           "rounds": rounds, "seed": seed, "select_best": select_best or None,
+                           "data.workers": workers, "data.strict": strict or None}, preset, sets)
+    log.info("evaluation sets: target-val %s, source-val %s", cfg.target_val or "none (give --target-val)",
+             cfg.source_val or "none")
     stages = run_seeds(cfg, out, seeds, resume)
     write_json(json_path, {"stages": stages, "seeds": seeds, "checkpoint_selection":
                            "best_target_val_uses_target_labels" if cfg.select_best else "last"})
@@ -64,6 +81,9 @@ def warmup(
     init: str = typer.Option(..., "--init", help="checkpoint to start from (e.g. a source-only model)"),
     out: Path = typer.Option(..., "--out", help="stage folder"),
     config: Path | None = typer.Option(None, "--config"),
+    preset: str | None = typer.Option(None, "--preset", help=PRESET_HELP),
+    sets: list[str] = typer.Option([], "--set", help=SET_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
     source: str | None = typer.Option(None, "--source"),
     target: str | None = typer.Option(None, "--target", help="target images (style only; no labels are read)"),
     steps: int | None = typer.Option(None, "--steps"),
@@ -75,8 +95,9 @@ def warmup(
     """Warm-up only: symmetric distillation + cross-domain mixture on the source."""
     from ..adapt.pipeline import stage_train
 
-    cfg = _config(config, {"source": source, "target": target, "warmup.steps": steps,
-                           "warmup.mix": False if no_mix else None, "warmup.distil": False if no_distil else None})
+    cfg = _config(config, {"source": source, "target": target, "warmup.steps": steps, "data.workers": workers,
+                           "warmup.mix": False if no_mix else None, "warmup.distil": False if no_distil else None},
+                  preset, sets)
     rec = stage_train("warmup", cfg, cfg.warmup, init, out, resume)
     _report(rec, json_path)
 
@@ -87,12 +108,13 @@ def pseudo(
     out: Path = typer.Option(..., "--out", help="folder for labels/*.png"),
     target: str | None = typer.Option(None, "--target"),
     config: Path | None = typer.Option(None, "--config"),
+    sets: list[str] = typer.Option([], "--set", help=SET_HELP),
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """Pseudo-label every target training image (multi-scale max fusion, PNG files)."""
     from ..adapt.pipeline import stage_pseudo
 
-    _report(stage_pseudo(_config(config, {"target": target}), model, out), json_path)
+    _report(stage_pseudo(_config(config, {"target": target}, sets=sets), model, out), json_path)
 
 
 @adapt_app.command("centroids")
@@ -101,12 +123,13 @@ def centroids(
     out: Path = typer.Option(..., "--out", help="folder for centroids.safetensors"),
     target: str | None = typer.Option(None, "--target"),
     config: Path | None = typer.Option(None, "--config"),
+    sets: list[str] = typer.Option([], "--set", help=SET_HELP),
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """Class centroids: mean 256-d feature per predicted class over the target training set."""
     from ..adapt.pipeline import stage_centroids
 
-    _report(stage_centroids(_config(config, {"target": target}), model, out), json_path)
+    _report(stage_centroids(_config(config, {"target": target}, sets=sets), model, out), json_path)
 
 
 @adapt_app.command("selftrain")
@@ -118,6 +141,9 @@ def selftrain(
     selection: str | None = typer.Option(None, "--selection", help="consensus (default), threshold or none"),
     threshold: float | None = typer.Option(None, "--threshold", help="with --selection threshold"),
     config: Path | None = typer.Option(None, "--config"),
+    preset: str | None = typer.Option(None, "--preset", help=PRESET_HELP),
+    sets: list[str] = typer.Option([], "--set", help=SET_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
     source: str | None = typer.Option(None, "--source"),
     target: str | None = typer.Option(None, "--target"),
     steps: int | None = typer.Option(None, "--steps"),
@@ -128,8 +154,8 @@ def selftrain(
     from ..adapt.distill import SelfTrainInputs
     from ..adapt.pipeline import stage_train
 
-    cfg = _config(config, {"source": source, "target": target, "selftrain.steps": steps,
-                           "selection.kind": selection, "selection.threshold": threshold})
+    cfg = _config(config, {"source": source, "target": target, "selftrain.steps": steps, "data.workers": workers,
+                           "selection.kind": selection, "selection.threshold": threshold}, preset, sets)
     if cfg.selection.kind == "consensus" and centroids_file is None:
         raise DigaError("consensus selection needs --centroids (from `diga adapt centroids`), "
                         "or pass --selection threshold")
@@ -143,6 +169,7 @@ def translator_cmd(
     source: str | None = typer.Option(None, "--source"),
     target: str | None = typer.Option(None, "--target"),
     config: Path | None = typer.Option(None, "--config", help="YAML with any AdaptConfig setting (translator.*)"),
+    sets: list[str] = typer.Option([], "--set", help=SET_HELP),
     steps: int | None = typer.Option(None, "--steps"),
     vgg_weights: str | None = typer.Option(None, "--vgg-weights", help="VGG16 safetensors: adds the perceptual loss"),
     resume: bool = typer.Option(False, "--resume"),
@@ -151,7 +178,7 @@ def translator_cmd(
     from ..adapt.pipeline import stage_translator
 
     cfg = _config(config, {"source": source, "target": target, "translator.steps": steps,
-                           "translator.vgg_weights": vgg_weights})
+                           "translator.vgg_weights": vgg_weights}, sets=sets)
     rec = stage_translator(cfg, out, resume)
     console.print(f"translator written to {rec['checkpoint']}")
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from ..config import TrainConfig, config_to_yaml, load_config
-from ..progress import console
+from ..errors import DigaError
+from ..progress import console, log
 from . import app
 from .common import dumps, write_json
 
@@ -16,6 +17,12 @@ from .common import dumps, write_json
 def train(
     out: Path = typer.Option(..., "--out", help="run folder (config, checkpoints, results)"),
     config: Path | None = typer.Option(None, "--config", help="YAML with any TrainConfig setting"),
+    preset: str | None = typer.Option(None, "--preset", help="the authors' recipe: gta5-cityscapes or "
+                                      "synthia-cityscapes (see `diga config show`)"),
+    sets: list[str] = typer.Option([], "--set", help="override any setting by its dotted key (repeatable)"),
+    workers: int | None = typer.Option(None, "--workers", min=0,
+                                       help="loader worker processes (default: the cores, at most 4; 0: none)"),
+    strict: bool = typer.Option(False, "--strict", help="refuse images without a label file instead of skipping"),
     oracle: bool = typer.Option(False, "--oracle", help="train on target labels (the upper bound)"),
     data: str | None = typer.Option(None, "--data", help="training dataset spec (overrides the config)"),
     model: str | None = typer.Option(None, "--model", help="model name, e.g. light or deeplabv2_r101"),
@@ -30,12 +37,19 @@ def train(
     from ..evaluate_specs import evaluate_specs
 
     overrides = {"train_data": data or ("synthetic:target@train" if oracle else None), "model.name": model,
-                 "steps": steps, "batch_size": batch_size, "seed": seed}
-    cfg = load_config(config, TrainConfig, overrides)
+                 "steps": steps, "batch_size": batch_size, "seed": seed, "data.workers": workers,
+                 "data.strict": strict or None}
+    cfg = load_config(config, TrainConfig, overrides, preset=preset, sets=sets)
+    if preset is not None and cfg.train_data.startswith("synthetic"):
+        raise DigaError(f"--preset {preset} is a recipe for the real datasets: give --data "
+                        f"{preset.split('-')[0]}:PATH")
     console.print(config_to_yaml(cfg), highlight=False)
     stage = "oracle" if oracle else "source_only"
     ckpt = train_supervised(cfg, out, stage=stage, resume=resume)
-    results = {"checkpoint": str(ckpt), "stage": stage, "eval": evaluate_specs(ckpt, cfg.val_data)}
+    if cfg.val_data:
+        log.info("evaluating on %s", ", ".join(cfg.val_data))
+    results = {"checkpoint": str(ckpt), "stage": stage,
+               "eval": evaluate_specs(ckpt, cfg.val_data, scales=cfg.eval.scales)}
     write_json(out / "results.json", results)
     write_json(json_path, results)
     for spec, res in results["eval"].items():
@@ -47,12 +61,20 @@ def evaluate_cmd(
     model: Path = typer.Option(..., "--model", help="checkpoint (.safetensors)"),
     data: list[str] = typer.Option(..., "--data", help="labelled dataset spec(s)"),
     subset: int = typer.Option(19, help="classes to average over: 19, 16 or 13 (SYNTHIA protocols)"),
+    scales: str = typer.Option("1.0", "--scales", help="comma-separated input scales whose logits are max-fused, "
+                               "e.g. 1.0,0.5 as the authors report"),
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """Evaluate a checkpoint: mIoU, per-class IoU, pixel accuracy."""
     from ..evaluate_specs import evaluate_specs, print_per_class
 
-    results = evaluate_specs(model, data, subset=subset)
+    try:
+        scale_list = tuple(float(v) for v in scales.split(","))
+    except ValueError:
+        raise DigaError(f"--scales {scales!r}: write comma-separated numbers, e.g. 1.0,0.5") from None
+    if not scale_list or any(v <= 0 for v in scale_list):
+        raise DigaError(f"--scales {scales!r}: every scale must be positive")
+    results = evaluate_specs(model, data, subset=subset, scales=scale_list)
     for spec, res in results.items():
         print_per_class(spec, res)
     write_json(json_path, results)

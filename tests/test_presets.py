@@ -1,0 +1,64 @@
+"""The authors' recipes as presets: `diga config show` prints exactly their values; --set layers on top."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from diga_sdk.cli import main
+from diga_sdk.config import AdaptConfig, load_config
+from diga_sdk.errors import DigaError
+
+
+def _show(capsys, *args: str) -> dict:
+    assert main(["config", "show", *args]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_gta5_cityscapes_preset_is_the_authors_recipe(capsys) -> None:
+    cfg = _show(capsys, "--preset", "gta5-cityscapes")
+    assert cfg["model"]["name"] == "deeplabv2_r101" and cfg["model"]["num_classes"] == 19
+    assert cfg["crop"] == [512, 896] and cfg["eval"]["scales"] == [1.0, 0.5] and cfg["seg_loss"] == "ce"
+    for stage, steps, lam, beta in (("warmup", 80_000, 0.5, 0.4), ("selftrain", 80_000, 0.25, 0.3)):
+        st = cfg[stage]
+        assert st["steps"] == steps and st["lambda_distil"] == lam and st["aug_beta"] == beta
+        assert st["optim"] == {"lr": 2.5e-4, "momentum": 0.9, "weight_decay": 5e-4, "poly_power": 0.9,
+                               "head_lr_mult": 10.0, "head_scope": "head"}
+        assert st["source_view"]["scale"] == [0.7, 1.0] and st["source_view"]["per_axis"] is True
+    # warm-up: one GTA5 frame rescaled to 720x1280 and two at full size; Cityscapes one at 512x1024, two full
+    assert cfg["warmup"]["source_view"]["sizes"] == [[720, 1280], None, None]
+    assert cfg["warmup"]["target_view"]["sizes"] == [[512, 1024], None, None]
+    assert cfg["warmup"]["target_bn"] is True and cfg["warmup"]["batch_size"] == 3
+    assert cfg["selftrain"]["mix_forward"] == "separate"
+    assert cfg["selection"]["centroid_min_pixels"] == 5 and cfg["selection"]["centroid_labels"] == "consensus"
+    assert cfg["selection"]["centroid_init"] == "image" and cfg["warmup_init"] == "backbone"
+
+
+def test_synthia_cityscapes_preset_has_16_classes_and_ohem(capsys) -> None:
+    cfg = _show(capsys, "--preset", "synthia-cityscapes", "--set", "warmup.steps=2", "--set", "eval.scales=[1.0]")
+    assert cfg["model"]["num_classes"] == 16 and len(cfg["model"]["classes"]) == 16
+    assert not {9, 14, 16} & set(cfg["model"]["classes"])  # terrain, truck, train: absent from SYNTHIA
+    assert cfg["seg_loss"] == "ohem" and cfg["selftrain"]["steps"] == 80_000
+    assert cfg["warmup"]["steps"] == 2 and cfg["eval"]["scales"] == [1.0]  # --set wins over the preset
+
+
+def test_set_errors_are_one_line(capsys) -> None:
+    assert main(["config", "show", "--set", "warmup.steps"]) == 1
+    assert "is not key=value" in "".join(capsys.readouterr())
+    with pytest.raises(DigaError, match="unknown preset 'gta6'"):
+        load_config(None, AdaptConfig, preset="gta6")
+    with pytest.raises(DigaError, match="bad config value 'warmup.bogus'"):
+        load_config(None, AdaptConfig, sets=["warmup.bogus=1"])
+
+
+def test_a_preset_refuses_the_embedded_benchmark(tmp_path, capsys) -> None:
+    assert main(["adapt", "--preset", "gta5-cityscapes", "--out", str(tmp_path / "r")]) == 1
+    assert "give --source gta5:PATH" in "".join(capsys.readouterr())
+
+
+def test_user_data_never_evaluates_on_the_embedded_benchmark() -> None:
+    cfg = load_config(None, AdaptConfig, {"source": "gta5:/data/gta5", "target": "cityscapes:/data/cs@train"})
+    assert cfg.eval_sets() == ["cityscapes:/data/cs@val"]
+    cfg = load_config(None, AdaptConfig, {"source": "gta5:/data/gta5", "target": "folder:/data/fleet"})
+    assert cfg.eval_sets() == []
+    assert load_config(None, AdaptConfig).eval_sets() == ["synthetic:target@val", "synthetic:source@val"]
