@@ -42,8 +42,9 @@ class ModelConfig(_Strict):
 
 
 class ViewConfig(_Strict):
-    """How each image of a training batch becomes a crop. With `sizes`, the batch has one slot per entry:
-    the (H, W) the image is rescaled to first, or null for its stored size."""
+    """How each image of a training batch becomes a crop. `sizes` gives per batch slot the (H, W) the
+    image is rescaled to first, or null for its stored size; a batch that is a multiple of its length
+    repeats it."""
 
     sizes: list[tuple[int, int] | None] | None = None
     scale: tuple[float, float] | None = None  # random rescale factor range; None: the run's `scale`
@@ -237,8 +238,12 @@ class DistilConfig(_Strict):
     teacher_bf16: bool = False  # teacher forward under bf16 autocast (measured 30x slower on this CPU build)
 
 
+def _warmup_default() -> DistilConfig:
+    return DistilConfig(target_bn=True)
+
+
 def _selftrain_default() -> DistilConfig:
-    return DistilConfig(lambda_distil=0.25, aug_beta=0.3)
+    return DistilConfig(lambda_distil=0.25, aug_beta=0.3, mix_forward="separate")
 
 
 class PseudoLabelConfig(_Strict):
@@ -254,14 +259,14 @@ class SelectionConfig(_Strict):
     kind: str = Field("consensus", pattern="^(consensus|threshold|none)$")
     threshold: float = 0.9  # only for kind=threshold: keep pixels with max prob >= threshold
     centroid_momentum: float = 1e-4
-    centroid_min_pixels: int = Field(1, ge=1)  # a sample updates a class centroid only with this many pixels
+    centroid_min_pixels: int = Field(5, ge=1)  # a sample updates a class centroid only with this many pixels
     online_centroids: bool = True
     # which target labels the online update averages: the stored pseudo-labels ("pseudo") or those kept
     # by the consensus ("consensus", as the authors' code does); both also agree with the teacher's argmax
-    centroid_labels: Literal["pseudo", "consensus"] = "pseudo"
+    centroid_labels: Literal["pseudo", "consensus"] = "consensus"
     # initial centroids: mean over every pixel of a class ("pixel") or mean of per-image class means
     # ("image", each image with >= centroid_min_pixels pixels of the class counting once, as the authors')
-    centroid_init: Literal["pixel", "image"] = "pixel"
+    centroid_init: Literal["pixel", "image"] = "image"
 
 
 class AdaptConfig(_Strict):
@@ -285,7 +290,7 @@ class AdaptConfig(_Strict):
     warmup_init: Literal["source_only", "backbone"] = "source_only"
     source_only: TrainConfig | None = None  # settings of that source-only stage (data/model filled in)
     translator: TranslatorConfig = Field(default_factory=TranslatorConfig)
-    warmup: DistilConfig = Field(default_factory=DistilConfig)
+    warmup: DistilConfig = Field(default_factory=_warmup_default)
     pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     selftrain: DistilConfig = Field(default_factory=_selftrain_default)

@@ -4,6 +4,13 @@ step and its baselines, in one table and `runs/ablation/results.json` (the demo'
 Stages: source_only, oracle, warmup_skd (distillation, no mixture), warmup_skd_mix (+ cross-domain
 mixture), selftrain (+ consensus self-training), selftrain_round2 (+ one refinement round) and
 threshold_baseline (the same self-training with fixed-confidence-threshold pseudo-labels).
+
+Rows for the details of the authors' code, each one switch flipped against the pipeline's setting
+(the same initial model, pseudo-labels and steps, so a row differs from its reference by that switch):
+warmup_target_bn_<on|off> (target BatchNorm statistics in warm-up, against warmup_skd_mix),
+selftrain_centroids_<authors|sdk> (centroids as per-image class means with a 5-pixel minimum, updated
+online from the consensus-kept labels, against selftrain) and selftrain_mix_<separate|joint> (the
+ClassMix batch as its own forward, against selftrain).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from .pipeline import (
     evaluate_checkpoint,
     run_pipeline,
     run_stage,
+    stage_centroids,
     stage_train,
 )
 
@@ -93,13 +101,52 @@ def run_ablation(out: str | Path, resume: bool = True, quick: bool = False) -> l
         "threshold_baseline", thr_cfg, thr_cfg.selftrain, warm, out / "threshold_baseline", resume, inputs), resume)
     stages.append(_entry(rec))
 
-    extra = {"gap_closed_percent": {n: gap_closed(stages, n) for n in
-                                    ("warmup_skd", "warmup_skd_mix", "selftrain", "selftrain_round2",
-                                     "threshold_baseline")},
+    stages += method_detail_rows(cfg, out, src_ckpt, warm, pseudo_dir,
+                                 Path(next(a for a in pipe["artifacts"] if a["name"] == "pseudo_r1")["centroids"]),
+                                 resume)
+
+    extra = {"gap_closed_percent": {s["name"]: gap_closed(stages, s["name"]) for s in stages
+                                    if s["name"] not in ("source_only", "oracle")},
              "artifacts": pipe["artifacts"], "config": cfg.model_dump(mode="json")}
     write_results(out / "results.json", stages, **extra)
     print_stage_table(stages, title="Ablation, embedded benchmark, light model: mIoU (%)")
     return stages
+
+
+def method_detail_rows(cfg: AdaptConfig, out: Path, src_ckpt: str, warm: str, pseudo_dir: Path, centroids: Path,
+                       resume: bool) -> list[dict[str, Any]]:
+    """One row per switch of the authors' code, flipped against the pipeline's own setting."""
+    rows = []
+    bn = not cfg.warmup.target_bn
+    name = f"warmup_target_bn_{'on' if bn else 'off'}"
+    log.info("ablation: %s", name)
+    scfg = cfg.warmup.model_copy(update={"target_bn": bn})
+    rows.append(_entry(run_stage(name, out / name, lambda: stage_train(name, cfg, scfg, src_ckpt, out / name, resume),
+                                 resume)))
+
+    sel = cfg.selection
+    authors = not (sel.centroid_labels == "consensus" and sel.centroid_init == "image")
+    name = f"selftrain_centroids_{'authors' if authors else 'sdk'}"
+    log.info("ablation: %s", name)
+    flipped = (sel.model_copy(update={"centroid_labels": "consensus", "centroid_init": "image", "centroid_min_pixels": 5})
+               if authors else sel.model_copy(update={"centroid_labels": "pseudo", "centroid_init": "pixel",
+                                                      "centroid_min_pixels": 1}))
+    ccfg = cfg.model_copy(update={"selection": flipped})
+
+    def centroid_row(name: str = name) -> dict[str, Any]:
+        cents = Path(stage_centroids(ccfg, warm, out / name / "centroids")["centroids"])
+        return stage_train(name, ccfg, ccfg.selftrain, warm, out / name, resume,
+                           SelfTrainInputs(pseudo_dir, cents, flipped))
+
+    rows.append(_entry(run_stage(name, out / name, centroid_row, resume)))
+
+    mix = "separate" if cfg.selftrain.mix_forward == "joint" else "joint"
+    name = f"selftrain_mix_{mix}"
+    log.info("ablation: %s", name)
+    mcfg = cfg.model_copy(update={"selftrain": cfg.selftrain.model_copy(update={"mix_forward": mix})})
+    rows.append(_entry(run_stage(name, out / name, lambda: stage_train(
+        name, mcfg, mcfg.selftrain, warm, out / name, resume, SelfTrainInputs(pseudo_dir, centroids, sel)), resume)))
+    return rows
 
 
 def _entry(rec: dict[str, Any]) -> dict[str, Any]:

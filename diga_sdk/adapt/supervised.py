@@ -63,7 +63,7 @@ def step_batches(data: SegDataset, batch_size: int, crop: tuple[int, int], scale
                  view: ViewConfig, seed: int, stream: str, dcfg: DataConfig,
                  classes: list[int] | None = None) -> StepBatches:
     """The training batches of one data stream, as the configs describe them."""
-    return StepBatches(data, len(view.sizes) if view.sizes else batch_size, crop, view.scale or scale, seed,
+    return StepBatches(data, batch_size, crop, view.scale or scale, seed,
                        stream=stream, sizes=view.sizes, per_axis=view.per_axis,
                        cache_bytes=dcfg.cache_mb * 2**20 // max(1, workers_of(dcfg)), label_lut=label_lut(classes))
 

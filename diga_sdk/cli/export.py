@@ -26,11 +26,13 @@ def export_cmd(
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="dynamic batch, height and width"),
     embed_pre: bool = typer.Option(False, "--embed-pre", help="uint8 RGB NHWC input, normalisation inside the graph"),
     embed_post: bool = typer.Option(False, "--embed-post", help="add a uint8 label-map output (argmax inside the graph)"),
-    parity_data: str = typer.Option("synthetic:target@val", "--parity-data", help="dataset spec of the parity images"),
+    parity_data: str | None = typer.Option(None, "--parity-data", help="dataset spec of the parity images "
+                                           "(default: from the data the checkpoint was trained on)"),
     parity_images: int = typer.Option(8, "--parity-images", min=1),
     parity_size: str | None = typer.Option(None, "--parity-size", help="resize parity images to HxW (e.g. 128x256)"),
     no_parity: bool = typer.Option(False, "--no-parity", help="skip the parity check (not recommended)"),
-    calib: str = typer.Option("synthetic:target@train", "--calib", help="target-domain images for INT8 calibration"),
+    calib: str | None = typer.Option(None, "--calib", help="target-domain images for INT8 calibration "
+                                     "(default: the target the checkpoint was adapted to)"),
     calib_images: int = typer.Option(64, "--calib-images", min=1),
     calib_method: str = typer.Option("minmax", "--calib-method", help="minmax | percentile | entropy (onnx-int8)"),
     val: str | None = typer.Option(None, "--val", help="labelled spec: report the mIoU change of the export"),
@@ -47,7 +49,11 @@ def export_cmd(
         return
     if model is None or out is None:
         raise DigaError("diga export needs --model CKPT and --out PATH (see `diga export --help`)")
-    from ..export.pipeline import ExportParityError, export_model
+    from ..export.pipeline import ExportParityError, default_data_specs, export_model
+
+    if parity_data is None or calib is None:
+        default_parity, default_calib = default_data_specs(model)
+        parity_data, calib = parity_data or default_parity, calib or default_calib
 
     profile = None
     if fmt == "tensorrt":

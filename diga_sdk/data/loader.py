@@ -112,8 +112,9 @@ def scale_crop_flip(image: torch.Tensor, label: torch.Tensor | None, crop: tuple
 class StepBatches(torch.utils.data.Dataset):
     """Map-style dataset whose item `step` is that step's batch (see the module docstring).
 
-    `sizes`, if given, has one entry per batch slot: the (H, W) the image is first rescaled to, or
-    None for its stored size (the authors' recipe mixes one 720x1280 and two full-size GTA5 images).
+    `sizes`, if given, says per batch slot the (H, W) the image is first rescaled to, or None for its
+    stored size (the authors' recipe mixes one 720x1280 and two full-size GTA5 images); a batch that is
+    a multiple of len(sizes) repeats them (a 4-GPU run: 12 images, each rank the recipe's 3).
     `label_lut` (256 entries) maps the stored train IDs to the model's classes (e.g. 19 -> 16).
     """
 
@@ -122,11 +123,12 @@ class StepBatches(torch.utils.data.Dataset):
                  per_axis: bool = False, cache_bytes: int = 0, label_lut: np.ndarray | None = None) -> None:
         if batch_size < 1:
             raise DigaError(f"batch size must be at least 1, got {batch_size}")
-        if sizes and len(sizes) != batch_size:
-            raise DigaError(f"{len(sizes)} slot sizes given for a batch of {batch_size}; give one size per image")
+        if sizes and batch_size % len(sizes):
+            raise DigaError(f"a batch of {batch_size} cannot repeat the {len(sizes)} slot sizes {list(sizes)}; use "
+                            f"a batch size that is a multiple of {len(sizes)}")
         self.data, self.batch_size, self.crop, self.scale = data, batch_size, tuple(crop), tuple(scale)
         self.seed, self.stream, self.per_axis, self.label_lut = seed, stream, per_axis, label_lut
-        self.sizes = list(sizes) if sizes else [None] * batch_size
+        self.sizes = [sizes[k % len(sizes)] for k in range(batch_size)] if sizes else [None] * batch_size
         self._cache = _ByteBudgetCache(cache_bytes)
         self._perm: tuple[int, np.ndarray] | None = None
 

@@ -26,6 +26,23 @@ _SUFFIX = {"onnx": ".onnx", "onnx-int8": ".onnx", "onnx-fp16": ".onnx", "openvin
            "tensorrt": (".engine", ".plan", ".trt")}
 
 
+def default_data_specs(checkpoint: str | Path) -> tuple[str, str]:
+    """(parity images, calibration images) for a checkpoint, derived from the data it was trained on: the
+    target's val split (else its train split, else the source) for parity, the target's train split
+    (else the source) for INT8 calibration. The embedded benchmark only for a model trained on it, or
+    (with a warning) for a checkpoint that records no training data."""
+    data = {k: v for k, v in read_meta(checkpoint).data.items() if v}
+    if not data:
+        log.warning("%s records no training data: parity and calibration use the embedded benchmark; pass "
+                    "--parity-data / --calib with your target images", checkpoint)
+        return DEFAULT_PARITY_DATA, DEFAULT_CALIB_DATA
+    if all(v.startswith("synthetic") for v in data.values()):
+        return DEFAULT_PARITY_DATA, DEFAULT_CALIB_DATA
+    parity = data.get("target_val") or data.get("target") or data["source"]
+    calib = data.get("target") or data["source"]
+    return parity, calib
+
+
 def check_format_args(fmt: str, out: Path, precision: str | None = None) -> None:
     """Validate the format and destination before any work (and fail at once where TensorRT cannot run)."""
     if fmt not in EXPORT_FORMATS:
