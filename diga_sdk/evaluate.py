@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.datasets import SegDataset
+from .data.loader import iter_samples
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, to_tensor
 from .errors import DigaError
 from .metrics import ConfusionMatrix
@@ -47,8 +48,9 @@ def evaluate(model: nn.Module, dataset: SegDataset, batch_size: int = 4, device:
     train_ids = torch.tensor(meta.output_train_ids()) if meta is not None and meta.classes is not None else None
     cm = ConfusionMatrix(19 if train_ids is not None else getattr(model, "num_classes", 19))
     n = len(dataset)
+    reader = iter_samples(dataset)
     for start in range(0, n, batch_size):
-        samples = [dataset[i] for i in range(start, min(start + batch_size, n))]
+        samples = [next(reader) for _ in range(start, min(start + batch_size, n))]
         sizes = {s.image.shape for s in samples}
         groups = [samples] if len(sizes) == 1 else [[s] for s in samples]
         for group in groups:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..data.datasets import Sample, SegDataset
 from ..data.labels import IGNORE_INDEX
+from ..data.loader import iter_samples
 from ..data.transforms import normalize, to_tensor
 from ..errors import DigaError
 from ..io import atomic_path, atomic_write_json
@@ -82,9 +83,10 @@ def generate_pseudo_labels(model: nn.Module, dataset: SegDataset, out_dir: str |
     cm = ConfusionMatrix(19 if train_ids is not None else num_classes)
     has_gt = False
     names = []
+    reader = iter_samples(dataset)
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
-        samples = [dataset[i] for i in idx]
+        samples = [next(reader) for _ in idx]
         groups = [list(zip(idx, samples, strict=True))]
         if len({s.image.shape for s in samples}) > 1:
             groups = [[(i, s)] for i, s in zip(idx, samples, strict=True)]

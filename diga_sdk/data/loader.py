@@ -229,3 +229,15 @@ class BatchStream:
 def to_device(x: torch.Tensor | None, device: str) -> torch.Tensor | None:
     """Copy to `device`, non-blocking (the DataLoader pinned the memory on CUDA)."""
     return None if x is None else x.to(device, non_blocking=device.startswith("cuda"))
+
+
+def iter_samples(dataset: SegDataset, workers: int | None = None) -> Iterator[Sample]:
+    """Every sample of `dataset` in order, decoded in `workers` worker processes (default: the cores, at
+    most 4; small sets are read in this process, where starting workers would cost more than it saves)."""
+    n = len(dataset)
+    workers = default_workers() if workers is None else workers
+    if workers == 0 or n <= 8 * workers:
+        yield from (dataset[i] for i in range(n))
+        return
+    yield from torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(n), num_workers=workers,
+                                           prefetch_factor=4, generator=torch.Generator())
