@@ -4,6 +4,7 @@ functions in `ops.py`; these take CPU tensors and return new ones."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 # Gap between the two largest corner weights above which a whole cell's upsampled argmax is known
@@ -116,3 +117,31 @@ def distillation_forward_cpu(teacher_logits: torch.Tensor, student_logits: torch
                        part.numpy())
     loss = (part.sum() / npix).float()
     return loss, (grad.view(two_n, c, h, w) if need_grad else None)
+
+
+def bilinear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source taps of a bilinear resize (align_corners=False) along one axis, as PyTorch's CPU kernel
+    forms them: index i0, i1 (int64, i1 = i0 clamped at the edge) and weights w0, w1 (float32).
+
+    Source coordinate max(scale * (x + 0.5) - 0.5, 0) with scale = src / dst in float32; the product
+    and the subtraction are exact in float64, so one rounding gives the fused multiply-add PyTorch's
+    FMA build computes."""
+    scale = np.float32(src) / np.float32(dst)
+    pos = (np.float64(scale) * (np.arange(dst, dtype=np.float64) + 0.5) - 0.5).astype(np.float32)
+    pos = np.maximum(pos, np.float32(0.0))
+    i0 = np.minimum(np.floor(pos).astype(np.int64), src - 1)
+    lam = np.clip(pos - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
+    i1 = np.where(i0 < src - 1, i0 + 1, i0)
+    return i0, i1, (np.float32(1.0) - lam).astype(np.float32), lam
+
+
+def upsample_argmax_cpu(logits: torch.Tensor, size: tuple[int, int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Fused bilinear upsample + argmax: (B,C,h,w) -> (B,H,W) labels of `dtype`; no (B,C,H,W) tensor."""
+    b, _, h, w = logits.shape
+    big_h, big_w = int(size[0]), int(size[1])
+    x = logits.detach().float().contiguous()
+    out = torch.empty(b, big_h, big_w, dtype=dtype)
+    ys0, ys1, wy0, wy1 = bilinear_taps(h, big_h)
+    xs0, xs1, wx0, wx1 = bilinear_taps(w, big_w)
+    _nb().upsample_argmax(x.numpy(), ys0, ys1, wy0, wy1, xs0, xs1, wx0, wx1, out.numpy())
+    return out

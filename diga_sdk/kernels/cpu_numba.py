@@ -371,3 +371,58 @@ def distillation(t, s, g, mixed_scale, need_grad, inv_npix, part):  # pragma: no
         b = _distill_term(t[nn + k], s[k], g[k], need_grad, np.float32(mixed_scale * inv_npix), p0, n,
                           et, es, tmax, smax, tsum, ssum, pts, xbuf, bits, scale)
         part[job] = a + mixed_scale * b
+
+
+# --- fused bilinear upsample (align_corners=False) + argmax over classes
+
+_UP_BAND = 16  # output rows per task
+
+
+@njit(parallel=True, cache=True, fastmath={"contract"})
+def upsample_argmax(logits, ys0, ys1, wy0, wy1, xs0, xs1, wx0, wx1, out):  # pragma: no cover - compiled
+    """logits (B,C,h,w) f32 -> out (B,H,W): argmax_c of the bilinear upsampling, never stored at full size.
+
+    Per band of output rows, each source row it touches is interpolated along x once into a
+    (C, W) buffer (t = v0*wx0 + v1*wx1, the order PyTorch's CPU kernel evaluates; with FMA units both
+    compilers fuse the same product), then every output row blends two of those rows per class
+    (t0*wy0 + t1*wy1) and keeps a running argmax (strict >, so ties keep the lowest class)."""
+    nb, nc, h, w = logits.shape
+    big_h = out.shape[1]
+    big_w = out.shape[2]
+    nband = (big_h + _UP_BAND - 1) // _UP_BAND
+    for job in prange(nb * nband):
+        b = job // nband
+        r0 = (job % nband) * _UP_BAND
+        r1 = min(r0 + _UP_BAND, big_h)
+        first = ys0[r0]
+        last = ys1[r1 - 1]
+        for y in range(r0, r1):
+            first = min(first, ys0[y])
+            last = max(last, ys1[y])
+        nrow = last - first + 1
+        rows = np.empty((nrow, nc, big_w), np.float32)
+        for r in range(nrow):
+            sy = first + r
+            for c in range(nc):
+                src = logits[b, c, sy]
+                dst = rows[r, c]
+                for x in range(big_w):
+                    dst[x] = src[xs0[x]] * wx0[x] + src[xs1[x]] * wx1[x]
+        best = np.empty(big_w, np.float32)
+        arg = np.empty(big_w, np.int32)
+        for y in range(r0, r1):
+            t0 = rows[ys0[y] - first]
+            t1 = rows[ys1[y] - first]
+            a = wy0[y]
+            bw = wy1[y]
+            for x in range(big_w):
+                best[x] = t0[0, x] * a + t1[0, x] * bw
+                arg[x] = 0
+            for c in range(1, nc):
+                for x in range(big_w):
+                    v = t0[c, x] * a + t1[c, x] * bw
+                    better = v > best[x]
+                    best[x] = v if better else best[x]
+                    arg[x] = c if better else arg[x]
+            for x in range(big_w):
+                out[b, y, x] = arg[x]
