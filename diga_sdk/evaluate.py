@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from .data.datasets import SegDataset
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, CachedDataset, normalize, to_tensor
 from .errors import DigaError
+from .kernels import upsample_argmax
 from .metrics import ConfusionMatrix
 
 
@@ -19,6 +20,13 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean=IMAGENET_MEAN, s
     """(B,3,H,W) images in [0,1] -> (B,C,H,W) logits upsampled bilinearly to the input size."""
     logits, _ = model(normalize(images, mean, std))
     return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def predict_labels(model: nn.Module, images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """(B,3,H,W) images in [0,1] -> (B,H,W) int64 labels: the argmax of `predict_logits`, fused (the
+    full-resolution logits are never formed)."""
+    logits, _ = model(normalize(images, mean, std))
+    return upsample_argmax(logits, images.shape[-2:])
 
 
 @torch.no_grad()
@@ -40,7 +48,7 @@ def evaluate(model: nn.Module, dataset: SegDataset | CachedDataset, batch_size: 
         groups = [samples] if len(sizes) == 1 else [[s] for s in samples]
         for group in groups:
             x = torch.stack([to_tensor(s.image) for s in group]).to(device)
-            pred = predict_logits(model, x, mean, std).argmax(1).cpu()
+            pred = predict_labels(model, x, mean, std).cpu()
             for p, s in zip(pred, group, strict=True):
                 cm.update(p, torch.from_numpy(s.label))
         if progress:

@@ -153,3 +153,24 @@ def test_reference_backend_and_input_errors(monkeypatch):
     with pytest.raises(DigaError, match="do not fit"):
         kernels.upsample_argmax(torch.randn(1, 300, 2, 2), (4, 4), dtype=torch.uint8)
     assert kernels.upsample_argmax(torch.randn(0, 3, 4, 4), (8, 8)).shape == (0, 8, 8)
+
+
+def test_predict_paths_use_the_fused_labels(tiny_checkpoint):
+    """Evaluation's labels and the served runtime's labels equal the argmax of the full-resolution logits."""
+    import numpy as np
+
+    from diga_sdk.evaluate import predict_labels, predict_logits
+    from diga_sdk.models.checkpoint import load_checkpoint
+    from diga_sdk.serving.runtime import open_runtime
+
+    model, meta = load_checkpoint(tiny_checkpoint, "cpu")
+    model.eval()
+    images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        labels = predict_labels(model, images, meta.mean, meta.std)
+        assert torch.equal(labels, predict_logits(model, images, meta.mean, meta.std).argmax(1))
+    rt = open_runtime(tiny_checkpoint, runtime="torch")
+    rgb = (images.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    served = rt.predict(rgb)
+    assert served.dtype == np.uint8 and served.shape == (2, 64, 96)
+    assert np.array_equal(served, rt.logits(rgb).argmax(1))
