@@ -36,20 +36,30 @@ def lowres_weights_cpu(features: torch.Tensor, centroids: torch.Tensor) -> tuple
     return weights, top, gap
 
 
+def _align_corners_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per source index the first output index it leads (src+1 bounds, int64) and per output index the
+    weight of the next source index (float32), for align_corners=True as PyTorch's CPU kernel forms them."""
+    pos = np.float32(_align_corners_scale(src, dst)) * np.arange(dst, dtype=np.float32)
+    i0 = np.minimum(pos.astype(np.int64), src - 1)
+    lam = np.clip(pos - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
+    lo = np.searchsorted(i0, np.arange(src + 1), side="left").astype(np.int64)
+    return lo, lam
+
+
 def consensus_select_cpu(pseudo_labels: torch.Tensor, features: torch.Tensor, centroids: torch.Tensor,
                          ignore_index: int = 255) -> torch.Tensor:
-    """Fused consensus selection: low-res softmax weights, then one pass over output rows that
-    interpolates only the cells whose corners disagree; (B,C,H,W) is never formed."""
-    nb = _nb()
+    """Fused consensus selection: softmax weights at feature resolution, then per cell row one pass over
+    its output rows that interpolates only the candidate classes of cells whose corners disagree;
+    (B,C,H,W) is never formed."""
     b, _, h, w = features.shape
     big_h, big_w = pseudo_labels.shape[-2:]
     weights, top, gap = lowres_weights_cpu(features, centroids)
-    cells = torch.empty(b, h, w, dtype=torch.int64)
-    nb.uniform_cells(top.numpy(), gap.numpy(), h, w, UNIFORM_CELL_TAU, cells.numpy())
+    row_lo, lys = _align_corners_taps(h, big_h)
+    col_lo, lxs = _align_corners_taps(w, big_w)
     pseudo = pseudo_labels.contiguous()
     out = torch.empty_like(pseudo)
-    nb.consensus_upsample(weights.numpy(), cells.numpy(), pseudo.numpy(), out.numpy(), h, w,
-                          _align_corners_scale(h, big_h), _align_corners_scale(w, big_w), int(ignore_index))
+    _nb().consensus_cells(weights.numpy(), top.numpy(), gap.numpy(), pseudo.numpy(), out.numpy(), row_lo, lys,
+                          col_lo, lxs, UNIFORM_CELL_TAU, int(ignore_index))
     return out
 
 
