@@ -81,7 +81,10 @@ def class_mix_cpu(img_a: torch.Tensor, img_b: torch.Tensor, label_a: torch.Tenso
     lb = label_b.to(la.dtype).contiguous().view(b, h * w)
     out_img = torch.empty_like(a)
     out_lab = torch.empty_like(la)
-    _nb().class_mix(_bits(a), _bits(bb), la.numpy(), _bits(la), _bits(lb), chosen.to(torch.uint8).contiguous().numpy(),
+    table = chosen.to(torch.uint8).contiguous()
+    k = table.shape[1]
+    bit_rows = (table[:, : min(k, 63)].long() << torch.arange(min(k, 63))).sum(1)  # (B,) int64 bit sets
+    _nb().class_mix(_bits(a), _bits(bb), la.numpy(), _bits(la), _bits(lb), table.numpy(), bit_rows.numpy(),
                     int(ignore_index), _bits(out_img), _bits(out_lab))
     return out_img.view(b, ch, h, w), out_lab.view(b, h, w)
 

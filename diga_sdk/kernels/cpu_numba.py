@@ -173,12 +173,15 @@ def lowres_weights(feat, cent, weights, top_label, margin):  # pragma: no cover 
             margin[b, p0 + i] = best[i] - second[i]
 
 @njit(parallel=True, cache=True)
-def class_mix(img_a, img_b, label_a, la_bits, lb_bits, chosen, ignore_index, out_img, out_bits):  # pragma: no cover
+def class_mix(img_a, img_b, label_a, la_bits, lb_bits, chosen, chosen_bits, ignore_index, out_img,
+              out_bits):  # pragma: no cover - compiled
     """One pass: a pixel takes A where label_a is a chosen class or ignore_index, else B.
 
     Images (B,CH,P) and labels (B,P) come as same-width signed-integer views of their bits, so the
     selection is a branch-free bit blend `(a & m) | (b & ~m)` that vectorises; label_a's own values
-    decide the mask (chosen (B,K) uint8 is gathered at the clamped label)."""
+    decide the mask. With K <= 63 classes the chosen row is one int64 bit set per sample
+    (chosen_bits) and the mask a vectorised variable shift; otherwise chosen (B,K) uint8 is gathered
+    at the clamped label."""
     nb, nch, npix = img_a.shape
     k = chosen.shape[1]
     nblk = (npix + _MIX_BLOCK - 1) // _MIX_BLOCK
@@ -187,13 +190,23 @@ def class_mix(img_a, img_b, label_a, la_bits, lb_bits, chosen, ignore_index, out
         p0 = (job % nblk) * _MIX_BLOCK
         p1 = min(p0 + _MIX_BLOCK, npix)
         mask = np.empty(p1 - p0, np.int64)
-        for i in range(p0, p1):
-            la = np.int64(label_a[b, i])
-            idx = min(max(la, 0), k - 1)
-            t = (la == ignore_index) | ((chosen[b, idx] != 0) & (la >= 0) & (la < k))
-            m = -np.int64(t)
-            mask[i - p0] = m
-            out_bits[b, i] = (la_bits[b, i] & m) | (lb_bits[b, i] & ~m)
+        if k <= 63:
+            row = chosen_bits[b]
+            for i in range(p0, p1):
+                la = np.int64(label_a[b, i])
+                hit = (row >> (la & 63)) & 1
+                t = (la == ignore_index) | ((hit != 0) & (la >= 0) & (la < k))
+                m = -np.int64(t)
+                mask[i - p0] = m
+                out_bits[b, i] = (la_bits[b, i] & m) | (lb_bits[b, i] & ~m)
+        else:
+            for i in range(p0, p1):
+                la = np.int64(label_a[b, i])
+                idx = min(max(la, 0), k - 1)
+                t = (la == ignore_index) | ((chosen[b, idx] != 0) & (la >= 0) & (la < k))
+                m = -np.int64(t)
+                mask[i - p0] = m
+                out_bits[b, i] = (la_bits[b, i] & m) | (lb_bits[b, i] & ~m)
         for ch in range(nch):
             for i in range(p0, p1):
                 m = mask[i - p0]
