@@ -116,7 +116,8 @@ def test_consensus_cpu_property(b, c, d, h, w, big_h, big_w, seed):
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("img_dtype,label_dtype,k", [(torch.float32, torch.int64, 19), (torch.float16, torch.uint8, 16)])
+@pytest.mark.parametrize("img_dtype,label_dtype,k", [(torch.float32, torch.int64, 19), (torch.float16, torch.uint8, 16),
+                                                     (torch.float32, torch.int32, 70), (torch.float32, torch.int64, 63)])
 def test_class_mix_matches_reference(backend, img_dtype, label_dtype, k, poisoned, monkeypatch):
     gen = torch.Generator().manual_seed(k)
     b, h, w = 2, 33, 47
