@@ -13,6 +13,7 @@ from .data.datasets import SegDataset
 from .data.loader import iter_samples
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, to_tensor
 from .errors import DigaError
+from .kernels import upsample_argmax
 from .metrics import ConfusionMatrix
 
 
@@ -31,6 +32,17 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean=IMAGENET_MEAN, s
     if fused is None:
         raise DigaError("evaluation needs at least one scale")
     return fused
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                   scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """(B,3,H,W) images in [0,1] -> (B,H,W) int64 labels: the argmax of `predict_logits`; at one scale
+    fused (the full-resolution logits are never formed)."""
+    if tuple(scales) != (1.0,):
+        return predict_logits(model, images, mean, std, scales).argmax(1)
+    logits, _ = model(normalize(images, mean, std))
+    return upsample_argmax(logits, images.shape[-2:])
 
 
 @torch.no_grad()
@@ -55,7 +67,7 @@ def evaluate(model: nn.Module, dataset: SegDataset, batch_size: int = 4, device:
         groups = [samples] if len(sizes) == 1 else [[s] for s in samples]
         for group in groups:
             x = torch.stack([to_tensor(s.image) for s in group]).to(device)
-            pred = predict_logits(model, x, mean, std, scales).argmax(1).cpu()
+            pred = predict_labels(model, x, mean, std, scales).cpu()
             if train_ids is not None:
                 pred = train_ids[pred]
             for p, s in zip(pred, group, strict=True):

@@ -108,12 +108,24 @@ def test_bench_kernels_cli_writes_json_and_table(tmp_path):
 
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
-    assert main(["bench", "kernels", "--shapes", "tiny", "--repeats", "1", "--json", str(out), "--markdown", str(md)]) == 0
+    assert main(["bench", "kernels", "--shapes", "tiny", "--repeats", "1", "--post-size", "64x128", "--json", str(out),
+                 "--markdown", str(md)]) == 0
     result = json.loads(out.read_text())
     ops_seen = {r["op"] for r in result["results"]}
-    assert ops_seen == {"consensus_select", "class_mix", "choose_classes", "centroid_sums", "symmetric_distillation_loss"}
+    assert ops_seen == {"consensus_select", "class_mix", "choose_classes", "centroid_sums", "symmetric_distillation_loss",
+                        "upsample_argmax"}
     for r in result["results"]:
         assert r["ms"]["fast"] > 0 and r["floor_ms"] > 0 and r["bytes_moved"] > 0
+        assert r["fast_over_memory_floor"] == r["ms"]["fast"] / r["memory_floor_ms"]
+    post = [r for r in result["results"] if r["op"] == "upsample_argmax"]
+    assert {r["logits"] for r in post} == {"random", "segmenter_like"} and all(r["shape"] == "64x128" for r in post)
+    assert all(r["mismatches_vs_reference"] == 0 for r in post)
+    assert set(result["summary"]) == {"upsample_argmax_speedup_random", "upsample_argmax_speedup_segmenter_like"}
     assert result["env"]["cpu"] and result["machine_rates"]["copy_fresh_gbps"] > 0
-    assert "| tiny | class_mix |" in md.read_text()
+    assert "isa_flags" in result["env"]
+    text = md.read_text()
+    assert "| tiny | class_mix |" in text and "upsample_argmax (random logits)" in text and "Machine: " in text
     assert main(["bench", "kernels", "--shapes", "huge"]) == 1  # a DigaError, one line
+    assert main(["bench", "kernels", "--shapes", "tiny", "--ops", "consensus_select,argmax"]) == 1
+    assert main(["bench", "kernels", "--shapes", "tiny", "--ops", "class_mix", "--repeats", "1", "--json", str(out)]) == 0
+    assert [r["op"] for r in json.loads(out.read_text())["results"]] == ["class_mix"]

@@ -116,7 +116,8 @@ def test_consensus_cpu_property(b, c, d, h, w, big_h, big_w, seed):
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("img_dtype,label_dtype,k", [(torch.float32, torch.int64, 19), (torch.float16, torch.uint8, 16)])
+@pytest.mark.parametrize("img_dtype,label_dtype,k", [(torch.float32, torch.int64, 19), (torch.float16, torch.uint8, 16),
+                                                     (torch.float32, torch.int32, 70), (torch.float32, torch.int64, 63)])
 def test_class_mix_matches_reference(backend, img_dtype, label_dtype, k, poisoned, monkeypatch):
     gen = torch.Generator().manual_seed(k)
     b, h, w = 2, 33, 47
@@ -203,3 +204,25 @@ def test_numba_exp_is_float32_accurate():
     cpu_numba._exp_nonpositive(buf, bits, bits.view(np.float32), len(x))  # the compiled kernel
     exact = np.exp(x.astype(np.float64))
     assert np.max(np.abs(buf - exact) / exact) < 4e-7
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_consensus_exact_ties_keep_the_lowest_class(backend, monkeypatch):
+    """Features exactly equidistant from centroids 2 and 5 (and farther from the rest) in a band of
+    the map: the feature label there is 2 (first maximum), so pseudo-label 2 is kept and 5 dropped."""
+    c, d = 8, 16
+    centroids = torch.zeros(c, d)
+    centroids[2, 0], centroids[5, 0] = 2.0, -2.0
+    for k in (0, 1, 3, 4, 6, 7):
+        centroids[k, 1 + k] = 9.0
+    features = torch.zeros(2, d, 5, 7)
+    features[:, 3] = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(1)).round()  # orthogonal part
+    features[:, 0, :, 5:] = 3.0  # right band: clearly class 2, away from the tie
+    twos = torch.full((2, 19, 23), 2)
+    fives = torch.full((2, 19, 23), 5)
+    expected_twos = ref.consensus_select_ref(twos, features, centroids)
+    expected_fives = ref.consensus_select_ref(fives, features, centroids)
+    assert (expected_twos == 2).all() and (expected_fives == 255).all()  # the reference's tie rule
+    _use(monkeypatch, backend)
+    assert torch.equal(kernels.consensus_select(twos, features, centroids), expected_twos)
+    assert torch.equal(kernels.consensus_select(fives, features, centroids), expected_fives)

@@ -315,7 +315,7 @@ class OnlineAdapter:
     def _predict(self, model: EMATeacher, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, features, full-resolution argmax) of a frozen forward on a (1,3,H,W) frame in [0,1]."""
         logits, feats = model(normalize(x, self.meta.mean, self.meta.std))
-        pred = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+        pred = kernels.upsample_argmax(logits, x.shape[-2:])  # fused: no full-resolution logits
         return logits, feats, pred
 
     def _shadow_due(self, t0: float, predict_ms: float) -> bool:

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..data.streams import Frame
 from ..data.transforms import to_tensor
-from ..evaluate import predict_logits
+from ..evaluate import predict_labels
 from ..io import atomic_path
 from ..metrics import ConfusionMatrix
 from ..progress import progress_bar
@@ -56,7 +56,7 @@ def run_stream(adapter: OnlineAdapter, frames: Iterable[Frame], total: int, froz
                 cm_a.update(torch.from_numpy(res.pred), label)
                 tot_a.update(torch.from_numpy(res.pred), label)
                 if frozen is not None:
-                    pf = predict_logits(frozen, to_tensor(fr.image)[None]).argmax(1)[0]
+                    pf = predict_labels(frozen, to_tensor(fr.image)[None])[0]
                     cm_f.update(pf, label)
                     tot_f.update(pf, label)
             per_frame.append(rec)

@@ -12,7 +12,8 @@ from .ops import (
     class_mix,
     consensus_select,
     symmetric_distillation_loss,
+    upsample_argmax,
 )
 
 __all__ = ["backend_for", "centroid_sums", "choose_classes", "class_mix", "consensus_select",
-           "symmetric_distillation_loss"]
+           "symmetric_distillation_loss", "upsample_argmax"]

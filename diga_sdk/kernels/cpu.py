@@ -4,6 +4,7 @@ functions in `ops.py`; these take CPU tensors and return new ones."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 # Gap between the two largest corner weights above which a whole cell's upsampled argmax is known
@@ -35,20 +36,30 @@ def lowres_weights_cpu(features: torch.Tensor, centroids: torch.Tensor) -> tuple
     return weights, top, gap
 
 
+def _align_corners_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per source index the first output index it leads (src+1 bounds, int64) and per output index the
+    weight of the next source index (float32), for align_corners=True as PyTorch's CPU kernel forms them."""
+    pos = np.float32(_align_corners_scale(src, dst)) * np.arange(dst, dtype=np.float32)
+    i0 = np.minimum(pos.astype(np.int64), src - 1)
+    lam = np.clip(pos - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
+    lo = np.searchsorted(i0, np.arange(src + 1), side="left").astype(np.int64)
+    return lo, lam
+
+
 def consensus_select_cpu(pseudo_labels: torch.Tensor, features: torch.Tensor, centroids: torch.Tensor,
                          ignore_index: int = 255) -> torch.Tensor:
-    """Fused consensus selection: low-res softmax weights, then one pass over output rows that
-    interpolates only the cells whose corners disagree; (B,C,H,W) is never formed."""
-    nb = _nb()
+    """Fused consensus selection: softmax weights at feature resolution, then per cell row one pass over
+    its output rows that interpolates only the candidate classes of cells whose corners disagree;
+    (B,C,H,W) is never formed."""
     b, _, h, w = features.shape
     big_h, big_w = pseudo_labels.shape[-2:]
     weights, top, gap = lowres_weights_cpu(features, centroids)
-    cells = torch.empty(b, h, w, dtype=torch.int64)
-    nb.uniform_cells(top.numpy(), gap.numpy(), h, w, UNIFORM_CELL_TAU, cells.numpy())
+    row_lo, lys = _align_corners_taps(h, big_h)
+    col_lo, lxs = _align_corners_taps(w, big_w)
     pseudo = pseudo_labels.contiguous()
     out = torch.empty_like(pseudo)
-    nb.consensus_upsample(weights.numpy(), cells.numpy(), pseudo.numpy(), out.numpy(), h, w,
-                          _align_corners_scale(h, big_h), _align_corners_scale(w, big_w), int(ignore_index))
+    _nb().consensus_cells(weights.numpy(), top.numpy(), gap.numpy(), pseudo.numpy(), out.numpy(), row_lo, lys,
+                          col_lo, lxs, UNIFORM_CELL_TAU, int(ignore_index))
     return out
 
 
@@ -70,7 +81,10 @@ def class_mix_cpu(img_a: torch.Tensor, img_b: torch.Tensor, label_a: torch.Tenso
     lb = label_b.to(la.dtype).contiguous().view(b, h * w)
     out_img = torch.empty_like(a)
     out_lab = torch.empty_like(la)
-    _nb().class_mix(_bits(a), _bits(bb), la.numpy(), _bits(la), _bits(lb), chosen.to(torch.uint8).contiguous().numpy(),
+    table = chosen.to(torch.uint8).contiguous()
+    k = table.shape[1]
+    bit_rows = (table[:, : min(k, 63)].long() << torch.arange(min(k, 63))).sum(1)  # (B,) int64 bit sets
+    _nb().class_mix(_bits(a), _bits(bb), la.numpy(), _bits(la), _bits(lb), table.numpy(), bit_rows.numpy(),
                     int(ignore_index), _bits(out_img), _bits(out_lab))
     return out_img.view(b, ch, h, w), out_lab.view(b, h, w)
 
@@ -116,3 +130,31 @@ def distillation_forward_cpu(teacher_logits: torch.Tensor, student_logits: torch
                        part.numpy())
     loss = (part.sum() / npix).float()
     return loss, (grad.view(two_n, c, h, w) if need_grad else None)
+
+
+def bilinear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source taps of a bilinear resize (align_corners=False) along one axis, as PyTorch's CPU kernel
+    forms them: index i0, i1 (int64, i1 = i0 clamped at the edge) and weights w0, w1 (float32).
+
+    Source coordinate max(scale * (x + 0.5) - 0.5, 0) with scale = src / dst in float32; the product
+    and the subtraction are exact in float64, so one rounding gives the fused multiply-add PyTorch's
+    FMA build computes."""
+    scale = np.float32(src) / np.float32(dst)
+    pos = (np.float64(scale) * (np.arange(dst, dtype=np.float64) + 0.5) - 0.5).astype(np.float32)
+    pos = np.maximum(pos, np.float32(0.0))
+    i0 = np.minimum(np.floor(pos).astype(np.int64), src - 1)
+    lam = np.clip(pos - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
+    i1 = np.where(i0 < src - 1, i0 + 1, i0)
+    return i0, i1, (np.float32(1.0) - lam).astype(np.float32), lam
+
+
+def upsample_argmax_cpu(logits: torch.Tensor, size: tuple[int, int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Fused bilinear upsample + argmax: (B,C,h,w) -> (B,H,W) labels of `dtype`; no (B,C,H,W) tensor."""
+    b, _, h, w = logits.shape
+    big_h, big_w = int(size[0]), int(size[1])
+    x = logits.detach().float().contiguous()
+    out = torch.empty(b, big_h, big_w, dtype=dtype)
+    ys0, ys1, wy0, wy1 = bilinear_taps(h, big_h)
+    xs0, xs1, wx0, wx1 = bilinear_taps(w, big_w)
+    _nb().upsample_argmax(x.numpy(), ys0, ys1, wy0, wy1, xs0, xs1, wx0, wx1, out.numpy())
+    return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-_PIX_CHUNK = 128  # feature pixels per task in the distance kernel (C x chunk float64 accumulators)
 _MIX_BLOCK = 8192  # pixels per task in the mixing kernel
 
 # --- a vectorisable float32 exp (numba has no SVML here: np.exp stays a scalar libm call)
@@ -47,58 +46,80 @@ def _exp_nonpositive(buf, scale_bits, scale, n):  # pragma: no cover - compiled
 
 
 
+_TILE = 64  # feature pixels per task in the register-blocked distance kernel
+
+
 @njit(cache=True, fastmath={"contract", "reassoc"})
-def _tile_sq_distances(tile, cent64, cnorm, acc):  # pragma: no cover - compiled
-    """acc (C,T) = ||f||^2 - 2 f.c + ||c||^2 for a (D,T) float64 feature tile: one FMA per (c,d,pixel);
-    float64 keeps the cancellation error ~1e-13 relative, far below float32 rounding of the result."""
-    nd, nt = tile.shape
-    nc = cent64.shape[0]
-    fnorm = np.zeros(nt, np.float64)
-    for d in range(nd):
-        for i in range(nt):
-            fnorm[i] += tile[d, i] * tile[d, i]
-    c = 0
-    while c + 4 <= nc:  # four classes per sweep: each tile element loaded once for four FMAs
-        d0 = np.zeros(nt, np.float64)
-        d1 = np.zeros(nt, np.float64)
-        d2 = np.zeros(nt, np.float64)
-        d3 = np.zeros(nt, np.float64)
+def _tile_sq_distances_pm(feat_t, p0, n, cent64, cnorm, acc):  # pragma: no cover - compiled
+    """acc[c, i] = ||f_i||^2 - 2 f_i . c + ||c||^2 in float64 for the pixel-major float32 features
+    feat_t[p0 + i] (i < n): two pixels by four classes per sweep over D, eight float64 sums that LLVM
+    keeps in vector registers (six loads per eight FMAs, float32 widened in registers)."""
+    nc, nd = cent64.shape
+    for i in range(0, n, 2):
+        a = feat_t[p0 + i]
+        b = feat_t[p0 + min(i + 1, n - 1)]
+        fa = 0.0
+        fb = 0.0
         for d in range(nd):
-            a0 = cent64[c, d]
-            a1 = cent64[c + 1, d]
-            a2 = cent64[c + 2, d]
-            a3 = cent64[c + 3, d]
-            for i in range(nt):
-                tv = tile[d, i]
-                d0[i] += tv * a0
-                d1[i] += tv * a1
-                d2[i] += tv * a2
-                d3[i] += tv * a3
-        for i in range(nt):
-            acc[c, i] = fnorm[i] - 2.0 * d0[i] + cnorm[c]
-            acc[c + 1, i] = fnorm[i] - 2.0 * d1[i] + cnorm[c + 1]
-            acc[c + 2, i] = fnorm[i] - 2.0 * d2[i] + cnorm[c + 2]
-            acc[c + 3, i] = fnorm[i] - 2.0 * d3[i] + cnorm[c + 3]
-        c += 4
-    while c < nc:
-        dot = np.zeros(nt, np.float64)
-        for d in range(nd):
-            cv = cent64[c, d]
-            for i in range(nt):
-                dot[i] += tile[d, i] * cv
-        for i in range(nt):
-            acc[c, i] = fnorm[i] - 2.0 * dot[i] + cnorm[c]
-        c += 1
+            av = np.float64(a[d])
+            bv = np.float64(b[d])
+            fa += av * av
+            fb += bv * bv
+        c = 0
+        while c + 4 <= nc:
+            k0 = cent64[c]
+            k1 = cent64[c + 1]
+            k2 = cent64[c + 2]
+            k3 = cent64[c + 3]
+            s00 = 0.0
+            s01 = 0.0
+            s02 = 0.0
+            s03 = 0.0
+            s10 = 0.0
+            s11 = 0.0
+            s12 = 0.0
+            s13 = 0.0
+            for d in range(nd):
+                av = np.float64(a[d])
+                bv = np.float64(b[d])
+                s00 += av * k0[d]
+                s01 += av * k1[d]
+                s02 += av * k2[d]
+                s03 += av * k3[d]
+                s10 += bv * k0[d]
+                s11 += bv * k1[d]
+                s12 += bv * k2[d]
+                s13 += bv * k3[d]
+            acc[c, i] = fa - 2.0 * s00 + cnorm[c]
+            acc[c + 1, i] = fa - 2.0 * s01 + cnorm[c + 1]
+            acc[c + 2, i] = fa - 2.0 * s02 + cnorm[c + 2]
+            acc[c + 3, i] = fa - 2.0 * s03 + cnorm[c + 3]
+            acc[c, i + 1] = fb - 2.0 * s10 + cnorm[c]
+            acc[c + 1, i + 1] = fb - 2.0 * s11 + cnorm[c + 1]
+            acc[c + 2, i + 1] = fb - 2.0 * s12 + cnorm[c + 2]
+            acc[c + 3, i + 1] = fb - 2.0 * s13 + cnorm[c + 3]
+            c += 4
+        while c < nc:
+            k0 = cent64[c]
+            s00 = 0.0
+            s10 = 0.0
+            for d in range(nd):
+                s00 += np.float64(a[d]) * k0[d]
+                s10 += np.float64(b[d]) * k0[d]
+            acc[c, i] = fa - 2.0 * s00 + cnorm[c]
+            acc[c, i + 1] = fb - 2.0 * s10 + cnorm[c]
+            c += 1
 
 
 @njit(parallel=True, cache=True)
 def lowres_weights(feat, cent, weights, top_label, margin):  # pragma: no cover - compiled
     """feat (B,D,P) f32, cent (C,D) f32 -> weights (B,C,P) = softmax_c(-||f - c||), the argmax (first
     maximum) and the gap between the two largest weights per feature pixel. Distances accumulate in
-    float64 and are rounded to float32 before the softmax, as in the reference."""
+    float64 (register-blocked on a pixel-major copy of each tile) and
+    are rounded to float32 before the softmax, as in the reference."""
     nb, nd, npix = feat.shape
     nc = cent.shape[0]
-    nchunk = (npix + _PIX_CHUNK - 1) // _PIX_CHUNK
+    nchunk = (npix + _TILE - 1) // _TILE
     cent64 = cent.astype(np.float64)
     cnorm = np.zeros(nc, np.float64)
     for c in range(nc):
@@ -106,38 +127,37 @@ def lowres_weights(feat, cent, weights, top_label, margin):  # pragma: no cover 
             cnorm[c] += cent64[c, d] * cent64[c, d]
     for job in prange(nb * nchunk):
         b = job // nchunk
-        p0 = (job % nchunk) * _PIX_CHUNK
-        n = min(_PIX_CHUNK, npix - p0)
-        tile = np.zeros((nd, _PIX_CHUNK), np.float64)  # features converted once per tile
-        for d in range(nd):
-            for i in range(n):
-                tile[d, i] = feat[b, d, p0 + i]
-        acc = np.empty((nc, _PIX_CHUNK), np.float64)
-        _tile_sq_distances(tile, cent64, cnorm, acc)
-        # softmax over classes of x_c = -dist_c (float32, max-subtracted), vectorised over the tile
-        x32 = np.empty((nc, _PIX_CHUNK), np.float32)
-        xmax = np.full(_PIX_CHUNK, -np.inf, np.float32)
+        p0 = (job % nchunk) * _TILE
+        n = min(_TILE, npix - p0)
+        tile_t = np.zeros((_TILE + 1, nd), np.float32)
+        for i in range(n):  # strided reads, contiguous writes: measured 4x faster than the other order
+            for d in range(nd):
+                tile_t[i, d] = feat[b, d, p0 + i]
+        acc = np.zeros((nc, _TILE + 1), np.float64)
+        _tile_sq_distances_pm(tile_t, 0, n, cent64, cnorm, acc)
+        x32 = np.empty((nc, _TILE), np.float32)
+        xmax = np.full(_TILE, -np.inf, np.float32)
         for c in range(nc):
-            for i in range(_PIX_CHUNK):
+            for i in range(_TILE):
                 v = -np.float32(np.sqrt(max(acc[c, i], 0.0)))
                 x32[c, i] = v
                 xmax[i] = max(xmax[i], v)
-        total = np.zeros(_PIX_CHUNK, np.float32)
-        xbuf = np.empty(_PIX_CHUNK, np.float32)
-        bits = np.empty(_PIX_CHUNK, np.int32)
+        total = np.zeros(_TILE, np.float32)
+        xbuf = np.empty(_TILE, np.float32)
+        bits = np.empty(_TILE, np.int32)
         scale = bits.view(np.float32)
         for c in range(nc):
-            for i in range(_PIX_CHUNK):
+            for i in range(_TILE):
                 xbuf[i] = x32[c, i] - xmax[i]
-            _exp_nonpositive(xbuf, bits, scale, _PIX_CHUNK)
-            for i in range(_PIX_CHUNK):
+            _exp_nonpositive(xbuf, bits, scale, _TILE)
+            for i in range(_TILE):
                 x32[c, i] = xbuf[i]
                 total[i] += xbuf[i]
-        best = np.full(_PIX_CHUNK, -1.0, np.float32)
-        second = np.full(_PIX_CHUNK, -1.0, np.float32)
-        arg = np.zeros(_PIX_CHUNK, np.int64)
+        best = np.full(_TILE, -1.0, np.float32)
+        second = np.full(_TILE, -1.0, np.float32)
+        arg = np.zeros(_TILE, np.int64)
         for c in range(nc):
-            for i in range(_PIX_CHUNK):
+            for i in range(_TILE):
                 wv = x32[c, i] / total[i]
                 x32[c, i] = wv
                 gt = wv > best[i]
@@ -150,97 +170,16 @@ def lowres_weights(feat, cent, weights, top_label, margin):  # pragma: no cover 
             top_label[b, p0 + i] = arg[i]
             margin[b, p0 + i] = best[i] - second[i]
 
-
 @njit(parallel=True, cache=True)
-def uniform_cells(top_label, margin, h, w, tau, cell_label):  # pragma: no cover - compiled
-    """cell_label (B,h,w): the class that wins everywhere in the cell spanned by corners (y0, y0+1) x
-    (x0, x0+1) (clamped at the last row/column), or -1. A class that is the argmax at all four corners
-    by more than tau is the argmax of every convex combination of them, rounding included."""
-    nb = top_label.shape[0]
-    for job in prange(nb * h):
-        b = job // h
-        y0 = job % h
-        y1 = y0 + 1 if y0 < h - 1 else y0
-        for x0 in range(w):
-            x1 = x0 + 1 if x0 < w - 1 else x0
-            lab = top_label[b, y0 * w + x0]
-            ok = (top_label[b, y0 * w + x1] == lab) and (top_label[b, y1 * w + x0] == lab) \
-                and (top_label[b, y1 * w + x1] == lab)
-            m = min(min(margin[b, y0 * w + x0], margin[b, y0 * w + x1]),
-                    min(margin[b, y1 * w + x0], margin[b, y1 * w + x1]))
-            cell_label[b, y0, x0] = lab if (ok and m > tau) else -1
-
-
-@njit(parallel=True, cache=True)
-def consensus_upsample(weights, cell_label, pseudo, out, h, w, scale_h, scale_w, ignore_index):  # pragma: no cover
-    """Per output row: feature label = argmax_c of the bilinear (align_corners=True) upsampling of the
-    (B,C,h*w) weights, computed only in cells without a uniform winner and never stored at full
-    resolution; out = pseudo where it equals the feature label, else ignore_index."""
-    nb, nc, _ = weights.shape
-    big_h = pseudo.shape[1]
-    big_w = pseudo.shape[2]
-    # column interpolation table, shared by every row (same arithmetic as PyTorch's CPU kernel)
-    xs0 = np.empty(big_w, np.int64)
-    xs1 = np.empty(big_w, np.int64)
-    lx1 = np.empty(big_w, np.float32)
-    for x in range(big_w):
-        sx = np.float32(scale_w) * np.float32(x)
-        x0 = min(np.int64(sx), w - 1)
-        xs0[x] = x0
-        xs1[x] = x0 + 1 if x0 < w - 1 else x0
-        lx1[x] = min(max(sx - np.float32(x0), np.float32(0.0)), np.float32(1.0))
-    for job in prange(nb * big_h):
-        b = job // big_h
-        y = job % big_h
-        sy = np.float32(scale_h) * np.float32(y)
-        y0 = min(np.int64(sy), h - 1)
-        y1 = y0 + 1 if y0 < h - 1 else y0
-        ly1 = min(max(sy - np.float32(y0), np.float32(0.0)), np.float32(1.0))
-        ly0 = np.float32(1.0) - ly1
-        arg = np.empty(big_w, np.int64)
-        todo = np.empty(big_w, np.int64)
-        ntodo = 0
-        for x in range(big_w):
-            lab = cell_label[b, y0, xs0[x]]
-            arg[x] = lab
-            if lab < 0:
-                todo[ntodo] = x
-                ntodo += 1
-        if ntodo > 0:
-            best = np.full(ntodo, -np.inf, np.float32)
-            barg = np.zeros(ntodo, np.int64)
-            c0 = np.empty(ntodo, np.int64)
-            c1 = np.empty(ntodo, np.int64)
-            t1 = np.empty(ntodo, np.float32)
-            for j in range(ntodo):
-                c0[j] = xs0[todo[j]]
-                c1[j] = xs1[todo[j]]
-                t1[j] = lx1[todo[j]]
-            row = np.empty(w, np.float32)
-            for c in range(nc):
-                for xx in range(w):
-                    row[xx] = ly0 * weights[b, c, y0 * w + xx] + ly1 * weights[b, c, y1 * w + xx]
-                for j in range(ntodo):
-                    t = t1[j]
-                    v = (np.float32(1.0) - t) * row[c0[j]] + t * row[c1[j]]
-                    better = v > best[j]
-                    best[j] = v if better else best[j]
-                    barg[j] = c if better else barg[j]
-            for j in range(ntodo):
-                arg[todo[j]] = barg[j]
-        for x in range(big_w):
-            pl = pseudo[b, y, x]
-            keep = (pl != ignore_index) and (np.int64(pl) == arg[x])
-            out[b, y, x] = pl if keep else ignore_index
-
-
-@njit(parallel=True, cache=True)
-def class_mix(img_a, img_b, label_a, la_bits, lb_bits, chosen, ignore_index, out_img, out_bits):  # pragma: no cover
+def class_mix(img_a, img_b, label_a, la_bits, lb_bits, chosen, chosen_bits, ignore_index, out_img,
+              out_bits):  # pragma: no cover - compiled
     """One pass: a pixel takes A where label_a is a chosen class or ignore_index, else B.
 
     Images (B,CH,P) and labels (B,P) come as same-width signed-integer views of their bits, so the
     selection is a branch-free bit blend `(a & m) | (b & ~m)` that vectorises; label_a's own values
-    decide the mask (chosen (B,K) uint8 is gathered at the clamped label)."""
+    decide the mask. With K <= 63 classes the chosen row is one int64 bit set per sample
+    (chosen_bits) and the mask a vectorised variable shift; otherwise chosen (B,K) uint8 is gathered
+    at the clamped label."""
     nb, nch, npix = img_a.shape
     k = chosen.shape[1]
     nblk = (npix + _MIX_BLOCK - 1) // _MIX_BLOCK
@@ -249,13 +188,23 @@ def class_mix(img_a, img_b, label_a, la_bits, lb_bits, chosen, ignore_index, out
         p0 = (job % nblk) * _MIX_BLOCK
         p1 = min(p0 + _MIX_BLOCK, npix)
         mask = np.empty(p1 - p0, np.int64)
-        for i in range(p0, p1):
-            la = np.int64(label_a[b, i])
-            idx = min(max(la, 0), k - 1)
-            t = (la == ignore_index) | ((chosen[b, idx] != 0) & (la >= 0) & (la < k))
-            m = -np.int64(t)
-            mask[i - p0] = m
-            out_bits[b, i] = (la_bits[b, i] & m) | (lb_bits[b, i] & ~m)
+        if k <= 63:
+            row = chosen_bits[b]
+            for i in range(p0, p1):
+                la = np.int64(label_a[b, i])
+                hit = (row >> (la & 63)) & 1
+                t = (la == ignore_index) | ((hit != 0) & (la >= 0) & (la < k))
+                m = -np.int64(t)
+                mask[i - p0] = m
+                out_bits[b, i] = (la_bits[b, i] & m) | (lb_bits[b, i] & ~m)
+        else:
+            for i in range(p0, p1):
+                la = np.int64(label_a[b, i])
+                idx = min(max(la, 0), k - 1)
+                t = (la == ignore_index) | ((chosen[b, idx] != 0) & (la >= 0) & (la < k))
+                m = -np.int64(t)
+                mask[i - p0] = m
+                out_bits[b, i] = (la_bits[b, i] & m) | (lb_bits[b, i] & ~m)
         for ch in range(nch):
             for i in range(p0, p1):
                 m = mask[i - p0]
@@ -371,3 +320,183 @@ def distillation(t, s, g, mixed_scale, need_grad, inv_npix, part):  # pragma: no
         b = _distill_term(t[nn + k], s[k], g[k], need_grad, np.float32(mixed_scale * inv_npix), p0, n,
                           et, es, tmax, smax, tsum, ssum, pts, xbuf, bits, scale)
         part[job] = a + mixed_scale * b
+
+
+# --- fused bilinear upsample (align_corners=False) + argmax over classes
+
+_UP_BAND = 16  # output rows per task
+
+
+@njit(parallel=True, cache=True, fastmath={"contract"})
+def upsample_argmax(logits, ys0, ys1, wy0, wy1, xs0, xs1, wx0, wx1, out):  # pragma: no cover - compiled
+    """logits (B,C,h,w) f32 -> out (B,H,W): argmax_c of the bilinear upsampling, never stored at full size.
+
+    Per band of output rows, each source row it touches is interpolated along x once into a
+    (C, W) buffer (t = v0*wx0 + v1*wx1, the order PyTorch's CPU kernel evaluates; with FMA units both
+    compilers fuse the same product), then every output row blends two of those rows per class
+    (t0*wy0 + t1*wy1) and keeps a running argmax (strict >, so ties keep the lowest class)."""
+    nb, nc, h, w = logits.shape
+    big_h = out.shape[1]
+    big_w = out.shape[2]
+    nband = (big_h + _UP_BAND - 1) // _UP_BAND
+    for job in prange(nb * nband):
+        b = job // nband
+        r0 = (job % nband) * _UP_BAND
+        r1 = min(r0 + _UP_BAND, big_h)
+        first = ys0[r0]
+        last = ys1[r1 - 1]
+        for y in range(r0, r1):
+            first = min(first, ys0[y])
+            last = max(last, ys1[y])
+        nrow = last - first + 1
+        rows = np.empty((nrow, nc, big_w), np.float32)
+        for r in range(nrow):
+            sy = first + r
+            for c in range(nc):
+                src = logits[b, c, sy]
+                dst = rows[r, c]
+                for x in range(big_w):
+                    dst[x] = src[xs0[x]] * wx0[x] + src[xs1[x]] * wx1[x]
+        best = np.empty(big_w, np.float32)
+        arg = np.empty(big_w, np.int32)
+        for y in range(r0, r1):
+            t0 = rows[ys0[y] - first]
+            t1 = rows[ys1[y] - first]
+            a = wy0[y]
+            bw = wy1[y]
+            for x in range(big_w):
+                best[x] = t0[0, x] * a + t1[0, x] * bw
+                arg[x] = 0
+            for c in range(1, nc):
+                for x in range(big_w):
+                    v = t0[c, x] * a + t1[c, x] * bw
+                    better = v > best[x]
+                    best[x] = v if better else best[x]
+                    arg[x] = c if better else arg[x]
+            for x in range(big_w):
+                out[b, y, x] = arg[x]
+
+
+# --- consensus: per cell row, uniform cells and the candidate classes of the others, then the output rows
+
+
+@njit(parallel=True, cache=True)
+def consensus_cells(weights, top_label, margin, pseudo, out, row_lo, lys, col_lo, lxs, tau,
+                    ignore_index):  # pragma: no cover - compiled
+    """One task per (sample, cell row cy): the output rows whose upper source row is cy.
+
+    A cell (corners (cy, cx) .. (cy+1, cx+1), clamped at the last row/column) whose four corners share
+    their argmax by more than tau in weight is labelled without interpolating (no convex combination
+    of them can change the winner, rounding included). In the other cells only candidate classes are
+    interpolated: class k can win somewhere in the cell only if its largest corner weight reaches the
+    largest smallest-corner weight of any class (times 1 - tau: weights are >= 0 and the blend's
+    rounding is a few ulp, relative, far below tau). Candidates keep
+    ascending class order and a strict > comparison, so ties keep the lowest class, as a full argmax
+    over all classes with the same arithmetic would (bilinear, align_corners=True: rows blended
+    first, then columns). `row_lo`/`col_lo` (h+1 / w+1) bound the output rows/columns of each source
+    row/column; `lys`/`lxs` hold each output row's/column's weight of the next source row/column."""
+    nb, nc, _ = weights.shape
+    h = row_lo.shape[0] - 1
+    w = col_lo.shape[0] - 1
+    for job in prange(nb * h):
+        b = job // h
+        cy = job % h
+        r0 = row_lo[cy]
+        r1 = row_lo[cy + 1]
+        if r1 <= r0:
+            continue
+        keep_share = np.float32(1.0) - np.float32(tau)
+        y1 = cy + 1 if cy < h - 1 else cy
+        kind = np.empty(w, np.int64)
+        ncand = np.zeros(w, np.int64)
+        cand = np.empty((w, nc), np.int64)
+        corner = np.empty((w, nc, 4), np.float32)  # candidate weights at the corners 00, 01, 10, 11
+        for cx in range(w):
+            if col_lo[cx + 1] <= col_lo[cx]:
+                continue
+            x1 = cx + 1 if cx < w - 1 else cx
+            p00 = cy * w + cx
+            p01 = cy * w + x1
+            p10 = y1 * w + cx
+            p11 = y1 * w + x1
+            lab = top_label[b, p00]
+            same = (top_label[b, p01] == lab) and (top_label[b, p10] == lab) and (top_label[b, p11] == lab)
+            gap = min(min(margin[b, p00], margin[b, p01]), min(margin[b, p10], margin[b, p11]))
+            if same and gap > tau:
+                kind[cx] = lab
+                continue
+            kind[cx] = -1
+            # a lower bound of the winning weight anywhere in the cell: the largest smallest-corner
+            # weight of one class, or the mean over the corners' top classes S of their summed weight
+            # at the weakest corner (max over S >= mean over S, and the sum is a convex blend)
+            floor = np.float32(0.0)
+            for c in range(nc):
+                lo = min(min(weights[b, c, p00], weights[b, c, p01]), min(weights[b, c, p10], weights[b, c, p11]))
+                floor = max(floor, lo)
+            t00 = top_label[b, p00]
+            t01 = top_label[b, p01]
+            t10 = top_label[b, p10]
+            t11 = top_label[b, p11]
+            s00 = weights[b, t00, p00]
+            s01 = weights[b, t00, p01]
+            s10 = weights[b, t00, p10]
+            s11 = weights[b, t00, p11]
+            s_set = np.empty(4, np.int64)
+            s_set[0] = t00
+            ns = 1
+            for t in (t01, t10, t11):
+                seen = False
+                for q in range(ns):
+                    if s_set[q] == t:
+                        seen = True
+                if not seen:
+                    s_set[ns] = t
+                    ns += 1
+                    s00 += weights[b, t, p00]
+                    s01 += weights[b, t, p01]
+                    s10 += weights[b, t, p10]
+                    s11 += weights[b, t, p11]
+            floor = max(floor, min(min(s00, s01), min(s10, s11)) / np.float32(ns))
+            k = 0
+            for c in range(nc):
+                hi = max(max(weights[b, c, p00], weights[b, c, p01]), max(weights[b, c, p10], weights[b, c, p11]))
+                if hi >= floor * keep_share:
+                    cand[cx, k] = c
+                    corner[cx, k, 0] = weights[b, c, p00]
+                    corner[cx, k, 1] = weights[b, c, p01]
+                    corner[cx, k, 2] = weights[b, c, p10]
+                    corner[cx, k, 3] = weights[b, c, p11]
+                    k += 1
+            ncand[cx] = k
+        big_w = pseudo.shape[2]
+        collab = np.empty(big_w, np.int64)  # each column's label where its cell is uniform, else -1
+        for cx in range(w):
+            for x in range(col_lo[cx], col_lo[cx + 1]):
+                collab[x] = kind[cx]
+        rowlab = np.empty(big_w, np.int64)
+        best = np.empty(big_w, np.float32)
+        for y in range(r0, r1):
+            ly1 = lys[y]
+            ly0 = np.float32(1.0) - ly1
+            rowlab[:] = collab
+            for cx in range(w):
+                if kind[cx] >= 0:
+                    continue
+                x_lo = col_lo[cx]
+                x_hi = col_lo[cx + 1]
+                for j in range(ncand[cx]):
+                    c = cand[cx, j]
+                    left = ly0 * corner[cx, j, 0] + ly1 * corner[cx, j, 2]
+                    right = ly0 * corner[cx, j, 1] + ly1 * corner[cx, j, 3]
+                    for x in range(x_lo, x_hi):
+                        t = lxs[x]
+                        v = (np.float32(1.0) - t) * left + t * right
+                        better = (j == 0) | (v > best[x])
+                        best[x] = v if better else best[x]
+                        rowlab[x] = c if better else rowlab[x]
+            prow = pseudo[b, y]
+            orow = out[b, y]
+            for x in range(big_w):  # one vectorised pass over the row: keep where the labels agree
+                pl = prow[x]
+                keep = (pl != ignore_index) & (np.int64(pl) == rowlab[x])
+                orow[x] = pl if keep else ignore_index

@@ -200,6 +200,33 @@ def centroid_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int
     return fn(features, labels, int(num_classes), ignore_index)
 
 
+_LABEL_DTYPES = {torch.uint8: 256, torch.int16: 2**15, torch.int32: 2**31, torch.int64: 2**63}
+
+
+@torch.no_grad()
+def upsample_argmax(logits: torch.Tensor, size: tuple[int, int] | torch.Size,
+                    dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """(B,C,h,w) logits -> (B,H,W) labels: argmax of the bilinear (align_corners=False) upsampling to
+    `size`, fused so the (B,C,H,W) upsampled logits are never formed; ties go to the lowest class."""
+    _need(logits.dim() == 4, f"logits must be (B,C,h,w), got shape {tuple(logits.shape)}")
+    _floating(logits, "logits")
+    _need(logits.shape[1] > 0, "logits must hold at least one class (C > 0)")
+    _need(len(size) == 2 and all(int(s) > 0 for s in size),
+          f"size must be (H, W) with positive sides, got {tuple(size)}: pass the image's spatial size")
+    _need(dtype in _LABEL_DTYPES, f"dtype must be one of uint8, int16, int32, int64 for labels, got {dtype}")
+    _need(logits.shape[1] <= _LABEL_DTYPES[dtype],
+          f"{logits.shape[1]} classes do not fit in {dtype}: use dtype=torch.int64")
+    size = (int(size[0]), int(size[1]))
+    if logits.numel() == 0:
+        return torch.empty(logits.shape[0], *size, dtype=dtype, device=logits.device)
+    backend = backend_for(logits)
+    if backend == "reference":
+        return ref.upsample_argmax_ref(logits, size).to(dtype)
+    impl = _impl(backend)
+    fn = impl.upsample_argmax_triton if backend == "triton" else impl.upsample_argmax_cpu
+    return fn(logits, size, dtype)
+
+
 class _FusedDistillation(torch.autograd.Function):
     """Loss forward that also writes d loss / d student in the same pass; backward only scales it."""
 

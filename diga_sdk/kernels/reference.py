@@ -112,3 +112,10 @@ def symmetric_distillation_loss_ref(teacher_logits: torch.Tensor, student_logits
     h_clean_to_mixed = -(p[:n] * logq[n:]).sum(1).mean()
     h_mixed_to_clean = -(p[n:] * logq[:n]).sum(1).mean()
     return h_clean_to_mixed + mixed_scale * h_mixed_to_clean
+
+
+def upsample_argmax_ref(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B,C,h,w) logits -> (B,H,W) int64 labels: argmax_c of the bilinear (align_corners=False) upsampling
+    to `size`, as predict-time post-processing does it. Ties go to the lowest class index (torch.argmax)."""
+    up = F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return up.argmax(1)

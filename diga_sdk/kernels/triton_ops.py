@@ -295,3 +295,62 @@ def distillation_forward_triton(teacher_logits: torch.Tensor, student_logits: to
                                NEED_GRAD=need_grad, BLOCK_C=block_c, BLOCK_P=block_p)
     loss = (part.sum(dtype=torch.float64) / (n * hw)).float()
     return loss, (grad if need_grad else None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# upsample_argmax: bilinear (align_corners=False) upsample of logits fused with the argmax over classes
+
+
+@triton.jit
+def _upsample_argmax_kernel(x_ptr, out_ptr, ys0_ptr, ys1_ptr, wy0_ptr, wy1_ptr, xs0_ptr, xs1_ptr, wx0_ptr, wx1_ptr,
+                            C, h, w, H, W, BLOCK: tl.constexpr):
+    """Per output pixel: the four taps of every class (rows first interpolated along x, then blended
+    along y, the order PyTorch's CPU kernel uses), running argmax with strict > (ties keep the lowest
+    class, as torch.argmax); the (B,C,H,W) upsampled logits are never written."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    m = offs < H * W
+    y = offs // W
+    x = offs % W
+    y0 = tl.load(ys0_ptr + y, mask=m, other=0)
+    y1 = tl.load(ys1_ptr + y, mask=m, other=0)
+    x0 = tl.load(xs0_ptr + x, mask=m, other=0)
+    x1 = tl.load(xs1_ptr + x, mask=m, other=0)
+    wy0 = tl.load(wy0_ptr + y, mask=m, other=0.0)
+    wy1 = tl.load(wy1_ptr + y, mask=m, other=0.0)
+    wx0 = tl.load(wx0_ptr + x, mask=m, other=0.0)
+    wx1 = tl.load(wx1_ptr + x, mask=m, other=0.0)
+    i00 = y0 * w + x0
+    i01 = y0 * w + x1
+    i10 = y1 * w + x0
+    i11 = y1 * w + x1
+    best = tl.full((BLOCK,), float("-inf"), tl.float32)
+    arg = tl.zeros((BLOCK,), dtype=tl.int32)
+    plane = x_ptr + b * C * h * w
+    for c in range(C):
+        pc = plane + c * h * w
+        t0 = tl.load(pc + i00, mask=m, other=0.0) * wx0 + tl.load(pc + i01, mask=m, other=0.0) * wx1
+        t1 = tl.load(pc + i10, mask=m, other=0.0) * wx0 + tl.load(pc + i11, mask=m, other=0.0) * wx1
+        v = t0 * wy0 + t1 * wy1
+        better = (v > best) | (c == 0)
+        best = tl.where(better, v, best)
+        arg = tl.where(better, c, arg)
+    tl.store(out_ptr + b * H * W + offs, arg.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def upsample_argmax_triton(logits: torch.Tensor, size: tuple[int, int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """(B,C,h,w) -> (B,H,W) labels of `dtype`: bilinear upsample + argmax in one pass over the output."""
+    from .cpu import bilinear_taps
+
+    b, c, h, w = logits.shape
+    big_h, big_w = int(size[0]), int(size[1])
+    x = logits.detach().float().contiguous()
+    dev = x.device
+    taps_y = [torch.from_numpy(t).to(dev) for t in bilinear_taps(h, big_h)]
+    taps_x = [torch.from_numpy(t).to(dev) for t in bilinear_taps(w, big_w)]
+    out = torch.empty(b, big_h, big_w, dtype=dtype, device=dev)
+    block = 256
+    _upsample_argmax_kernel[(triton.cdiv(big_h * big_w, block), b)](
+        x, out, *taps_y, *taps_x, c, h, w, big_h, big_w, BLOCK=block)
+    return out

@@ -159,6 +159,21 @@ class TorchRuntime(Runtime):
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits.float().cpu().numpy()
 
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """(B,H,W,3) uint8 RGB -> (B,H,W) uint8 labels, upsample and argmax fused (no full-size logits)."""
+        return self._labels(check_images(images))
+
+    def _labels(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        from ..kernels import upsample_argmax
+
+        x = torch.from_numpy(self.preprocess(images)).to(self.device)
+        dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.inference_mode(), torch.autocast(dev_type, torch.bfloat16, enabled=self.precision == "bf16"):
+            logits, _ = self.model(x)
+        return upsample_argmax(logits, x.shape[-2:], dtype=torch.uint8).cpu().numpy()
+
 
 def emulate_bf16(model) -> None:
     """bf16 inference numerics in fp32 kernels: every convolution's weights and inputs rounded to bf16, products
