@@ -23,11 +23,11 @@ def _run_mode(args: dict, mode: str, queue) -> None:  # noqa: ANN001
     import torch
 
     torch.set_num_threads(args["threads"])
-    from diga_sdk.adapt.online import OnlineConfig, open_adapter
-    from diga_sdk.adapt.online_run import peak_rss_mb
     from diga_sdk.data.streams import FrameStream
     from diga_sdk.data.transforms import normalize, to_tensor
     from diga_sdk.models.checkpoint import load_checkpoint
+    from diga_sdk.online.adapter import OnlineConfig, open_adapter
+    from diga_sdk.online.run import peak_rss_mb
 
     h, w = args["size"]
     frames = [f.image for f in FrameStream("scenario:target", args["frames"] + args["warmup"], (h, w), seed=5)]

@@ -11,8 +11,8 @@ import pytest
 import torch
 from online_fixtures import ONLINE_SIZE, train_small_model
 
-from diga_sdk.adapt.online import OnlineAdapter, OnlineConfig, open_adapter
 from diga_sdk.data.streams import FrameStream
+from diga_sdk.online.adapter import OnlineAdapter, OnlineConfig, open_adapter
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +157,9 @@ def test_resume_after_restart_matches_uninterrupted_run(small_model: Path, tmp_p
 
 
 def test_source_anchor_is_a_fixed_seeded_labelled_subset(tiny_specs: dict[str, str]) -> None:
-    from diga_sdk.adapt.online_source import SourceAnchor
     from diga_sdk.data.datasets import open_dataset
     from diga_sdk.errors import DigaError
+    from diga_sdk.online.source import SourceAnchor
 
     a, b = SourceAnchor(tiny_specs["source_train"], 3, seed=1), SourceAnchor(tiny_specs["source_train"], 3, seed=1)
     assert len(a) == 3 and all(torch.equal(x, y) for x, y in zip(a.images, b.images, strict=True))
@@ -200,7 +200,7 @@ def test_bad_stream_specs_raise_clear_errors() -> None:
 
 
 def test_distance_signal_is_one_sided_and_re_measured_after_new_centroids() -> None:
-    from diga_sdk.adapt.online_safety import HealthMonitor, SafetyConfig
+    from diga_sdk.online.safety import HealthMonitor, SafetyConfig
 
     mon = HealthMonitor(SafetyConfig(calib_frames=2, max_distance_ratio=1.35))
     sig = {"kept": 0.8, "entropy": 0.4, "hist": [0.5, 0.5] + [0.0] * 17, "distance": 5.0}
@@ -225,7 +225,7 @@ def test_distance_signal_is_one_sided_and_re_measured_after_new_centroids() -> N
 
 
 def test_distance_reference_follows_slow_adaptation_but_not_a_jump() -> None:
-    from diga_sdk.adapt.online_safety import HealthMonitor, SafetyConfig
+    from diga_sdk.online.safety import HealthMonitor, SafetyConfig
 
     sig = {"kept": 0.8, "entropy": 0.4, "hist": [0.5, 0.5] + [0.0] * 17, "distance": 5.0}
     tracking, fixed = HealthMonitor(SafetyConfig(calib_frames=2)), HealthMonitor(SafetyConfig(calib_frames=2,
@@ -265,7 +265,7 @@ def test_stochastic_restore_returns_that_share_of_weights_to_shipped(small_model
 
 
 def test_shadow_check_flags_drift_from_shipped_but_not_a_shared_condition_change() -> None:
-    from diga_sdk.adapt.online_safety import HealthMonitor, SafetyConfig
+    from diga_sdk.online.safety import HealthMonitor, SafetyConfig
 
     sig = {"kept": 0.88, "entropy": 0.4, "hist": [0.5, 0.5] + [0.0] * 17, "distance": 5.0}
     drift, weather = HealthMonitor(SafetyConfig(calib_frames=2)), HealthMonitor(SafetyConfig(calib_frames=2))

@@ -21,8 +21,8 @@ def bench_kernels(
     """Time each kernel op three ways and against its memory/FLOP floor; prints a markdown table."""
     import torch
 
+    from ..bench import kernels as benchmark
     from ..errors import DigaError
-    from ..kernels import benchmark
     from ..progress import log
     from ..results import env_info
 

@@ -29,7 +29,7 @@ def latency_cmd(
     plot_path: Path | None = typer.Option(None, "--plot", help="write a PNG plot here"),
 ) -> None:
     """PyTorch eager fp32 / bf16, onnxruntime fp32 / INT8, OpenVINO fp32 / bf16 / INT8, auto (+ CUDA / TensorRT)."""
-    from ..export.latency import markdown_table, plot, run_latency
+    from ..bench.latency import markdown_table, plot, run_latency
 
     size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
     batches = [int(b) for b in batch.split(",") if b.strip()]
@@ -58,7 +58,7 @@ def precision_cmd(
     md_path: Path | None = typer.Option(None, "--md"),
 ) -> None:
     """mIoU of every deployment precision (fp32, bf16, fp16, INT8) against PyTorch fp32 on --val."""
-    from ..export.precision import precision_table, run_precision
+    from ..bench.precision import precision_table, run_precision
 
     result = run_precision(model, val, calib=calib, calib_images=calib_images, limit=limit, work=work, threads=threads,
                            skip=[p.strip() for p in skip.split(",")] if skip else None)

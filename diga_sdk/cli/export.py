@@ -51,7 +51,7 @@ def export_cmd(
 
     profile = None
     if fmt == "tensorrt":
-        from ..export.tensorrt import build_profile
+        from ..runtime.tensorrt import build_profile
 
         profile = build_profile(min_shape, opt_shape, max_shape)
     elif any(v is not None for v in (min_shape, opt_shape, max_shape)):

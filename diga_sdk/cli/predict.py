@@ -26,7 +26,7 @@ def predict_cmd(
                                    "(bearer token from DIGA_API_TOKEN)"),
 ) -> None:
     """Predict label maps with any runtime; `--runtime auto` picks (and says) the fastest one available."""
-    from ..serving.runtime import open_runtime
+    from ..runtime.runtimes import open_runtime
     from ..serving.runtime_files import collect_images, predict_files
 
     if url is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DigaError
-from .metadata import GRAPH_KEY, GraphInfo
+from ..runtime.metadata import GRAPH_KEY, GraphInfo
 
 RT_SECTION = "diga"
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..adapt.online import OnlineAdapter, OnlineConfig, open_adapter
 from ..data.streams import FrameStream
+from ..online.adapter import OnlineAdapter, OnlineConfig, open_adapter
 
 
 class FleetSpec(BaseModel):

@@ -20,7 +20,7 @@ from ..evaluate import predict_logits
 from ..io import atomic_path
 from ..metrics import ConfusionMatrix
 from ..progress import progress_bar
-from .online import FrameResult, OnlineAdapter
+from .adapter import FrameResult, OnlineAdapter
 
 
 def peak_rss_mb() -> float:

@@ -67,6 +67,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .. import kernels
+from ..adapt.augment import StrongView
+from ..adapt.centroids import FAR, class_means, labels_at, momentum_update
+from ..adapt.ema import EMATeacher
+from ..adapt.mixture import source_to_target_classmix
+from ..adapt.optim import make_optimizer
+from ..adapt.supervised import seg_loss
 from ..config import OptimConfig
 from ..data.labels import IGNORE_INDEX
 from ..data.transforms import normalize, step_rng, to_tensor
@@ -74,15 +80,9 @@ from ..errors import DigaError
 from ..io import atomic_path
 from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from ..models.registry import build_model
-from .augment import StrongView
-from .centroids import FAR, class_means, labels_at, momentum_update
-from .ema import EMATeacher
-from .mixture import source_to_target_classmix
-from .online_replay import ReplayBuffer
-from .online_safety import HealthMonitor, SafetyConfig, frame_signals
-from .online_source import SourceAnchor
-from .optim import make_optimizer
-from .supervised import seg_loss
+from .replay import ReplayBuffer
+from .safety import HealthMonitor, SafetyConfig, frame_signals
+from .source import SourceAnchor
 
 STATE_VERSION = 2  # 2: the shipped weights (stochastic restore) are part of the state
 MODEL_FAILURES = frozenset({"shipped", "agreement"})  # health reasons that blame the adapted model, not the input

@@ -95,7 +95,7 @@ def _worker(conn: Any, variant: Variant, shapes: list[tuple[int, int, int]], war
             import torch
 
             torch.set_num_threads(threads)
-        from ..serving.runtime import open_runtime
+        from ..runtime.runtimes import open_runtime
 
         rt = open_runtime(variant.path, variant.runtime, variant.device, precision=variant.precision, threads=threads)
         rng = np.random.default_rng(0)
@@ -182,12 +182,12 @@ def add_ratios(rows: list[dict[str, Any]], baseline: str = "torch-fp32") -> None
 def prepare_variants(checkpoint: str | Path, work: Path, *, calib: str, calib_images: int = 32,
                      include: list[str] | None = None, device: str = "cpu") -> list[Variant]:
     """Export what the paths need into `work` (fp32 ONNX, INT8 ONNX, NNCF INT8 IR; reused when present)."""
+    from ..export.images import dataset_images
+    from ..export.openvino import convert_to_ir, quantize_ir_int8
+    from ..export.pipeline import _preprocessor
+    from ..export.quantize import quantize_int8
     from ..models.checkpoint import checkpoint_hash, read_meta
-    from .images import dataset_images
-    from .onnx_export import export_onnx_model, save_onnx
-    from .openvino import convert_to_ir, quantize_ir_int8
-    from .pipeline import _preprocessor
-    from .quantize import quantize_int8
+    from ..runtime.onnx_export import export_onnx_model, save_onnx
 
     meta = read_meta(checkpoint)
     work = work / checkpoint_hash(checkpoint)
@@ -206,7 +206,7 @@ def prepare_variants(checkpoint: str | Path, work: Path, *, calib: str, calib_im
         calib_samples = dataset_images(calib, calib_images, tuple(meta.input_size))
         quantize_int8(fp32, int8, [s.image for s in calib_samples], _preprocessor(meta))
     if "openvino-int8" in want and not ir8.is_file():
-        from .metadata import onnx_props
+        from ..runtime.metadata import onnx_props
 
         if not ir.is_file():
             convert_to_ir(fp32, ir, onnx_props(fp32))
@@ -242,7 +242,7 @@ def run_latency(checkpoint: str | Path, *, sizes: list[tuple[int, int]], batches
     """Prepare every path, measure them interleaved, add ratios and the auto-versus-fastest verdict."""
     import torch
 
-    from .cache import cache_dir
+    from ..runtime.cache import cache_dir
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     machine = machine_info()
@@ -260,7 +260,7 @@ def run_latency(checkpoint: str | Path, *, sizes: list[tuple[int, int]], batches
 
 def _record_fastest(checkpoint: str | Path, rows: list[dict[str, Any]], device: str) -> None:
     """Record the fastest full-precision-graph runtime at batch 1 so `auto` reuses the measurement."""
-    from ..serving.runtime import choice_key, record_choice
+    from ..runtime.runtimes import choice_key, record_choice
 
     runtime_of = {"torch-fp32": "torch", "onnxruntime-fp32": "onnxruntime", "openvino-fp32": "openvino"}
     cands = [r for r in rows if r.get("variant") in runtime_of and r.get("batch") == 1]

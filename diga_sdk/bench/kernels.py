@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..kernels import reference as ref
 from . import loop_style
-from . import reference as ref
 
 SHAPES: dict[str, dict[str, int]] = {
     # the paper's training shapes (DeepLabV2 on 512x896 crops, 1/8 features)
@@ -133,8 +133,8 @@ def _numba_threads() -> int:
 def _bench_shape(name: str, repeats: int, seed: int, machine: dict[str, float],
                  say: Callable[[str], None]) -> list[dict[str, Any]]:
     """All ops at one shape set."""
-    from . import cpu
-    from .ops import _FusedDistillation
+    from ..kernels import cpu
+    from ..kernels.ops import _FusedDistillation
 
     rows: list[dict[str, Any]] = []
     s = SHAPES[name]
