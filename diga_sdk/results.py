@@ -28,7 +28,7 @@ def env_info() -> dict[str, Any]:
     import numpy
     import torch
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "diga_sdk": __version__, "python": platform.python_version(), "torch": torch.__version__,

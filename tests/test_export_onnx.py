@@ -128,7 +128,8 @@ def test_embedded_pre_post_graph(pre_post: tuple[Path, dict], tiny_checkpoint: P
 
 def test_runtimes_agree_on_every_format(plain: tuple[Path, dict], pre_post: tuple[Path, dict], tiny_checkpoint: Path,
                                         tiny_specs: dict[str, str], work: Path) -> None:
-    from diga_sdk.export.openvino import convert_to_ir, read_rt_info
+    from diga_sdk.export.openvino import convert_to_ir
+    from diga_sdk.runtime.metadata import read_rt_info
     from diga_sdk.runtime.runtimes import open_runtime
 
     ir = convert_to_ir(plain[0], work / "ir" / "model.xml", onnx_props(plain[0]))

@@ -227,8 +227,7 @@ class OpenVinoRuntime(Runtime):
     def __init__(self, path: Path, device: str = "cpu", precision: str | None = None, threads: int | None = None) -> None:
         import openvino as ov
 
-        from ..export.openvino import read_rt_info
-        from .metadata import parse_metadata
+        from .metadata import parse_metadata, read_rt_info
 
         if precision not in (None, *OV_PRECISIONS):
             raise DigaError(f"openvino precision {precision!r} unsupported; use one of {sorted(OV_PRECISIONS)}")
