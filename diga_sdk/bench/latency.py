@@ -74,19 +74,6 @@ def machine_info() -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- workers
-def peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM; ru_maxrss would carry the parent's peak across exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _worker(conn: Any, variant: Variant, shapes: list[tuple[int, int, int]], warmup: int, threads: int | None) -> None:
     """Open the runtime, warm up every shape, then answer ('run', shape_index) with seconds of one predict."""
     os.environ.setdefault("DIGA_NO_PROGRESS", "1")
@@ -110,6 +97,8 @@ def _worker(conn: Any, variant: Variant, shapes: list[tuple[int, int, int]], war
     while True:
         msg = conn.recv()
         if msg[0] == "stop":
+            from ..results import peak_rss_mib
+
             conn.send(("rss", peak_rss_mib()))
             return
         t0 = time.perf_counter()

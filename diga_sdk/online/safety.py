@@ -23,13 +23,12 @@ import math
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
+
+from ..config import DigaConfig
 
 
-class SafetyConfig(BaseModel):
+class SafetyConfig(DigaConfig):
     """Bounds of the health monitor (relative to the reference unless named absolute)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     calib_frames: int = 8
