@@ -29,13 +29,14 @@ def latency_cmd(
     plot_path: Path | None = typer.Option(None, "--plot", help="write a PNG plot here"),
 ) -> None:
     """PyTorch eager fp32 / bf16, onnxruntime fp32 / INT8, OpenVINO fp32 / bf16 / INT8, auto (+ CUDA / TensorRT)."""
-    from ..bench.latency import markdown_table, plot, run_latency
+    from ..bench.latency import markdown_table, plot
+    from ..segmenter import Segmenter
 
     size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
     batches = [int(b) for b in batch.split(",") if b.strip()]
-    result = run_latency(model, sizes=size_list, batches=batches, runs=runs, warmup=warmup, threads=threads,
-                         calib=calib, calib_images=calib_images, work=work, engine=engine,
-                         include=[p.strip() for p in paths.split(",")] if paths else None)
+    result = Segmenter(model).benchmark(size_list, batches, runs=runs, warmup=warmup, threads=threads, calib=calib,
+                                        calib_images=calib_images, work=work, engine=engine,
+                                        paths=[p.strip() for p in paths.split(",")] if paths else None).to_dict()
     table = markdown_table(result)
     console.print(table, highlight=False, markup=False)
     write_report(result, table, json_path, md_path)

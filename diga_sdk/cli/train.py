@@ -50,9 +50,11 @@ def evaluate_cmd(
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """Evaluate a checkpoint: mIoU, per-class IoU, pixel accuracy."""
-    from ..evaluate_specs import evaluate_specs, print_per_class
+    from ..evaluate_specs import print_per_class
+    from ..segmenter import Segmenter
 
-    results = evaluate_specs(model, data, subset=subset)
+    seg = Segmenter(model)
+    results = {spec: seg.val(spec, subset).to_dict() for spec in data}
     for spec, res in results.items():
         print_per_class(spec, res)
     write_json(json_path, results)
