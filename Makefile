@@ -30,7 +30,7 @@ test-fast: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow" tests
 
 lint: setup
-	$(VENV)/bin/ruff check diga_sdk tests benchmarks
+	$(VENV)/bin/ruff check diga_sdk tests benchmarks examples
 	$(VENV)/bin/lint-imports
 
 clean:

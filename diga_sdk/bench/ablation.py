@@ -33,7 +33,7 @@ def demo_adapt_config(init_checkpoint: str, quick: bool = False) -> AdaptConfig:
             "warmup": cfg.warmup.model_copy(update={"steps": 4}),
             "selftrain": cfg.selftrain.model_copy(update={"steps": 4}), "checkpoint_every": 2})
     # 200 warm-up and 100 self-training steps per round: `make demo` (baselines included) within 20
-    # minutes on 2 idle cores, measured (README, "Measured results")
+    # minutes on 2 idle cores, measured (docs/adapt.md, "Measured results")
     return cfg.model_copy(update={"warmup": cfg.warmup.model_copy(update={"steps": 200}),
                                   "selftrain": cfg.selftrain.model_copy(update={"steps": 100})})
 
