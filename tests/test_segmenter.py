@@ -48,6 +48,7 @@ def quickstart(small_model, tiny_specs, tiny_benchmark, tmp_path_factory) -> dic
     return {**res, "out": out, "image": image, "checkpoint": small_model}
 
 
+@pytest.mark.slow  # shares the quick-start run: two exports with parity, INT8 calibration
 def test_quickstart_predicts_overlays_and_saves(quickstart):
     r, image = quickstart["prediction"], np.asarray(Image.open(quickstart["image"]).convert("RGB"))
     assert r.labels.shape == image.shape[:2] and r.labels.dtype == np.uint8
@@ -62,6 +63,7 @@ def test_quickstart_predicts_overlays_and_saves(quickstart):
     json.loads(r.to_json())  # typed results serialise
 
 
+@pytest.mark.slow  # shares the quick-start run: two exports with parity, INT8 calibration
 def test_quickstart_onnx_predicts_the_checkpoints_labels(quickstart):
     """The exported fp32 ONNX gives the checkpoint's labels on >= 99.9 % of pixels; the INT8 export passed parity."""
     from diga_sdk.runtime.runtimes import open_runtime
@@ -78,6 +80,7 @@ def test_quickstart_onnx_predicts_the_checkpoints_labels(quickstart):
     assert json.loads(int8.to_json())["out"] == str(int8.path)
 
 
+@pytest.mark.slow  # shares the quick-start run: two exports with parity, INT8 calibration
 def test_val_equals_diga_eval(quickstart, small_model, tiny_specs, tmp_path):
     js = tmp_path / "eval.json"
     assert main(["eval", "--model", str(small_model), "--data", tiny_specs["target_val"], "--json", str(js)]) == 0
@@ -87,6 +90,7 @@ def test_val_equals_diga_eval(quickstart, small_model, tiny_specs, tmp_path):
     assert 0 < ev.miou < 100 and set(ev.per_class) == set(diga.Segmenter(small_model).meta.class_names)
 
 
+@pytest.mark.slow  # shares the quick-start run: two exports with parity, INT8 calibration
 def test_val_of_the_onnx_export_matches_the_checkpoint(quickstart, tiny_specs):
     """The exported model evaluated by its runtime scores what the checkpoint scores (fp32 parity)."""
     ev = diga.Segmenter(quickstart["onnx"].path).val(tiny_specs["target_val"])
@@ -130,6 +134,7 @@ def test_predict_takes_arrays_lists_and_rejects_bad_input(small_model, tiny_benc
         from_paths[0].save("labels.jpg")
 
 
+@pytest.mark.slow  # shares the quick-start run: two exports with parity, INT8 calibration
 def test_export_needs_the_checkpoint(quickstart):
     with pytest.raises(DigaError, match="checkpoint"):
         diga.Segmenter(quickstart["onnx"].path).export("onnx", quickstart["out"] / "again.onnx")
@@ -146,6 +151,7 @@ def test_online_adapter_from_the_segmenter(small_model, tiny_benchmark):
         seg.online({"replay_capacity": -1})
 
 
+@pytest.mark.slow  # shares the quick-start run: two exports with parity, INT8 calibration
 def test_benchmark_of_an_export(quickstart):
     rep = diga.Segmenter(quickstart["onnx"].path, runtime="onnxruntime").benchmark(sizes=[(64, 128)], runs=2, warmup=1)
     (row,) = rep.rows
