@@ -78,10 +78,13 @@ class Segmenter:
 
     # ------------------------------------------------------------------------------------- predict
     def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 1) -> list[Prediction]:
-        """Label maps for an image file, an (H,W,3) uint8 RGB array, or a list of either (one result each)."""
+        """Label maps for an image file, an (H,W,3) uint8 RGB array (or a (B,H,W,3) batch), or a list of either."""
         from .data.datasets import read_image
 
-        items = [images] if isinstance(images, (str, Path, np.ndarray)) else list(images)
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            items: list[ImageLike] = list(images)
+        else:
+            items = [images] if isinstance(images, (str, Path, np.ndarray)) else list(images)
         if not items:
             raise DigaError("predict got no images; pass a path, an (H,W,3) uint8 array or a list of them")
         if batch_size < 1:

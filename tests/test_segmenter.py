@@ -124,6 +124,8 @@ def test_predict_takes_arrays_lists_and_rejects_bad_input(small_model, tiny_benc
     from_arrays = seg.predict(arrays)
     assert len(from_paths) == 2 and all(np.array_equal(a.labels, b.labels) for a, b in zip(from_paths, from_arrays, strict=True))
     assert from_paths[1].path == paths[1] and from_arrays[0].path is None
+    from_batch = seg.predict(np.stack(arrays))  # a (B,H,W,3) batch is B images
+    assert all(np.array_equal(a.labels, b.labels) for a, b in zip(from_batch, from_arrays, strict=True))
     with pytest.raises(DigaError, match=r"\(H,W,3\) uint8"):
         seg.predict(arrays[0].astype(np.float32))
     with pytest.raises(DigaError, match="does not exist"):
