@@ -23,11 +23,11 @@ def _run_mode(args: dict, mode: str, queue) -> None:  # noqa: ANN001
     import torch
 
     torch.set_num_threads(args["threads"])
-    from diga_sdk.adapt.online import OnlineConfig, open_adapter
-    from diga_sdk.adapt.online_run import peak_rss_mb
     from diga_sdk.data.streams import FrameStream
     from diga_sdk.data.transforms import normalize, to_tensor
     from diga_sdk.models.checkpoint import load_checkpoint
+    from diga_sdk.online.adapter import OnlineConfig, open_adapter
+    from diga_sdk.results import peak_rss_mib
 
     h, w = args["size"]
     frames = [f.image for f in FrameStream("scenario:target", args["frames"] + args["warmup"], (h, w), seed=5)]
@@ -59,7 +59,7 @@ def _run_mode(args: dict, mode: str, queue) -> None:  # noqa: ANN001
     budget = args["budget_ms"] if mode == "budget" else None
     queue.put({"mode": mode, "budget_ms": args["budget_ms"] if mode == "budget" else None, "frames": int(t.size),
                "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
-               "p99_ms": float(np.percentile(t, 99)), "max_ms": float(t.max()), "peak_rss_mb": peak_rss_mb(),
+               "p99_ms": float(np.percentile(t, 99)), "max_ms": float(t.max()), "peak_rss_mb": peak_rss_mib(),
                "updates": acts.count("update"), "skipped_for_budget": acts.count("skip-budget"),
                "predict_median_ms": float(np.median(pr)), "predict_p99_ms": float(np.percentile(pr, 99)),
                "frames_over_budget": int((t > budget).sum()) if budget is not None else None,

@@ -38,7 +38,7 @@ def payloads(size: tuple[int, int], images_dir: Path | None, n: int = 8) -> list
 
 def in_process(model: Path, runtime: str, size: tuple[int, int], batch: int, seconds: float) -> dict[str, Any]:
     """The runtime's own throughput on (batch, H, W, 3) uint8 arrays, no HTTP, no codecs."""
-    from diga_sdk.serving.runtime import open_runtime
+    from diga_sdk.runtime.runtimes import open_runtime
     from diga_sdk.serving.swap import probe_images
 
     rt = open_runtime(model, runtime=runtime)

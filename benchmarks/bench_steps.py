@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from diga_sdk.adapt.bench_steps import run_step_benchmark
+from diga_sdk.bench.steps import run_step_benchmark
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)

@@ -14,8 +14,13 @@ from .io import atomic_write_bytes
 T = TypeVar("T", bound=BaseModel)
 
 
-class _Strict(BaseModel):
+class DigaConfig(BaseModel):
+    """The base of every diga config: unknown keys are errors, choices are `Literal`s, YAML in and out."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+_Strict = DigaConfig  # the name the configs in this file were written against
 
 
 class ModelConfig(_Strict):
@@ -199,7 +204,7 @@ def save_config(cfg: BaseModel, path: str | Path) -> None:
 class TranslatorConfig(_Strict):
     """Source->target image translator: `fourier` (low-frequency amplitude swap) or `learned` (CycleGAN-style)."""
 
-    kind: str = Field("fourier", pattern="^(fourier|learned)$")
+    kind: Literal["fourier", "learned"] = "fourier"
     fourier_window: float = 0.05  # side of the swapped low-frequency square, as a fraction of min(H, W)
     checkpoint: str | None = None  # a learned translator written by `diga adapt translator`
     steps: int = 2000
@@ -256,7 +261,7 @@ class PseudoLabelConfig(_Strict):
 class SelectionConfig(_Strict):
     """Which target pixels self-training learns from: bilateral consensus (default) or a fixed threshold."""
 
-    kind: str = Field("consensus", pattern="^(consensus|threshold|none)$")
+    kind: Literal["consensus", "threshold", "none"] = "consensus"
     threshold: float = 0.9  # only for kind=threshold: keep pixels with max prob >= threshold
     centroid_momentum: float = 1e-4
     centroid_min_pixels: int = Field(5, ge=1)  # a sample updates a class centroid only with this many pixels

@@ -27,7 +27,7 @@ def run_demo(out: str | Path, quick: bool = False) -> list[dict]:
         stages.append(stage_entry(name, res[SOURCE_VAL]["miou"], res[TARGET_VAL]["miou"], checkpoint=str(ckpt)))
         write_results(out / "results.json", stages)
     stages += _run_adaptation(out, stages[0]["checkpoint"], quick)
-    from .adapt.ablation import gap_closed
+    from .bench.ablation import gap_closed
 
     closed = {n: gap_closed(stages, n) for n in ("warmup", "selftrain", "selftrain_round2")}
     write_results(out / "results.json", stages, gap_closed_percent=closed)
@@ -38,7 +38,7 @@ def run_demo(out: str | Path, quick: bool = False) -> list[dict]:
 def _run_adaptation(out: Path, source_only_ckpt: str, quick: bool) -> list[dict]:
     """The DiGA pipeline from the source-only model: warm-up, pseudo-labels, centroids, self-training,
     one refinement round (issue 3); resumes a crashed demo."""
-    from .adapt.ablation import demo_adapt_config
     from .adapt.pipeline import run_pipeline
+    from .bench.ablation import demo_adapt_config
 
     return run_pipeline(demo_adapt_config(source_only_ckpt, quick), out / "diga", resume=True)["stages"]

@@ -23,12 +23,25 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set in MiB (VmHWM; ru_maxrss would carry the parent's peak across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def env_info() -> dict[str, Any]:
     """Machine and library facts recorded beside every measurement."""
     import numpy
     import torch
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "diga_sdk": __version__, "python": platform.python_version(), "torch": torch.__version__,

@@ -287,7 +287,7 @@ def test_threshold_baseline_reads_confidence(tmp_path):
 
 
 def test_gap_closed_percent():
-    from diga_sdk.adapt.ablation import gap_closed
+    from diga_sdk.bench.ablation import gap_closed
 
     stages = [{"name": "source_only", "target_val_miou": 20.0}, {"name": "oracle", "target_val_miou": 60.0},
               {"name": "selftrain", "target_val_miou": 50.0}]

@@ -11,7 +11,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from diga_sdk.adapt.distill import SelfTrainInputs, SimulatedCrash, train_distil_stage
+from diga_sdk.adapt import distill
+from diga_sdk.adapt.distill import SelfTrainInputs, train_distil_stage
 from diga_sdk.adapt.pipeline import aggregate_seeds, stage_train
 from diga_sdk.cli import main
 from diga_sdk.config import AdaptConfig, DistilConfig, SelectionConfig
@@ -23,6 +24,22 @@ def tiny_adapt_config(specs: dict[str, str], init: Path | None = None, steps: in
                        warmup=DistilConfig(steps=steps, batch_size=2),
                        selftrain=DistilConfig(steps=steps, batch_size=2, lambda_distil=0.25, aug_beta=0.3),
                        crop=(64, 128), scale=(0.75, 1.0), checkpoint_every=2, **extra)
+
+
+class SimulatedCrash(RuntimeError):
+    """The process dies in the middle of a stage (raised by `crash_after`)."""
+
+
+def crash_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
+    """Make the training loop die when it starts step `steps` (after `steps` finished steps and their saves)."""
+    real_step = distill.diga_step
+
+    def step_or_crash(ctx, step, *args, **kwargs):
+        if step == steps:
+            raise SimulatedCrash(f"killed in {ctx.stage} after step {steps}")
+        return real_step(ctx, step, *args, **kwargs)
+
+    monkeypatch.setattr(distill, "diga_step", step_or_crash)
 
 
 def _yaml(cfg: AdaptConfig, path: Path) -> Path:
@@ -40,13 +57,18 @@ def pipeline_run(tmp_path_factory, tiny_specs, tiny_checkpoint) -> tuple[Path, d
     return out, json.loads(js.read_text())
 
 
-def test_cli_pipeline_writes_every_stage(pipeline_run):
+def test_cli_pipeline_writes_every_stage(pipeline_run, tiny_specs):
+    from diga_sdk.evaluate_specs import evaluate_specs
+
     out, res = pipeline_run
     names = [s["name"] for s in res["stages"]]
     assert names == ["warmup", "selftrain", "selftrain_round2"]
     for s in res["stages"]:
-        assert 0.0 <= s["target_val_miou"] <= 100.0 and s["checkpoint_selection"] == "last"
-        assert Path(s["checkpoint"]).is_file()
+        assert s["checkpoint_selection"] == "last" and Path(s["checkpoint"]).is_file()
+        # the recorded mIoU is the stage's own checkpoint evaluated on target-val (not a stale or other number)
+        again = evaluate_specs(s["checkpoint"], [tiny_specs["target_val"], tiny_specs["source_val"]])
+        assert s["target_val_miou"] == again[tiny_specs["target_val"]]["miou"]
+        assert s["source_val_miou"] == again[tiny_specs["source_val"]]["miou"]
     assert res["checkpoint_selection"] == "last"
     for r in (1, 2):
         assert len(list((out / f"pseudo_r{r}" / "labels").glob("*.png"))) == 12
@@ -102,11 +124,11 @@ def test_selftrain_is_deterministic_and_resumes_after_a_crash(pipeline_run, tiny
     # Same seed, same inputs: the same weights as the pipeline's own self-training stage.
     _assert_same(a, out / "selftrain" / "model.safetensors")
     # Killed after step 3 (last saved state: step 2), then resumed: the same weights again.
-    monkeypatch.setenv("DIGA_CRASH_AT", "selftrain:3")
+    crash_after(monkeypatch, 3)
     with pytest.raises(SimulatedCrash):
         train_distil_stage("selftrain", cfg, cfg.selftrain, init, tmp_path / "b", selftrain=inputs)
     assert json.loads((tmp_path / "b" / "state" / "train_state.json").read_text())["step"] == 2
-    monkeypatch.delenv("DIGA_CRASH_AT")
+    monkeypatch.undo()
     b = train_distil_stage("selftrain", cfg, cfg.selftrain, init, tmp_path / "b", resume=True, selftrain=inputs)
     _assert_same(a, b)
     _assert_same(tmp_path / "a" / "teacher.safetensors", tmp_path / "b" / "teacher.safetensors")
@@ -118,10 +140,11 @@ def test_selftrain_is_deterministic_and_resumes_after_a_crash(pipeline_run, tiny
 def test_warmup_crash_resume_and_metrics_determinism(tiny_specs, tiny_checkpoint, tmp_path, monkeypatch):
     cfg = tiny_adapt_config(tiny_specs, tiny_checkpoint)
     rec_a = stage_train("warmup", cfg, cfg.warmup, tiny_checkpoint, tmp_path / "a", resume=False)
-    monkeypatch.setenv("DIGA_CRASH_AT", "warmup:3")
+    crash_after(monkeypatch, 3)
     with pytest.raises(SimulatedCrash):
         stage_train("warmup", cfg, cfg.warmup, tiny_checkpoint, tmp_path / "b", resume=False)
-    monkeypatch.delenv("DIGA_CRASH_AT")
+    assert json.loads((tmp_path / "b" / "state" / "train_state.json").read_text())["step"] == 2
+    monkeypatch.undo()
     rec_b = stage_train("warmup", cfg, cfg.warmup, tiny_checkpoint, tmp_path / "b", resume=True)
     _assert_same(Path(rec_a["checkpoint"]), Path(rec_b["checkpoint"]))
     assert rec_a["target_val_miou"] == rec_b["target_val_miou"]

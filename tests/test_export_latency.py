@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from diga_sdk.errors import DigaError
-from diga_sdk.export.latency import (
+from diga_sdk.bench.latency import (
     ISA_FLAGS,
     Variant,
     add_ratios,
@@ -20,6 +19,7 @@ from diga_sdk.export.latency import (
     plot,
     prepare_variants,
 )
+from diga_sdk.errors import DigaError
 
 
 def test_measure_interleaved_rows(tiny_checkpoint: Path, tmp_path: Path) -> None:

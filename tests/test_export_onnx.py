@@ -14,9 +14,9 @@ import pytest
 
 from diga_sdk.cli import main
 from diga_sdk.errors import DigaError
-from diga_sdk.export.metadata import GRAPH_KEY, HASH_KEY, META_KEY, onnx_props
 from diga_sdk.export.pipeline import ExportParityError, export_model
 from diga_sdk.models.checkpoint import checkpoint_hash, read_meta
+from diga_sdk.runtime.metadata import GRAPH_KEY, HASH_KEY, META_KEY, onnx_props
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_failing_parity_leaves_nothing(tiny_checkpoint: Path, tiny_specs: dict[s
 def test_embedded_pre_post_graph(pre_post: tuple[Path, dict], tiny_checkpoint: Path, tiny_specs: dict[str, str]) -> None:
     import onnxruntime as ort
 
-    from diga_sdk.serving.runtime import open_runtime
+    from diga_sdk.runtime.runtimes import open_runtime
 
     path, report = pre_post
     assert report["parity"]["passed"] and report["parity"]["label_output_agreement"] >= 99.9
@@ -128,8 +128,9 @@ def test_embedded_pre_post_graph(pre_post: tuple[Path, dict], tiny_checkpoint: P
 
 def test_runtimes_agree_on_every_format(plain: tuple[Path, dict], pre_post: tuple[Path, dict], tiny_checkpoint: Path,
                                         tiny_specs: dict[str, str], work: Path) -> None:
-    from diga_sdk.export.openvino import convert_to_ir, read_rt_info
-    from diga_sdk.serving.runtime import open_runtime
+    from diga_sdk.export.openvino import convert_to_ir
+    from diga_sdk.runtime.metadata import read_rt_info
+    from diga_sdk.runtime.runtimes import open_runtime
 
     ir = convert_to_ir(plain[0], work / "ir" / "model.xml", onnx_props(plain[0]))
     assert ir.with_suffix(".bin").is_file()
@@ -155,7 +156,7 @@ def test_int8_and_fp16(plain: tuple[Path, dict], tiny_checkpoint: Path, tiny_spe
     from diga_sdk.export.images import dataset_images
     from diga_sdk.export.pipeline import _preprocessor
     from diga_sdk.export.quantize import convert_fp16, quantize_int8
-    from diga_sdk.serving.runtime import open_runtime
+    from diga_sdk.runtime.runtimes import open_runtime
 
     meta = read_meta(tiny_checkpoint)
     calib = [s.image for s in dataset_images(tiny_specs["target_train"], 4)]
@@ -184,7 +185,7 @@ def test_int8_and_fp16(plain: tuple[Path, dict], tiny_checkpoint: Path, tiny_spe
 
 
 def test_auto_probe_then_recorded_choice(cache: Path, tiny_checkpoint: Path, tiny_specs: dict[str, str]) -> None:
-    from diga_sdk.serving.runtime import open_runtime
+    from diga_sdk.runtime.runtimes import open_runtime
 
     rt = open_runtime(tiny_checkpoint, "auto")
     assert rt.choice["picked"] == rt.name and set(rt.choice["ms"]) == {"torch", "onnxruntime", "openvino"}
@@ -203,7 +204,7 @@ def test_cli_export_check_and_predict(cache: Path, plain: tuple[Path, dict], tin
 
     from diga_sdk.models.checkpoint import ModelMeta, save_checkpoint
     from diga_sdk.models.registry import build_model
-    from diga_sdk.serving.runtime import open_runtime
+    from diga_sdk.runtime.runtimes import open_runtime
 
     report = tmp_path / "check.json"
     assert main(["export", "check", "--model", str(tiny_checkpoint), "--exported", str(plain[0]),
@@ -245,7 +246,7 @@ def test_export_errors(tiny_checkpoint: Path, tmp_path: Path) -> None:
 def test_bf16_emulation_rounds_but_stays_close(tiny_checkpoint: Path, tiny_specs: dict[str, str]) -> None:
     import torch
 
-    from diga_sdk.serving.runtime import open_runtime
+    from diga_sdk.runtime.runtimes import open_runtime
 
     imgs = _images(tiny_specs)
     fp = open_runtime(tiny_checkpoint, "torch")

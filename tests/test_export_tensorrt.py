@@ -11,8 +11,8 @@ import pytest
 
 from diga_sdk.cli import main
 from diga_sdk.errors import DigaError
-from diga_sdk.export import tensorrt as trt_mod
 from diga_sdk.export.pipeline import check_format_args
+from diga_sdk.runtime import tensorrt as trt_mod
 
 BUILT = {"tensorrt": "10.7.0", "cuda": "12.6", "gpu": "NVIDIA L4", "compute_capability": "8.9"}
 
@@ -93,7 +93,7 @@ def test_tensorrt_fails_fast_without_gpu(tiny_checkpoint: Path, tmp_path: Path, 
 
 
 def test_runtime_argument_errors(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from diga_sdk.serving.runtime import check_images, model_format, open_runtime
+    from diga_sdk.runtime.runtimes import check_images, model_format, open_runtime
 
     with pytest.raises(DigaError, match="unsupported model file"):
         model_format(tmp_path / "model.pt")

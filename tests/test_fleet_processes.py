@@ -27,9 +27,9 @@ def _free_port() -> int:
 
 
 def test_one_server_two_vehicle_processes(tmp_path: Path, tiny_specs: dict[str, str]) -> None:
-    from diga_sdk.adapt.online import OnlineAdapter
     from diga_sdk.fleet.params import aggregate, state_to_arrays
     from diga_sdk.models.checkpoint import load_checkpoint
+    from diga_sdk.online.adapter import OnlineAdapter
 
     ckpt = train_small_model(tmp_path / "model", tiny_specs["source_train"], steps=10)
     cfg = tmp_path / "online.yaml"

@@ -1,6 +1,7 @@
 """Fast paths against the reference on random inputs: the CPU fast path and the Triton kernels (run by
 Triton's interpreter on the CPU). Output buffers are poisoned so unwritten elements show; labels must
-match exactly except where the reference's top-2 upsampled weights are closer than 1e-5 (counted)."""
+match exactly except where the reference's top-2 upsampled weights are closer than 1e-5, and there at most
+one pixel in 1000."""
 
 from __future__ import annotations
 
@@ -81,7 +82,11 @@ def test_consensus_matches_reference(backend, case, poisoned, monkeypatch, recor
         _use(monkeypatch, backend)
         out = kernels.consensus_select(pseudo, features, centroids)
         monkeypatch.delenv("DIGA_KERNELS")
-        near_ties += _check_consensus(out, expected, pseudo, features, centroids)
+        mismatches = _check_consensus(out, expected, pseudo, features, centroids)
+        # float32 rounding may flip a near-tie now and then, never a systematic share of them: these inputs hold
+        # 0-167 near-tie pixels (gap < 1e-5) per draw, and a path that breaks ties its own way flips most of them
+        assert mismatches <= max(1, pseudo.numel() // 1000), f"{mismatches} near-tie mismatches of {pseudo.numel()}"
+        near_ties += mismatches
     record_property("near_tie_mismatches", near_ties)
 
 

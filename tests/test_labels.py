@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diga_sdk.data.labels import CLASS_NAMES, PALETTE, SUBSETS, SYNTHIA_ID_TO_NAME, colorize, to_train_ids
+from diga_sdk.data.images import colorize
+from diga_sdk.data.labels import CLASS_NAMES, PALETTE, SUBSETS, SYNTHIA_ID_TO_NAME, to_train_ids
 from diga_sdk.errors import DigaError
 
 official = pytest.importorskip("cityscapesscripts.helpers.labels", reason="cityscapesscripts is in the dev extra")

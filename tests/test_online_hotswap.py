@@ -17,12 +17,12 @@ TOKEN = "online-hotswap-token"
 
 
 def test_push_adapted_model_into_running_endpoint(tmp_path: Path, tiny_specs: dict[str, str]) -> None:
-    from diga_sdk.adapt.online import OnlineConfig, open_adapter
     from diga_sdk.data.streams import FrameStream
     from diga_sdk.data.transforms import to_tensor
     from diga_sdk.evaluate import predict_logits
     from diga_sdk.fleet.hotswap import push_model
     from diga_sdk.models.checkpoint import load_checkpoint
+    from diga_sdk.online.adapter import OnlineConfig, open_adapter
     from diga_sdk.serving.client import SegmentClient
     from diga_sdk.serving.launch import background_server
     from diga_sdk.serving.settings import ServeSettings

@@ -60,7 +60,7 @@ def runtimes(models_dir: Path):
     """In-process runtimes of both models (single-threaded like the server's)."""
     import torch
 
-    from diga_sdk.serving.runtime import open_runtime
+    from diga_sdk.runtime.runtimes import open_runtime
 
     threads = torch.get_num_threads()
     rts = {k: open_runtime(models_dir / f"{k}.safetensors", runtime="torch", threads=1) for k in ("a", "b")}

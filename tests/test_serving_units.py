@@ -252,7 +252,7 @@ def test_model_paths_stay_inside_the_models_dir(tmp_path):
 
 
 def test_smoke_test_passes_a_real_runtime_and_refuses_broken_ones(tiny_checkpoint):
-    from diga_sdk.serving.runtime import open_runtime
+    from diga_sdk.runtime.runtimes import open_runtime
     from diga_sdk.serving.swap import smoke_test
 
     rt = open_runtime(tiny_checkpoint, runtime="torch")

@@ -15,7 +15,6 @@ optimizer, centroids) is saved every `checkpoint_every` steps: a resumed run end
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,16 +50,6 @@ class SelfTrainInputs:
     pseudo_dir: Path
     centroids: Path | None
     selection: SelectionConfig
-
-
-class SimulatedCrash(RuntimeError):
-    """Raised by the fault-injection hook (`DIGA_CRASH_AT=stage:step`) to test resuming."""
-
-
-def _crash_hook(stage: str, step: int) -> None:
-    spec = os.environ.get("DIGA_CRASH_AT", "")
-    if spec and spec == f"{stage}:{step}":
-        raise SimulatedCrash(f"simulated crash in {stage} after step {step}")
 
 
 def step_seed(seed: int, stage: str, step: int) -> int:
@@ -228,7 +217,6 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
                                 meta.model_copy(update={"stage": f"{stage}@{step + 1}"}))
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < scfg.steps:
                 save_state(step + 1)
-            _crash_hook(stage, step + 1)
     src_stream.summary(f"{stage} source")
     tgt_stream.summary(f"{stage} target")
     log.info("%s: %d steps in %.0f s", stage, scfg.steps - start, time.time() - t0)

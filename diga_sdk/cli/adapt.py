@@ -189,7 +189,7 @@ def ablation(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="skip stages already finished in --out"),
 ) -> None:
     """The ablation table on the embedded benchmark (light model): every DiGA step and the baselines."""
-    from ..adapt.ablation import run_ablation
+    from ..bench.ablation import run_ablation
 
     run_ablation(out, resume=resume)
 
@@ -201,7 +201,7 @@ def bench_steps(
     threads: int = typer.Option(2, "--threads"),
 ) -> None:
     """Cost of one warm-up step and one self-training step against one source-only step (same batch)."""
-    from ..adapt.bench_steps import run_step_benchmark
+    from ..bench.steps import run_step_benchmark
 
     run_step_benchmark(json_path, repeats=repeats, threads=threads)
 

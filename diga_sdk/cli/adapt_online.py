@@ -47,11 +47,11 @@ def online(
     import torch
 
     from ..adapt.centroids import load_centroids
-    from ..adapt.online import OnlineAdapter, OnlineConfig
-    from ..adapt.online_run import plot_windows, run_stream, window_checks
     from ..config import load_config
     from ..data.streams import FrameStream
     from ..models.checkpoint import load_checkpoint
+    from ..online.adapter import OnlineAdapter, OnlineConfig
+    from ..online.run import plot_windows, run_stream, window_checks
 
     if threads:
         torch.set_num_threads(threads)

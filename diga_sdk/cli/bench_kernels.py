@@ -25,9 +25,9 @@ def bench_kernels(
     """Time each kernel op three ways and against its memory/FLOP floor; prints a markdown table."""
     import torch
 
+    from ..bench import kernels as benchmark
+    from ..bench.latency import cpu_isa_flags
     from ..errors import DigaError
-    from ..export.latency import cpu_isa_flags
-    from ..kernels import benchmark
     from ..progress import log
     from ..results import env_info
 

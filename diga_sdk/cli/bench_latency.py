@@ -29,13 +29,14 @@ def latency_cmd(
     plot_path: Path | None = typer.Option(None, "--plot", help="write a PNG plot here"),
 ) -> None:
     """PyTorch eager fp32 / bf16, onnxruntime fp32 / INT8, OpenVINO fp32 / bf16 / INT8, auto (+ CUDA / TensorRT)."""
-    from ..export.latency import markdown_table, plot, run_latency
+    from ..bench.latency import markdown_table, plot
+    from ..segmenter import Segmenter
 
     size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
     batches = [int(b) for b in batch.split(",") if b.strip()]
-    result = run_latency(model, sizes=size_list, batches=batches, runs=runs, warmup=warmup, threads=threads,
-                         calib=calib, calib_images=calib_images, work=work, engine=engine,
-                         include=[p.strip() for p in paths.split(",")] if paths else None)
+    result = Segmenter(model).benchmark(size_list, batches, runs=runs, warmup=warmup, threads=threads, calib=calib,
+                                        calib_images=calib_images, work=work, engine=engine,
+                                        paths=[p.strip() for p in paths.split(",")] if paths else None).to_dict()
     table = markdown_table(result)
     console.print(table, highlight=False, markup=False)
     write_report(result, table, json_path, md_path)
@@ -58,7 +59,7 @@ def precision_cmd(
     md_path: Path | None = typer.Option(None, "--md"),
 ) -> None:
     """mIoU of every deployment precision (fp32, bf16, fp16, INT8) against PyTorch fp32 on --val."""
-    from ..export.precision import precision_table, run_precision
+    from ..bench.precision import precision_table, run_precision
 
     result = run_precision(model, val, calib=calib, calib_images=calib_images, limit=limit, work=work, threads=threads,
                            skip=[p.strip() for p in skip.split(",")] if skip else None)

@@ -49,25 +49,23 @@ def export_cmd(
         return
     if model is None or out is None:
         raise DigaError("diga export needs --model CKPT and --out PATH (see `diga export --help`)")
-    from ..export.pipeline import ExportParityError, default_data_specs, export_model
-
-    if parity_data is None or calib is None:
-        default_parity, default_calib = default_data_specs(model)
-        parity_data, calib = parity_data or default_parity, calib or default_calib
+    from ..export.pipeline import ExportParityError
+    from ..segmenter import Segmenter
 
     profile = None
     if fmt == "tensorrt":
-        from ..export.tensorrt import build_profile
+        from ..runtime.tensorrt import build_profile
 
         profile = build_profile(min_shape, opt_shape, max_shape)
     elif any(v is not None for v in (min_shape, opt_shape, max_shape)):
         raise DigaError("--min/--opt/--max set a TensorRT optimisation profile; they need --format tensorrt")
     try:
-        report = export_model(model, fmt, out, opset=opset, dynamic=dynamic, embed_pre=embed_pre,
-                              embed_post=embed_post, parity_data=None if no_parity else parity_data,
-                              parity_images=parity_images, parity_size=parse_size(parity_size) if parity_size else None,
-                              calib=calib, calib_images=calib_images, calib_method=calib_method, val=val,
-                              val_limit=val_limit, precision=precision, trt_profile=profile, timing_cache=timing_cache)
+        report = Segmenter(model).export(
+            fmt, out, calib=calib, parity=not no_parity, parity_data=parity_data, opset=opset, dynamic=dynamic,
+            embed_pre=embed_pre, embed_post=embed_post, parity_images=parity_images,
+            parity_size=parse_size(parity_size) if parity_size else None, calib_images=calib_images,
+            calib_method=calib_method, val=val, val_limit=val_limit, precision=precision, trt_profile=profile,
+            timing_cache=timing_cache).to_dict()
     except ExportParityError as exc:
         write_json(json_path, exc.report)
         raise

@@ -20,10 +20,10 @@ app.add_typer(fleet_app, name="fleet")
 def _spec(model: Path, out: Path, vehicles: int, rounds: int, frames: int, stream: str, segments: str | None,
           size: str, seed: int, config: Path | None, budget_ms: float | None, threads: int,
           source: str | None = None):
-    from ..adapt.online import OnlineConfig
     from ..config import load_config
     from ..fleet.vehicle import FleetSpec
     from ..models.checkpoint import read_meta
+    from ..online.adapter import OnlineConfig
 
     read_meta(model)  # a missing or corrupt checkpoint fails here, before any process starts
     online = load_config(config, OnlineConfig, {"budget_ms": budget_ms, "source": source})

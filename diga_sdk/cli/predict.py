@@ -26,7 +26,7 @@ def predict_cmd(
                                    "(bearer token from DIGA_API_TOKEN)"),
 ) -> None:
     """Predict label maps with any runtime; `--runtime auto` picks (and says) the fastest one available."""
-    from ..serving.runtime import open_runtime
+    from ..segmenter import Segmenter
     from ..serving.runtime_files import collect_images, predict_files
 
     if url is not None:
@@ -41,7 +41,7 @@ def predict_cmd(
     if model is None:
         raise DigaError("diga predict needs --model PATH (a checkpoint or an exported model)")
     files = collect_images(images)
-    rt = open_runtime(model, runtime, device)
+    rt = Segmenter(model, runtime, device).runtime
     console.print(f"runtime: {rt.label}" + (f" ({rt.choice.get('reason')})" if rt.choice else ""), highlight=False)
     summary = predict_files(rt, files, out, color=color, batch_size=batch_size)
     summary["choice"] = rt.choice

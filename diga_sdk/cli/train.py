@@ -66,7 +66,8 @@ def evaluate_cmd(
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """Evaluate a checkpoint: mIoU, per-class IoU, pixel accuracy."""
-    from ..evaluate_specs import evaluate_specs, print_per_class
+    from ..evaluate_specs import print_per_class
+    from ..segmenter import Segmenter
 
     try:
         scale_list = tuple(float(v) for v in scales.split(","))
@@ -74,7 +75,8 @@ def evaluate_cmd(
         raise DigaError(f"--scales {scales!r}: write comma-separated numbers, e.g. 1.0,0.5") from None
     if not scale_list or any(v <= 0 for v in scale_list):
         raise DigaError(f"--scales {scales!r}: every scale must be positive")
-    results = evaluate_specs(model, data, subset=subset, scales=scale_list)
+    seg = Segmenter(model)
+    results = {spec: seg.val(spec, subset, scales=scale_list).to_dict() for spec in data}
     for spec, res in results.items():
         print_per_class(spec, res)
     write_json(json_path, results)

@@ -114,9 +114,3 @@ def to_train_ids(label_ids: np.ndarray, dataset: str) -> np.ndarray:
         raise DigaError(f"label IDs out of range for {dataset}: [{arr.min()}, {arr.max()}]")
     return lut[arr]
 
-
-def colorize(train_ids: np.ndarray) -> np.ndarray:
-    """(H,W) train IDs -> (H,W,3) uint8 Cityscapes colours; ignore is black."""
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    pal[:NUM_CLASSES] = PALETTE
-    return pal[np.asarray(train_ids, dtype=np.uint8)]

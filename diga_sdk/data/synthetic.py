@@ -4,7 +4,7 @@
 `.../labels` with Cityscapes label IDs) and the target in the Cityscapes layout
 (`target/leftImg8bit/{split}/{city}/*_leftImg8bit.png`, `target/gtFine/.../*_gtFine_labelIds.png`).
 Every image is a pure function of (seed, domain, split, index), so output is deterministic.
-The domain styles were calibrated once (see README) and are frozen: do not re-tune them.
+The domain styles were calibrated once (see docs/data.md) and are frozen: do not re-tune them.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 from ..data.datasets import Sample, open_dataset
+from ..data.images import resize_image, resize_labels
 from ..errors import DigaError
 
 
@@ -15,13 +15,6 @@ def spread_indices(n_total: int, n: int) -> list[int]:
         return []
     n = min(n, n_total)
     return sorted({int(i) for i in np.linspace(0, n_total - 1, n).round()})
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """(H,W,3) uint8 resized bilinearly to (H,W) = size (unchanged if None or already that size)."""
-    if size is None or tuple(image.shape[:2]) == tuple(size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
 
 
 def dataset_images(spec: str, n: int, size: tuple[int, int] | None = None, labelled: bool = False) -> list[Sample]:
@@ -35,6 +28,6 @@ def dataset_images(spec: str, n: int, size: tuple[int, int] | None = None, label
         s = ds[i]
         label = s.label
         if size is not None and label is not None and tuple(label.shape) != tuple(size):
-            label = np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
+            label = resize_labels(label, size)
         out.append(Sample(resize_image(s.image, size), label, s.name))
     return out

@@ -12,16 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DigaError
-from .metadata import GRAPH_KEY, GraphInfo
-
-RT_SECTION = "diga"
-
-
-def read_rt_info(model: Any) -> dict[str, str]:
-    """The diga key/values stored in an OpenVINO model's rt_info ({} when absent)."""
-    if not model.has_rt_info([RT_SECTION, "props"]):
-        return {}
-    return json.loads(model.get_rt_info([RT_SECTION, "props"]).astype(str))
+from ..runtime.metadata import GRAPH_KEY, RT_SECTION, GraphInfo, read_rt_info
 
 
 def _write_rt_info(model: Any, props: dict[str, str]) -> None:

@@ -21,7 +21,7 @@ def check_parity(checkpoint: str | Path, exported: str | Path, data: str, *, n_i
 
     Returns a report with `passed`; thresholds: max |logit diff| <= max_abs_diff and argmax agreement
     >= min_agreement percent (a graph with embedded post-processing is also checked on its label output)."""
-    from ..serving.runtime import open_runtime
+    from ..runtime.runtimes import open_runtime
 
     ref = open_runtime(checkpoint, "torch")
     exp = open_runtime(exported, runtime)

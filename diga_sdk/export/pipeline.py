@@ -16,9 +16,9 @@ from typing import Any
 from ..errors import DigaError
 from ..models.checkpoint import read_meta
 from ..progress import log
+from ..runtime.metadata import onnx_props
 from . import EXPORT_FORMATS
 from .images import dataset_images
-from .metadata import onnx_props
 
 DEFAULT_PARITY_DATA = "synthetic:target@val"
 DEFAULT_CALIB_DATA = "synthetic:target@train"
@@ -53,7 +53,7 @@ def check_format_args(fmt: str, out: Path, precision: str | None = None) -> None
     if out.is_dir():
         raise DigaError(f"--out {out} is a directory; give a file path")
     if fmt == "tensorrt":
-        from .tensorrt import ENGINE_PRECISIONS, require_tensorrt
+        from ..runtime.tensorrt import ENGINE_PRECISIONS, require_tensorrt
 
         if precision is not None and precision not in ENGINE_PRECISIONS:
             raise DigaError(f"TensorRT precision {precision!r} unsupported; use one of {', '.join(ENGINE_PRECISIONS)}")
@@ -70,7 +70,7 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, *, opset: in
                  val: str | None = None, val_limit: int | None = None, precision: str | None = None,
                  trt_profile: dict[str, Any] | None = None, timing_cache: str | Path | None = None) -> dict[str, Any]:
     """Export `checkpoint` to `fmt` at `out`; returns the report (also for the CLI's JSON)."""
-    from .onnx_export import export_onnx_model, save_onnx
+    from ..runtime.onnx_export import export_onnx_model, save_onnx
     from .parity import check_parity, format_parity
 
     out = Path(out)
@@ -138,8 +138,8 @@ def _convert(fmt: str, fp32: Path, tmp: Path, meta: Any, props: dict[str, str], 
         log.info("NNCF INT8 calibration on %d images of %s", len(samples), calib)
         return quantize_ir_int8(ir, tmp / "int8" / "model.xml", [s.image for s in samples], _preprocessor(meta))
     # tensorrt
-    from .tensorrt import build_engine, trt_major
-    from .tensorrt import require_tensorrt as _req
+    from ..runtime.tensorrt import build_engine, trt_major
+    from ..runtime.tensorrt import require_tensorrt as _req
 
     trt = _req()
     precision = precision or "fp16"
@@ -181,7 +181,7 @@ def _preprocessor(meta: Any):
 
 def _accuracy(fp32: Path, final: Path, fmt: str, val: str, limit: int | None) -> dict[str, Any]:
     """mIoU of the fp32 ONNX and of the exported model on `val` (for fp32 formats: the export only)."""
-    from ..serving.runtime import open_runtime
+    from ..runtime.runtimes import open_runtime
     from .accuracy import miou_change, runtime_miou
 
     if fmt == "tensorrt":
@@ -202,7 +202,7 @@ def _move_into_place(final: Path, out: Path) -> None:
     if final.suffix == ".xml":
         shutil.move(str(final.with_suffix(".bin")), out.with_suffix(".bin"))
     elif final.suffix == ".engine":
-        from .tensorrt import sidecar_path
+        from ..runtime.tensorrt import sidecar_path
 
         shutil.move(str(sidecar_path(final)), sidecar_path(out))
     shutil.move(str(final), out)

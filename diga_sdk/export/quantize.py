@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import DigaError
 from ..progress import log
-from .metadata import GRAPH_KEY, GraphInfo
+from ..runtime.metadata import GRAPH_KEY, GraphInfo
 
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 
@@ -79,7 +79,7 @@ def quantize_int8(fp32_onnx: str | Path, out: str | Path, calib_images: list[np.
     del qmodel.metadata_props[:]
     qmodel.metadata_props.extend(model.metadata_props)
     _set_precision(qmodel, "int8")
-    from .onnx_export import check_onnx, save_onnx
+    from ..runtime.onnx_export import check_onnx, save_onnx
 
     check_onnx(qmodel)
     return save_onnx(qmodel, out)
@@ -100,7 +100,7 @@ def convert_fp16(fp32_onnx: str | Path, out: str | Path) -> Path:
     del half.metadata_props[:]
     half.metadata_props.extend(props)
     _set_precision(half, "fp16")
-    from .onnx_export import check_onnx, save_onnx
+    from ..runtime.onnx_export import check_onnx, save_onnx
 
     check_onnx(half)
     return save_onnx(half, out)

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..adapt.online import OnlineAdapter
 from ..errors import DigaError
+from ..online.adapter import OnlineAdapter
 from ..progress import log
 
 

@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..adapt.online import OnlineAdapter, OnlineConfig, open_adapter
+from ..config import DigaConfig
 from ..data.streams import FrameStream
+from ..online.adapter import OnlineAdapter, OnlineConfig, open_adapter
 
 
-class FleetSpec(BaseModel):
+class FleetSpec(DigaConfig):
     """What every vehicle and the server agree on."""
-
-    model_config = ConfigDict(extra="forbid")
 
     checkpoint: str  # the shipped model
     workdir: str  # vehicles keep their adapter state under workdir/vehicle-N/

@@ -13,8 +13,21 @@ UNIFORM_CELL_TAU = 1e-5
 
 
 def _nb():
+    """The numba kernels, run with torch's thread count.
+
+    Numba's OpenMP threading layer starts on the first parallel launch and sets the OpenMP thread
+    count it shares with torch to NUMBA_NUM_THREADS (all cores), so without this every torch op after
+    the first kernel call ran with a different thread count than the caller set (and, through other
+    reduction splits, results ~1e-6 apart from the same op before it). Starting the layer here at
+    torch's count and handing torch its own count back keeps both at what the caller asked for."""
+    import numba
+
     from . import cpu_numba
 
+    n = torch.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
     return cpu_numba
 
 

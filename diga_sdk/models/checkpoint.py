@@ -51,7 +51,7 @@ class ModelMeta(BaseModel):
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: ModelMeta) -> Path:
     """Write the model's state dict + metadata to `path` atomically."""
-    from .. import __version__
+    from .._version import __version__
 
     meta = meta.model_copy(update={"sdk_version": __version__})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -1,4 +1,4 @@
 """Serving: runtimes behind one interface (runtime.py) and the BentoML service. Nothing heavy is
-imported here; `from diga_sdk.serving.runtime import open_runtime` loads only what a runtime needs."""
+imported here; `from diga_sdk.runtime.runtimes import open_runtime` loads only what a runtime needs."""
 
 from __future__ import annotations

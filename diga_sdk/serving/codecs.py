@@ -10,6 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from ..data.images import overlay as overlay  # the shared helpers, re-exported for the serving pipeline
+from ..data.images import resize_image as resize_image
+from ..data.images import resize_labels as resize_labels
 from ..errors import DigaError
 
 ALLOWED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -79,26 +82,6 @@ def to_rgb(img: Any) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H,W,3) uint8 -> (size[0], size[1], 3) uint8, bilinear (antialiased when shrinking); no copy if equal."""
-    from PIL import Image
-
-    h, w = size
-    if image.shape[:2] == (h, w):
-        return image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
-
-
-def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h,w) uint8 label map -> (size[0], size[1]) with nearest-neighbour (labels are never blended)."""
-    from PIL import Image
-
-    h, w = size
-    if labels.shape == (h, w):
-        return labels
-    return np.asarray(Image.fromarray(labels).resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
-
-
 def encode_png(array: np.ndarray) -> bytes:
     """(H,W) uint8 label map or (H,W,3) uint8 image -> PNG bytes (fast compression)."""
     from PIL import Image
@@ -106,17 +89,6 @@ def encode_png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
-
-def overlay(image: np.ndarray, labels: np.ndarray, palette: list[list[int]], alpha: float = 0.5) -> np.ndarray:
-    """Blend the class colours over the image; ignore-label pixels keep the image's colour."""
-    lut = np.zeros((256, 3), np.float32)
-    pal = np.asarray(palette, np.float32).reshape(-1, 3)[:IGNORE_LABEL]
-    lut[: len(pal)] = pal
-    colour = lut[labels]
-    weight = np.where(labels[..., None] == IGNORE_LABEL, 0.0, alpha).astype(np.float32)
-    out = image.astype(np.float32) * (1.0 - weight) + colour * weight
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def histogram(labels: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:

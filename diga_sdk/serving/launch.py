@@ -44,7 +44,7 @@ def server_env(settings: ServeSettings, base: dict[str, str] | None = None) -> d
 
 def check_settings(settings: ServeSettings) -> None:
     """Fail before start-up on what would only fail inside a worker: a missing model or models dir."""
-    from .runtime import model_format
+    from ..runtime.runtimes import model_format
 
     model_format(settings.model_path())
     if settings.models_dir is not None and not settings.models_dir.is_dir():

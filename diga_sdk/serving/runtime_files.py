@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.datasets import IMAGE_SUFFIXES, read_image
+from ..data.images import overlay
 from ..errors import DigaError
 from ..io import atomic_path
 from ..progress import progress_bar
@@ -28,18 +29,6 @@ def collect_images(paths: list[Path]) -> list[Path]:
     if not files:
         raise DigaError(f"no images found in {', '.join(map(str, paths))} (looked for {', '.join(IMAGE_SUFFIXES)})")
     return files
-
-
-def colorize(labels: np.ndarray, palette: list[list[int]]) -> np.ndarray:
-    """(H,W) train IDs -> (H,W,3) colours; ignore / unknown IDs are black."""
-    table = np.zeros((256, 3), np.uint8)
-    table[: len(palette)] = np.asarray(palette, np.uint8)
-    return table[labels]
-
-
-def overlay(image: np.ndarray, labels: np.ndarray, palette: list[list[int]], alpha: float = 0.5) -> np.ndarray:
-    """The image blended with the colour label map."""
-    return (image.astype(np.float32) * (1 - alpha) + colorize(labels, palette) * alpha).astype(np.uint8)
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:

@@ -58,7 +58,7 @@ class SegmentModel:
     """Owns the runtime: batched inference, metadata, hot-swap."""
 
     def __init__(self) -> None:
-        from .runtime import open_runtime
+        from ..runtime.runtimes import open_runtime
 
         self.settings = ServeSettings.from_env()
         s = self.settings

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
+from ..config import DigaConfig
 from ..errors import DigaError
 
 # environment variable -> field name
@@ -31,16 +32,16 @@ ENV_VARS = {
 }
 
 
-class ServeSettings(BaseModel):
+class ServeSettings(DigaConfig):
     """Everything the service reads at start-up; defaults are safe for a loopback deployment."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     model: Path | None = None  # the model file served at start-up (checkpoint, .onnx, .xml, engine)
     models_dir: Path | None = None  # hot-swap only loads files inside it (default: the model's folder)
-    runtime: str = "auto"
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino", "tensorrt"] = "auto"
     device: str = "cpu"
-    precision: str | None = None
+    precision: Literal["fp32", "fp16", "bf16", "int8"] | None = None
     threads: int | None = Field(default=None, ge=1)
     api_token: str | None = Field(default=None, repr=False)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)

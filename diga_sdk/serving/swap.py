@@ -100,7 +100,7 @@ class ModelSlot:
     def load_and_swap(self, path: Path, runtime: str, device: str, precision: str | None,
                       threads: int | None) -> dict[str, Any]:
         """Open `path`, smoke-test it against the served model, then swap; the old model serves until then."""
-        from .runtime import open_runtime
+        from ..runtime.runtimes import open_runtime
 
         if not self._lock.acquire(blocking=False):
             raise RequestError("another reload is in progress; retry when it has finished", 409)

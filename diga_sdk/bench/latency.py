@@ -74,19 +74,6 @@ def machine_info() -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- workers
-def peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM; ru_maxrss would carry the parent's peak across exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _worker(conn: Any, variant: Variant, shapes: list[tuple[int, int, int]], warmup: int, threads: int | None) -> None:
     """Open the runtime, warm up every shape, then answer ('run', shape_index) with seconds of one predict."""
     os.environ.setdefault("DIGA_NO_PROGRESS", "1")
@@ -95,7 +82,7 @@ def _worker(conn: Any, variant: Variant, shapes: list[tuple[int, int, int]], war
             import torch
 
             torch.set_num_threads(threads)
-        from ..serving.runtime import open_runtime
+        from ..runtime.runtimes import open_runtime
 
         rt = open_runtime(variant.path, variant.runtime, variant.device, precision=variant.precision, threads=threads)
         rng = np.random.default_rng(0)
@@ -110,6 +97,8 @@ def _worker(conn: Any, variant: Variant, shapes: list[tuple[int, int, int]], war
     while True:
         msg = conn.recv()
         if msg[0] == "stop":
+            from ..results import peak_rss_mib
+
             conn.send(("rss", peak_rss_mib()))
             return
         t0 = time.perf_counter()
@@ -182,12 +171,12 @@ def add_ratios(rows: list[dict[str, Any]], baseline: str = "torch-fp32") -> None
 def prepare_variants(checkpoint: str | Path, work: Path, *, calib: str, calib_images: int = 32,
                      include: list[str] | None = None, device: str = "cpu") -> list[Variant]:
     """Export what the paths need into `work` (fp32 ONNX, INT8 ONNX, NNCF INT8 IR; reused when present)."""
+    from ..export.images import dataset_images
+    from ..export.openvino import convert_to_ir, quantize_ir_int8
+    from ..export.pipeline import _preprocessor
+    from ..export.quantize import quantize_int8
     from ..models.checkpoint import checkpoint_hash, read_meta
-    from .images import dataset_images
-    from .onnx_export import export_onnx_model, save_onnx
-    from .openvino import convert_to_ir, quantize_ir_int8
-    from .pipeline import _preprocessor
-    from .quantize import quantize_int8
+    from ..runtime.onnx_export import export_onnx_model, save_onnx
 
     meta = read_meta(checkpoint)
     work = work / checkpoint_hash(checkpoint)
@@ -206,7 +195,7 @@ def prepare_variants(checkpoint: str | Path, work: Path, *, calib: str, calib_im
         calib_samples = dataset_images(calib, calib_images, tuple(meta.input_size))
         quantize_int8(fp32, int8, [s.image for s in calib_samples], _preprocessor(meta))
     if "openvino-int8" in want and not ir8.is_file():
-        from .metadata import onnx_props
+        from ..runtime.metadata import onnx_props
 
         if not ir.is_file():
             convert_to_ir(fp32, ir, onnx_props(fp32))
@@ -242,7 +231,7 @@ def run_latency(checkpoint: str | Path, *, sizes: list[tuple[int, int]], batches
     """Prepare every path, measure them interleaved, add ratios and the auto-versus-fastest verdict."""
     import torch
 
-    from .cache import cache_dir
+    from ..runtime.cache import cache_dir
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     machine = machine_info()
@@ -260,7 +249,7 @@ def run_latency(checkpoint: str | Path, *, sizes: list[tuple[int, int]], batches
 
 def _record_fastest(checkpoint: str | Path, rows: list[dict[str, Any]], device: str) -> None:
     """Record the fastest full-precision-graph runtime at batch 1 so `auto` reuses the measurement."""
-    from ..serving.runtime import choice_key, record_choice
+    from ..runtime.runtimes import choice_key, record_choice
 
     runtime_of = {"torch-fp32": "torch", "onnxruntime-fp32": "onnxruntime", "openvino-fp32": "openvino"}
     cands = [r for r in rows if r.get("variant") in runtime_of and r.get("batch") == 1]

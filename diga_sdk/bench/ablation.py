@@ -18,17 +18,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import AdaptConfig, TrainConfig
-from ..progress import log
-from ..results import print_stage_table, stage_entry, write_results
-from .distill import SelfTrainInputs
-from .pipeline import (
+from ..adapt.distill import SelfTrainInputs
+from ..adapt.pipeline import (
     evaluate_checkpoint,
     run_pipeline,
     run_stage,
     stage_centroids,
     stage_train,
 )
+from ..config import AdaptConfig, TrainConfig
+from ..progress import log
+from ..results import print_stage_table, stage_entry, write_results
 
 SOURCE_TRAIN, TARGET_TRAIN = "synthetic:source@train", "synthetic:target@train"
 
@@ -41,14 +41,14 @@ def demo_adapt_config(init_checkpoint: str, quick: bool = False) -> AdaptConfig:
             "warmup": cfg.warmup.model_copy(update={"steps": 4}),
             "selftrain": cfg.selftrain.model_copy(update={"steps": 4}), "checkpoint_every": 2})
     # 200 warm-up and 100 self-training steps per round: `make demo` (baselines included) within 20
-    # minutes on 2 idle cores, measured (README, "Measured results")
+    # minutes on 2 idle cores, measured (docs/adapt.md, "Measured results")
     return cfg.model_copy(update={"warmup": cfg.warmup.model_copy(update={"steps": 200}),
                                   "selftrain": cfg.selftrain.model_copy(update={"steps": 100})})
 
 
 def train_baselines(out: Path, quick: bool = False) -> list[dict[str, Any]]:
     """source_only and oracle (supervised, 500 steps each), evaluated on source-val and target-val."""
-    from .supervised import train_supervised
+    from ..adapt.supervised import train_supervised
 
     steps = 20 if quick else TrainConfig().steps
     entries = []

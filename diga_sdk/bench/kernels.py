@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..kernels import reference as ref
 from . import loop_style
-from . import reference as ref
 
 SHAPES: dict[str, dict[str, int]] = {
     # the paper's training shapes (DeepLabV2 on 512x896 crops, 1/8 features)
@@ -162,7 +162,7 @@ def _numba_threads() -> int:
 def _bench_shape(name: str, repeats: int, seed: int, machine: dict[str, float],
                  say: Callable[[str], None], ops: tuple[str, ...] = OPS) -> list[dict[str, Any]]:
     """The chosen training-time ops at one shape set."""
-    from . import cpu
+    from ..kernels import cpu
 
     rows: list[dict[str, Any]] = []
     s = SHAPES[name]
@@ -199,7 +199,7 @@ def _bench_shape(name: str, repeats: int, seed: int, machine: dict[str, float],
 
 def _bench_consensus(name: str, x: dict[str, torch.Tensor], s: dict[str, int], repeats: int,
                      machine: dict[str, float], say: Callable[[str], None]) -> dict[str, Any]:
-    from . import cpu
+    from ..kernels import cpu
 
     say(f"{name}: consensus_select")
     b, c, d, big_h, big_w, h, w = (s[k] for k in ("B", "C", "D", "H", "W", "h", "w"))
@@ -221,7 +221,7 @@ def _bench_consensus(name: str, x: dict[str, torch.Tensor], s: dict[str, int], r
 
 def _bench_class_mix(name: str, x: dict[str, torch.Tensor], repeats: int, machine: dict[str, float],
                      say: Callable[[str], None]) -> dict[str, Any]:
-    from . import cpu
+    from ..kernels import cpu
 
     say(f"{name}: class_mix")
     la = x["pseudo"]
@@ -235,7 +235,7 @@ def _bench_class_mix(name: str, x: dict[str, torch.Tensor], repeats: int, machin
 
 
 def _bench_distillation(name: str, repeats: int, machine: dict[str, float], say: Callable[[str], None]) -> dict[str, Any]:
-    from .ops import _FusedDistillation
+    from ..kernels.ops import _FusedDistillation
 
     say(f"{name}: symmetric_distillation_loss (forward + backward)")
     teacher, student = distillation_inputs(SHAPES[name])
@@ -270,7 +270,7 @@ def postprocess_logits(size: tuple[int, int], seed: int = 0) -> dict[str, torch.
 def _bench_postprocess(size: tuple[int, int], repeats: int, seed: int, machine: dict[str, float],
                        say: Callable[[str], None]) -> list[dict[str, Any]]:
     """upsample_argmax: F.interpolate + argmax (the unfused reference) against the fused CPU path."""
-    from . import cpu
+    from ..kernels import cpu
 
     rows = []
     for kind, logits in postprocess_logits(size, seed).items():

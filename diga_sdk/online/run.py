@@ -4,7 +4,6 @@ only), per-frame cost, actions (updates, skips, rollbacks), peak RSS; JSON and a
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,12 +19,8 @@ from ..evaluate import predict_labels
 from ..io import atomic_path
 from ..metrics import ConfusionMatrix
 from ..progress import progress_bar
-from .online import FrameResult, OnlineAdapter
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process (MiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from ..results import peak_rss_mib
+from .adapter import FrameResult, OnlineAdapter
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -78,7 +73,7 @@ def run_stream(adapter: OnlineAdapter, frames: Iterable[Frame], total: int, froz
                     "max": max(totals) if totals else None,
                     "predict_median": percentile([r["predict_ms"] for r in per_frame], 50),
                     "update_median": percentile([r["update_ms"] for r in per_frame if r["update_ms"]], 50)},
-        "peak_rss_mb": peak_rss_mb(), "adapter": adapter.summary(), "per_frame": per_frame,
+        "peak_rss_mb": peak_rss_mib(), "adapter": adapter.summary(), "per_frame": per_frame,
     }
 
 

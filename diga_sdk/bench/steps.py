@@ -13,19 +13,19 @@ from typing import Any
 
 import torch
 
+from ..adapt.augment import StrongView
+from ..adapt.distill import StepContext, diga_step
+from ..adapt.ema import EMATeacher
+from ..adapt.mixture import cross_domain_mixture
+from ..adapt.optim import make_optimizer, set_poly_lr
+from ..adapt.supervised import seg_loss
+from ..adapt.translators import FourierTranslator
 from ..config import DistilConfig, OptimConfig, SelectionConfig
 from ..data.transforms import normalize
 from ..io import atomic_write_bytes, atomic_write_json
 from ..models.registry import build_model, channels_last
 from ..progress import console
 from ..results import env_info
-from .augment import StrongView
-from .distill import StepContext, diga_step
-from .ema import EMATeacher
-from .mixture import cross_domain_mixture
-from .optim import make_optimizer, set_poly_lr
-from .supervised import seg_loss
-from .translators import FourierTranslator
 
 
 def _blocky_labels(b: int, h: int, w: int, num_classes: int, gen: torch.Generator) -> torch.Tensor:

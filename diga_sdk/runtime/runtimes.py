@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import DigaError
-from ..export.cache import cache_dir
 from ..models.checkpoint import ModelMeta
 from ..progress import log
+from .cache import cache_dir
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
 CHECKPOINT_SUFFIXES = (".safetensors",)
@@ -200,7 +200,7 @@ class OnnxRuntime(Runtime):
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from ..export.metadata import parse_metadata
+        from .metadata import parse_metadata
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -242,8 +242,7 @@ class OpenVinoRuntime(Runtime):
     def __init__(self, path: Path, device: str = "cpu", precision: str | None = None, threads: int | None = None) -> None:
         import openvino as ov
 
-        from ..export.metadata import parse_metadata
-        from ..export.openvino import read_rt_info
+        from .metadata import parse_metadata, read_rt_info
 
         if precision not in (None, *OV_PRECISIONS):
             raise DigaError(f"openvino precision {precision!r} unsupported; use one of {sorted(OV_PRECISIONS)}")
@@ -286,7 +285,7 @@ class OpenVinoRuntime(Runtime):
 
 
 def _onnx_custom_props(path: Path) -> dict[str, str]:
-    from ..export.metadata import onnx_props
+    from .metadata import onnx_props
 
     return onnx_props(path)
 
@@ -298,11 +297,11 @@ class TensorRTRuntime(Runtime):
     name = "tensorrt"
 
     def __init__(self, path: Path, device: str = "cuda") -> None:
-        from ..export.tensorrt import load_engine
+        from .tensorrt import load_engine
 
         engine, sidecar = load_engine(path)
         meta, graph = ModelMeta.model_validate(sidecar["meta"]), sidecar["graph"]
-        from ..export.metadata import GraphInfo
+        from .metadata import GraphInfo
 
         graph = GraphInfo.model_validate(graph)
         super().__init__(meta, sidecar.get("source_checkpoint_hash", ""), device if device != "cpu" else "cuda",
@@ -379,7 +378,7 @@ def _open(p: Path, kind: str, runtime: str, device: str, precision: str | None, 
     if runtime == "tensorrt":
         return TensorRTRuntime(p, device)
     if kind == "checkpoint":
-        from ..export.onnx_export import cached_onnx
+        from .onnx_export import cached_onnx
 
         p = cached_onnx(p)
     if runtime == "onnxruntime":

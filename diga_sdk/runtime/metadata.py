@@ -14,6 +14,7 @@ from ..models.checkpoint import ModelMeta
 META_KEY = "diga.meta"
 GRAPH_KEY = "diga.graph"
 HASH_KEY = "diga.source_checkpoint_hash"
+RT_SECTION = "diga"  # the OpenVINO rt_info section holding the same key/values
 
 
 class GraphInfo(BaseModel):
@@ -32,7 +33,7 @@ class GraphInfo(BaseModel):
 
 def metadata_props(meta: ModelMeta, graph: GraphInfo, source_hash: str) -> dict[str, str]:
     """String key/values for ONNX `metadata_props` (also used for OpenVINO rt_info and the TensorRT sidecar)."""
-    from .. import __version__
+    from .._version import __version__
 
     return {
         META_KEY: meta.model_dump_json(),
@@ -69,3 +70,10 @@ def onnx_props(path: Any) -> dict[str, str]:
     except Exception as exc:  # onnx raises DecodeError / OSError variants
         raise DigaError(f"ONNX file {path} is corrupt or unreadable ({exc}); re-export it") from None
     return {p.key: p.value for p in model.metadata_props}
+
+
+def read_rt_info(model: Any) -> dict[str, str]:
+    """The diga key/values stored in an OpenVINO model's rt_info ({} when absent)."""
+    if not model.has_rt_info([RT_SECTION, "props"]):
+        return {}
+    return json.loads(model.get_rt_info([RT_SECTION, "props"]).astype(str))

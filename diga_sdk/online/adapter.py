@@ -56,33 +56,33 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .. import kernels
-from ..config import OptimConfig
+from ..adapt.augment import StrongView
+from ..adapt.centroids import FAR, class_means, labels_at, momentum_update
+from ..adapt.ema import EMATeacher
+from ..adapt.mixture import source_to_target_classmix
+from ..adapt.optim import make_optimizer
+from ..adapt.supervised import seg_loss
+from ..config import DigaConfig, OptimConfig
 from ..data.labels import IGNORE_INDEX
 from ..data.transforms import normalize, step_rng, to_tensor
 from ..errors import DigaError
 from ..io import atomic_path
 from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from ..models.registry import build_model
-from .augment import StrongView
-from .centroids import FAR, class_means, labels_at, momentum_update
-from .ema import EMATeacher
-from .mixture import source_to_target_classmix
-from .online_replay import ReplayBuffer
-from .online_safety import HealthMonitor, SafetyConfig, frame_signals
-from .online_source import SourceAnchor
-from .optim import make_optimizer
-from .supervised import seg_loss
+from .replay import ReplayBuffer
+from .safety import HealthMonitor, SafetyConfig, frame_signals
+from .source import SourceAnchor
 
 STATE_VERSION = 2  # 2: the shipped weights (stochastic restore) are part of the state
 MODEL_FAILURES = frozenset({"shipped", "agreement"})  # health reasons that blame the adapted model, not the input
@@ -92,10 +92,8 @@ BUDGET_MARGIN = 0.05  # share of the budget kept free (timer jitter, allocator)
 PRIOR_FB_FACTOR = 3.0  # before any update: forward+backward ms/kpx ~ 3 x the prediction's forward ms/kpx
 
 
-class OnlineConfig(BaseModel):
+class OnlineConfig(DigaConfig):
     """Every setting of online adaptation."""
-
-    model_config = ConfigDict(extra="forbid")
 
     lr: float = 0.002
     momentum: float = 0.9
@@ -106,7 +104,7 @@ class OnlineConfig(BaseModel):
     aug_beta: float = 0.3
     lambda_distil: float = 0.25
     ema_decay: float = 0.99
-    bn: str = Field("adapt", pattern="^(adapt|adapt-batch|frozen)$")
+    bn: Literal["adapt", "adapt-batch", "frozen"] = "adapt"
     bn_momentum: float = 0.01
     centroid_momentum: float = 1e-3
     update_every: int = Field(1, ge=1)

@@ -14,7 +14,7 @@ The first `calib_frames` frames set the reference. Each signal is smoothed (EMA)
 "bad" when any smoothed signal crosses its bound; `patience` bad frames in a row call a collapse.
 Collapse-shaped failures (one class everywhere, blank or noise input, a student drifting away from
 its teacher) cross these bounds; a camera or weather change moves them less (the bounds were set on
-the fog and dusk scenarios of `diga_sdk.data.streams`, see the README, "On-device adaptation").
+the fog and dusk scenarios of `diga_sdk.data.streams`, see docs/online.md, "Measured").
 """
 
 from __future__ import annotations
@@ -23,23 +23,22 @@ import math
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
+
+from ..config import DigaConfig
 
 
-class SafetyConfig(BaseModel):
+class SafetyConfig(DigaConfig):
     """Bounds of the health monitor (relative to the reference unless named absolute)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     calib_frames: int = 8
     smoothing: float = 0.5  # EMA weight of the newest frame
     # agreement is measured on one random strongly augmented crop per update, so a single value swings
-    # by +-0.1 on a healthy stream (256x512 runs, README): it is smoothed over ~5 updates, not 2
+    # by +-0.1 on a healthy stream (256x512 runs, docs/online.md): it is smoothed over ~5 updates, not 2
     agreement_smoothing: float = 0.2
     patience: int = 2  # consecutive bad frames that call a collapse
-    # Bounds set from the shipped warm-up model's smoothed signals on 256x512 streams (README, "On-device
-    # adaptation", Measured): clear, fog and dusk must pass, noise must not.
+    # Bounds set from the shipped warm-up model's smoothed signals on 256x512 streams (docs/online.md,
+    # "Measured"): clear, fog and dusk must pass, noise must not.
     min_kept_ratio: float = 0.35  # kept < 0.35 * reference kept (fog min 0.52x)
     max_drift: float = 0.7  # absolute total-variation distance (clear <= 0.27, dusk <= 0.53, fog <= 0.60)
     min_diversity_ratio: float = 0.25  # effective classes < 0.25 * reference (fog min 0.28x: 0.5 false-alarmed on fog)
@@ -52,7 +51,7 @@ class SafetyConfig(BaseModel):
     # Adaptation itself moves the features away from the slowly updated centroids (anchored 600-frame
     # run: 33 frames over 1.35x a fixed reference, 12 rollbacks in all); noise or a blank lens jumps in 2-3 frames
     distance_tracking: float = 0.02
-    # absolute share of pixels. Measured on the clean 256x512 target stream (README, "On-device adaptation"):
+    # absolute share of pixels. Measured on the clean 256x512 target stream (docs/online.md):
     # 0.4 let a slow self-training drift through (-9 mIoU by frame 150, no other signal crossed its bound);
     # 0.6 stops the student once it moved that far from its teacher
     min_agreement: float = 0.6

@@ -17,11 +17,11 @@ def run_precision(checkpoint: str | Path, val: str, *, calib: str, calib_images:
                   work: Path | None = None, threads: int | None = None,
                   skip: list[str] | None = None) -> dict[str, Any]:
     """{rows: [{path, runtime, miou, delta_vs_fp32}], ...}: each path evaluated on `val` with its runtime."""
+    from ..export.accuracy import runtime_miou
+    from ..export.quantize import convert_fp16
     from ..models.checkpoint import checkpoint_hash
-    from ..serving.runtime import open_runtime
-    from .accuracy import runtime_miou
-    from .cache import cache_dir
-    from .quantize import convert_fp16
+    from ..runtime.cache import cache_dir
+    from ..runtime.runtimes import open_runtime
 
     base = work or cache_dir() / "bench"
     variants = {v.name: v for v in prepare_variants(checkpoint, base, calib=calib, calib_images=calib_images,

@@ -1,0 +1,46 @@
+"""The docs: README stays a newcomer's page, the docs hold no ticket language, and every generated results
+table equals what `python -m diga_sdk.bench.docs` renders from the JSON it quotes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from diga_sdk.bench.docs import main, render_results
+
+ROOT = Path(__file__).resolve().parents[1]
+TICKET_WORDS = re.compile(r"\b(issue|issues|bar|bars|not met|met)\b|#\d+\b", re.IGNORECASE)
+
+
+def test_generated_tables_match_their_json():
+    assert main(["--root", str(ROOT), "--check"]) == 0, "run python -m diga_sdk.bench.docs"
+
+
+def test_a_changed_measurement_makes_the_docs_stale(tmp_path):
+    for part in ("benchmarks/results", "docs"):
+        shutil.copytree(ROOT / part, tmp_path / part)
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    assert main(["--root", str(tmp_path), "--check"]) == 0
+    demo = tmp_path / "benchmarks" / "results" / "demo_results.json"
+    res = json.loads(demo.read_text())
+    res["stages"][-1]["target_val_miou"] += 1.0
+    demo.write_text(json.dumps(res))
+    assert main(["--root", str(tmp_path), "--check"]) == 1
+    assert main(["--root", str(tmp_path)]) == 0 and main(["--root", str(tmp_path), "--check"]) == 0
+    assert f"{res['stages'][-1]['target_val_miou']:.1f}" in (tmp_path / "README.md").read_text()
+    assert render_results(tmp_path / "benchmarks" / "results") == (tmp_path / "docs" / "results.md").read_text()
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    for page in ("adapt", "kernels", "export", "serving", "online", "data", "results"):
+        assert f"docs/{page}.md" in readme and (ROOT / "docs" / f"{page}.md").is_file()
+
+
+def test_docs_hold_no_ticket_language():
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for n, line in enumerate(page.read_text().splitlines(), 1):
+            assert not TICKET_WORDS.search(line), f"{page.name}:{n}: {line.strip()}"
