@@ -62,3 +62,10 @@ def test_user_data_never_evaluates_on_the_embedded_benchmark() -> None:
     cfg = load_config(None, AdaptConfig, {"source": "gta5:/data/gta5", "target": "folder:/data/fleet"})
     assert cfg.eval_sets() == []
     assert load_config(None, AdaptConfig).eval_sets() == ["synthetic:target@val", "synthetic:source@val"]
+
+
+def test_synthia_classes_are_the_16_class_protocol() -> None:
+    from diga_sdk.data.labels import SUBSETS
+    from diga_sdk.presets import SYNTHIA_CLASSES
+
+    assert tuple(SYNTHIA_CLASSES) == SUBSETS[16]
