@@ -27,6 +27,9 @@ from .. import kernels
 from ..config import AdaptConfig, DistilConfig, SelectionConfig
 from ..data.datasets import open_dataset
 from ..data.transforms import BatchSampler, normalize, step_rng
+from ..errors import DigaError
+from ..interrupt import interrupt_at_step_boundary, stopped
+from ..io import file_sha256
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.registry import channels_last
 from ..progress import log, progress_bar
@@ -38,7 +41,7 @@ from .mixture import cross_domain_mixture
 from .optim import make_optimizer, set_poly_lr
 from .pseudo import PseudoLabelledDataset
 from .state import has_train_state, load_train_state, save_train_state
-from .supervised import seg_loss
+from .supervised import check_crop, seg_loss
 from .translators import Translator, build_translator
 
 
@@ -158,7 +161,9 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     out.mkdir(parents=True, exist_ok=True)
     state_dir = out / "state"
     torch.manual_seed(cfg.seed)
-    src = BatchSampler(open_dataset(cfg.source), scfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.seed,
+    src_data = open_dataset(cfg.source)
+    check_crop(tuple(cfg.crop), src_data, cfg.source)
+    src = BatchSampler(src_data, scfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.seed,
                        stream=f"{stage}-src")
     tgt_images = open_dataset(cfg.target, labelled=False)
     sel = selftrain.selection if selftrain else None
@@ -181,8 +186,13 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
 
     modules = {"model": student, **({"teacher": teacher.module} if teacher else {})}
     start = 0
+    init_hash = file_sha256(init_checkpoint)
     if resume and has_train_state(state_dir):
         info, extra = load_train_state(state_dir, modules, optimizer)
+        if info.get("init_sha256") not in (None, init_hash):
+            raise DigaError(f"--resume: the state in {state_dir} was trained from another --init model "
+                            f"(sha256 {info['init_sha256'][:12]}, given {init_hash[:12]}); pass the same --init "
+                            "or use --overwrite to start the stage again")
         start = int(info["step"])
         if centroids is not None and "centroids" in extra:
             centroids, seen = extra["centroids"].to(device), extra["seen"].bool().to(device)
@@ -192,13 +202,14 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     def save_state(step: int) -> None:
         if world.is_main:
             extra = {"centroids": centroids, "seen": seen.to(torch.uint8)} if centroids is not None else None
-            save_train_state(state_dir, modules, optimizer, {"step": step, "stage": stage}, extra)
+            save_train_state(state_dir, modules, optimizer, {"step": step, "stage": stage, "init_sha256": init_hash},
+                             extra)
 
     ctx = StepContext(stage=stage, seed=cfg.seed, scfg=scfg, num_classes=num_classes, net=net, teacher=teacher,
                       optimizer=optimizer, translator=translator, strong=strong, world=world, device=device,
                       selection=sel, centroids=centroids, seen=seen)
     t0 = time.time()
-    with progress_bar(stage, scfg.steps, completed=start) as bar:
+    with interrupt_at_step_boundary() as interrupt, progress_bar(stage, scfg.steps, completed=start) as bar:
         for step in range(start, scfg.steps):
             x_s, y_s, _ = src.batch(step)
             x_t, pl_t, _ = tgt.batch(step)
@@ -211,6 +222,9 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < scfg.steps:
                 save_state(step + 1)
             _crash_hook(stage, step + 1)
+            if interrupt() and step + 1 < scfg.steps:
+                save_state(step + 1)
+                raise stopped(stage, step + 1, out)
     log.info("%s: %d steps in %.0f s", stage, scfg.steps - start, time.time() - t0)
     ckpt = out / "model.safetensors"
     if world.is_main:

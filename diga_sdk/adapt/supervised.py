@@ -12,6 +12,8 @@ from ..config import TrainConfig, save_config
 from ..data.datasets import open_dataset
 from ..data.labels import IGNORE_INDEX
 from ..data.transforms import BatchSampler, normalize
+from ..errors import DigaError
+from ..interrupt import interrupt_at_step_boundary, stopped
 from ..models.checkpoint import ModelMeta, save_checkpoint
 from ..models.registry import build_model, channels_last
 from ..progress import log, progress_bar
@@ -30,6 +32,14 @@ def model_meta(cfg_model, stage: str, input_size: tuple[int, int]) -> ModelMeta:
                      input_size=list(input_size), stage=stage)
 
 
+def check_crop(crop: tuple[int, int], data, spec: str) -> None:
+    """A training crop must fit the images (checked on the first one): a bigger crop trains mostly on padding."""
+    h, w = data[0].image.shape[:2]
+    if crop[0] > h or crop[1] > w:
+        raise DigaError(f"crop {crop[0]}x{crop[1]} is larger than the images of {spec} ({h}x{w}); set crop to at "
+                        f"most [{h}, {w}]")
+
+
 def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source_only", resume: bool = False) -> Path:
     """Train on `cfg.train_data` with labels; returns the final checkpoint `out_dir/model.safetensors`.
 
@@ -37,10 +47,11 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
     uninterrupted run (deterministic batches, restored optimizer and RNG).
     """
     out = Path(out_dir)
+    data = open_dataset(cfg.train_data)
+    check_crop(tuple(cfg.crop), data, cfg.train_data)  # both before anything is written
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
-    data = open_dataset(cfg.train_data)
     sampler = BatchSampler(data, cfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.seed)
     model = build_model(cfg.model.name, cfg.model.num_classes, backbone_weights=cfg.model.backbone_weights,
                         **cfg.model.options).to(cfg.device)
@@ -54,7 +65,7 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
         log.info("resuming %s from step %d", stage, start)
     model.train()
     t0 = time.time()
-    with progress_bar(stage, cfg.steps, completed=start) as bar:
+    with interrupt_at_step_boundary() as interrupt, progress_bar(stage, cfg.steps, completed=start) as bar:
         for step in range(start, cfg.steps):
             lr = set_poly_lr(optimizer, cfg.optim, step, cfg.steps)
             x, y, _ = sampler.batch(step)
@@ -67,6 +78,9 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
             bar.advance(text=f"loss {loss.item():.3f} lr {lr:.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 save_train_state(state_dir, {"model": model}, optimizer, {"step": step + 1, "stage": stage})
+            if interrupt() and step + 1 < cfg.steps:
+                save_train_state(state_dir, {"model": model}, optimizer, {"step": step + 1, "stage": stage})
+                raise stopped(stage, step + 1, out)
     log.info("%s: %d steps in %.0f s", stage, cfg.steps - start, time.time() - t0)
     size = tuple(data[0].image.shape[:2])
     ckpt = save_checkpoint(model, out / "model.safetensors", model_meta(cfg.model, stage, size))

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..config import TrainConfig, config_to_yaml, load_config
+from ..outputs import claim_run_folder
 from ..progress import console
 from . import app
 from .common import dumps, write_json
@@ -19,10 +20,11 @@ def train(
     oracle: bool = typer.Option(False, "--oracle", help="train on target labels (the upper bound)"),
     data: str | None = typer.Option(None, "--data", help="training dataset spec (overrides the config)"),
     model: str | None = typer.Option(None, "--model", help="model name, e.g. light or deeplabv2_r101"),
-    steps: int | None = typer.Option(None, "--steps"),
-    batch_size: int | None = typer.Option(None, "--batch-size"),
+    steps: int | None = typer.Option(None, "--steps", min=1),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     seed: int | None = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="continue from the run folder's last state"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run already in --out"),
     json_path: Path | None = typer.Option(None, "--json", help="write the evaluation results here"),
 ) -> None:
     """Train a source-only model (or, with --oracle, a target-trained one) and evaluate it."""
@@ -32,6 +34,7 @@ def train(
     overrides = {"train_data": data or ("synthetic:target@train" if oracle else None), "model.name": model,
                  "steps": steps, "batch_size": batch_size, "seed": seed}
     cfg = load_config(config, TrainConfig, overrides)
+    claim_run_folder(out, resume=resume, overwrite=overwrite)
     console.print(config_to_yaml(cfg), highlight=False)
     stage = "oracle" if oracle else "source_only"
     ckpt = train_supervised(cfg, out, stage=stage, resume=resume)
@@ -46,12 +49,14 @@ def train(
 def evaluate_cmd(
     model: Path = typer.Option(..., "--model", help="checkpoint (.safetensors)"),
     data: list[str] = typer.Option(..., "--data", help="labelled dataset spec(s)"),
-    subset: int = typer.Option(19, help="classes to average over: 19, 16 or 13 (SYNTHIA protocols)"),
+    subset: int = typer.Option(19, "--subset", help="classes to average over: 19, 16 or 13 (SYNTHIA protocols)"),
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """Evaluate a checkpoint: mIoU, per-class IoU, pixel accuracy."""
     from ..evaluate_specs import evaluate_specs, print_per_class
 
+    if subset not in (19, 16, 13):
+        raise typer.BadParameter(f"{subset} is not one of 19, 16, 13", param_hint="'--subset'")
     results = evaluate_specs(model, data, subset=subset)
     for spec, res in results.items():
         print_per_class(spec, res)

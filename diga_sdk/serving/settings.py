@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import DigaError
+from .codecs import DEFAULT_MAX_PIXELS
 
 # environment variable -> field name
 ENV_VARS = {
@@ -44,7 +45,7 @@ class ServeSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     api_token: str | None = Field(default=None, repr=False)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(default=40_000_000, ge=64)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=64)
     batching: bool = True
     max_batch_size: int = Field(default=8, ge=1, le=256)
     max_latency_ms: int = Field(default=10_000, ge=1)
