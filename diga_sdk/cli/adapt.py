@@ -14,7 +14,7 @@ from ..outputs import claim_run_folder
 from ..progress import console
 from . import app
 from .bench import bench_app
-from .common import dumps, write_json
+from .common import above, dumps, write_json
 
 adapt_app = typer.Typer(help="DiGA adaptation: the whole pipeline (no sub-command) or one stage.")
 app.add_typer(adapt_app, name="adapt")
@@ -125,7 +125,7 @@ def selftrain(
     out: Path = typer.Option(..., "--out", help="stage folder"),
     centroids_file: Path | None = typer.Option(None, "--centroids", help="centroids.safetensors (consensus)"),
     selection: str | None = typer.Option(None, "--selection", help="consensus (default), threshold or none"),
-    threshold: float | None = typer.Option(None, "--threshold", min=0.0, min_open=True, max=1.0,
+    threshold: float | None = typer.Option(None, "--threshold", callback=above(0.0, 1.0),
                                            help="with --selection threshold: keep pixels with max prob >= it"),
     config: Path | None = typer.Option(None, "--config"),
     source: str | None = typer.Option(None, "--source"),

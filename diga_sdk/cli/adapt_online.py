@@ -9,7 +9,7 @@ import typer
 from ..errors import DigaError
 from ..progress import console
 from .adapt import adapt_app
-from .common import parse_size, write_json
+from .common import above, parse_size, write_json
 
 SHIPPED_HASH_KEY = "shipped_sha256"  # recorded in the adapter state: --resume refuses another --model
 
@@ -25,7 +25,7 @@ def online(
                                         help="condition changes, e.g. fog@0.5 or dusk@0.5,noise@100:130"),
     size: str = typer.Option("256x512", "--size", help="frame size HxW of scenario streams"),
     seed: int = typer.Option(0, "--seed", help="stream and update seed"),
-    budget_ms: float | None = typer.Option(None, "--budget-ms", min=0.0, min_open=True, help="per-frame time budget (predict + update)"),
+    budget_ms: float | None = typer.Option(None, "--budget-ms", callback=above(0.0), help="per-frame time budget (predict + update)"),
     bn: str | None = typer.Option(None, "--bn", help="batch-norm handling: adapt (default: running statistics from the clean target crops), adapt-batch (from the training batch) or frozen"),
     no_safety: bool = typer.Option(False, "--no-safety", help="disable the health monitor and rollback"),
     source: str | None = typer.Option(None, "--source",

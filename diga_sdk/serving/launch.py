@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def server_env(settings: ServeSettings, base: dict[str, str] | None = None) -> d
 
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in ENV_VARS}
     env.update(settings.to_env())
+    env.setdefault("DIGA_SERVE_SESSION", uuid.uuid4().hex)  # scopes the recorded hot-swap to this start
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     return env
 

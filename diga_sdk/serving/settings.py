@@ -29,6 +29,9 @@ ENV_VARS = {
     "DIGA_MAX_LATENCY_MS": "max_latency_ms",
     "DIGA_WORKERS": "workers",
     "DIGA_TIMEOUT_S": "timeout_s",
+    "DIGA_SERVE_SESSION": "session",
+    "DIGA_DRAIN_FILE": "drain_file",
+    "DIGA_FATAL_FILE": "fatal_file",
 }
 
 
@@ -51,6 +54,11 @@ class ServeSettings(BaseModel):
     max_latency_ms: int = Field(default=10_000, ge=1)
     workers: int = Field(default=1, ge=1, le=64)
     timeout_s: int = Field(default=60, ge=1)
+    # set by the `diga serve` supervisor: one id per start (scopes the recorded hot-swap), the file whose
+    # existence turns readiness off (drain), the file a worker that cannot load its model writes its error to
+    session: str | None = None
+    drain_file: Path | None = None
+    fatal_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
