@@ -136,9 +136,8 @@ def test_numbers_out_of_range_are_usage_errors(argv, capsys) -> None:
 
 
 def test_config_numbers_are_checked() -> None:
-    from diga_sdk.config import AdaptConfig, TrainConfig
+    from diga_sdk.config import AdaptConfig, TrainConfig, load_config
     from diga_sdk.errors import DigaError
-    from diga_sdk.config import load_config
 
     for cls, overrides in ((TrainConfig, {"steps": 0}), (TrainConfig, {"crop": [0, 64]}),
                            (TrainConfig, {"scale": [1.5, 0.5]}), (AdaptConfig, {"rounds": -1}),
