@@ -256,10 +256,11 @@ def test_metrics_gauge_parsing_counts_only_real_requests() -> None:
     from diga_sdk.serving.supervise import in_flight
 
     text = ("# TYPE bentoml_service_request_in_progress gauge\n"
-            'bentoml_service_request_in_progress{endpoint="/readyz",service_name="s"} 6.0\n'
-            'bentoml_service_request_in_progress{endpoint="/metrics",service_name="s"} 1.0\n'
-            'bentoml_service_request_in_progress{endpoint="/segment",service_name="s"} 2.0\n'
-            'bentoml_service_request_in_progress{endpoint="/infer",service_name="m"} 1.0\n')
+            'bentoml_service_request_in_progress{endpoint="/readyz",service_name="diga_segmenter"} 6.0\n'
+            'bentoml_service_request_in_progress{endpoint="/metrics",service_name="diga_segmenter"} 1.0\n'
+            'bentoml_service_request_in_progress{endpoint="/segment",service_name="diga_segmenter"} 2.0\n'
+            'bentoml_service_request_in_progress{endpoint="/admin/reload",service_name="diga_segmenter"} 1.0\n'
+            'bentoml_service_request_in_progress{endpoint="/infer",service_name="diga_model"} 3.0\n')
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802

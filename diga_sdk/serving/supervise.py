@@ -24,6 +24,7 @@ from .settings import ServeSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 POLL_S = 0.5
+ENTRY_SERVICE = "diga_segmenter"  # the public BentoML service's name (service.py)
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,11 @@ def drain(url: str, headers: dict[str, str], drain_file: Path, timeout: float) -
 
 
 def in_flight(url: str, headers: dict[str, str]) -> int:
-    """Requests in progress across the server's workers (BentoML's Prometheus gauge, probes and the metrics
-    request itself left out); -1 when the server does not answer."""
+    """Public requests in progress across the API workers (BentoML's Prometheus gauge of the entry service,
+    probes and the metrics request itself left out); -1 when the server does not answer.
+
+    The model service's own gauge is not counted: every model call runs inside a public request, and a model
+    worker killed mid-call leaves its gauge entries behind (BentoML does not clear a dead worker's values)."""
     import httpx
 
     try:
@@ -172,7 +176,7 @@ def in_flight(url: str, headers: dict[str, str]) -> int:
         return -1
     total = 0.0
     for line in text.splitlines():
-        if line.startswith("#") or "request_in_progress" not in line:
+        if line.startswith("#") or "request_in_progress" not in line or f'service_name="{ENTRY_SERVICE}"' not in line:
             continue
         if any(f'endpoint="{p}"' in line for p in ("/metrics", "/readyz", "/livez", "/healthz")):
             continue
