@@ -72,7 +72,8 @@ def export_onnx_model(checkpoint: str | Path, *, opset: int = DEFAULT_OPSET, dyn
 
     low, high = supported_opsets()
     if not low <= opset <= high:
-        raise DigaError(f"opset {opset} is not supported by the installed exporter; use --opset {low} to {high}")
+        why = "is too old" if opset < low else "is newer than the installed exporter supports"
+        raise DigaError(f"opset {opset} {why}; use --opset {low} to {high}")
     model, meta = load_checkpoint(checkpoint, "cpu")
     graph = graph_info(embed_pre, embed_post, opset)
     wrapper = DeployGraph(model, meta, embed_pre, embed_post).eval()
