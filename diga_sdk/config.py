@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import DigaError
 from .io import atomic_write_bytes
 
 T = TypeVar("T", bound=BaseModel)
+
+# constrained numbers: every count and size is checked where a config is built (YAML, CLI, code)
+Count = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+
+
+def _ordered(pair: tuple[float, float]) -> tuple[float, float]:
+    if pair[0] > pair[1]:
+        raise ValueError(f"the range {list(pair)} must be written low, high")
+    return pair
+
+
+Crop = tuple[Count, Count]  # (H, W) in pixels; the trainers also check it against the data
+ScaleRange = Annotated[tuple[Positive, Positive], AfterValidator(_ordered)]
 
 
 class DigaConfig(BaseModel):
@@ -27,7 +42,7 @@ class ModelConfig(_Strict):
     """Which segmenter to build and with what options."""
 
     name: str = "light"
-    num_classes: int = Field(19, ge=1)
+    num_classes: Count = 19
     options: dict[str, Any] = Field(default_factory=dict)
     backbone_weights: str | None = None  # optional ImageNet backbone (safetensors), never downloaded
     # the Cityscapes train IDs the model's outputs stand for, in order (None: all 19); SYNTHIA's
@@ -51,8 +66,8 @@ class ViewConfig(_Strict):
     image is rescaled to first, or null for its stored size; a batch that is a multiple of its length
     repeats it."""
 
-    sizes: list[tuple[int, int] | None] | None = None
-    scale: tuple[float, float] | None = None  # random rescale factor range; None: the run's `scale`
+    sizes: list[Crop | None] | None = None
+    scale: ScaleRange | None = None  # random rescale factor range; None: the run's `scale`
     per_axis: bool = False  # draw the rescale factor for height and width independently
 
 
@@ -73,11 +88,11 @@ class EvalConfig(_Strict):
 class OptimConfig(_Strict):
     """SGD with momentum and a polynomial learning-rate decay, as in DeepLab training."""
 
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    head_lr_mult: float = 1.0  # learning-rate multiplier of the head
+    lr: Positive = 0.01
+    momentum: Fraction = 0.9
+    weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
+    poly_power: Annotated[float, Field(ge=0.0)] = 0.9
+    head_lr_mult: Positive = 1.0  # learning-rate multiplier of the head
     # what the multiplier covers: the final classifier, or the model's whole decoder head (the authors'
     # DeepLabV2 recipe: ASPP, SE, fuse conv and classifier at 10x)
     head_scope: Literal["classifier", "head"] = "classifier"
@@ -93,16 +108,16 @@ class TrainConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train_data: str = "synthetic:source@train"
     val_data: list[str] = Field(default_factory=list)
-    steps: int = 500
-    batch_size: int = 4
-    crop: tuple[int, int] = (128, 256)
-    scale: tuple[float, float] = (0.75, 1.25)
+    steps: Count = 500
+    batch_size: Count = 4
+    crop: Crop = (128, 256)
+    scale: ScaleRange = (0.75, 1.25)
     view: ViewConfig = Field(default_factory=ViewConfig)
     seg_loss: Literal["ce", "ohem"] = "ce"
     data: DataConfig = Field(default_factory=DataConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: int = 0
-    checkpoint_every: int = 100
+    checkpoint_every: Count = 100
     device: str = "cpu"
 
     @model_validator(mode="after")
@@ -126,7 +141,7 @@ def val_split_of(spec: str) -> str | None:
     if kind not in ("cityscapes", "synthetic"):
         return None
     path, at, split = rest.rpartition("@")
-    if not at:
+    if not at or split not in ("train", "val", "test"):  # only a trailing @split counts (a path may hold '@')
         path, split = rest, "train"
     return None if split == "val" else f"{kind}:{path}@val"
 
@@ -205,14 +220,15 @@ class TranslatorConfig(_Strict):
     """Source->target image translator: `fourier` (low-frequency amplitude swap) or `learned` (CycleGAN-style)."""
 
     kind: Literal["fourier", "learned"] = "fourier"
-    fourier_window: float = 0.05  # side of the swapped low-frequency square, as a fraction of min(H, W)
+    # side of the swapped low-frequency square, as a fraction of min(H, W)
+    fourier_window: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
     checkpoint: str | None = None  # a learned translator written by `diga adapt translator`
-    steps: int = 2000
-    batch_size: int = 2
-    lr: float = 2e-4
-    width: int = 32
-    res_blocks: int = 4
-    disc_scales: int = 2
+    steps: Count = 2000
+    batch_size: Count = 2
+    lr: Positive = 2e-4
+    width: Count = 32
+    res_blocks: Annotated[int, Field(ge=0)] = 4
+    disc_scales: Count = 2
     lambda_cycle: float = 10.0
     lambda_recon: float = 5.0
     lambda_edge: float = 1.0
@@ -223,8 +239,8 @@ class TranslatorConfig(_Strict):
 class DistilConfig(_Strict):
     """One DiGA training stage (warm-up or self-training): steps, views and loss weights."""
 
-    steps: int = 300
-    batch_size: int = 4
+    steps: Count = 300
+    batch_size: Count = 4
     source_view: ViewConfig = Field(default_factory=ViewConfig)
     target_view: ViewConfig = Field(default_factory=ViewConfig)
     # a no-grad train-mode forward of the student on the target crops each step, so BatchNorm's running
@@ -234,12 +250,12 @@ class DistilConfig(_Strict):
     # or as a forward of their own ("separate", as the authors' code does)
     mix_forward: Literal["joint", "separate"] = "joint"
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    lambda_distil: float = 0.5
-    mixed_scale: float = 0.5  # weight of the pair whose teacher view is the mixed one
-    aug_beta: float = 0.4  # x_aug = beta * aug(x) + (1 - beta) * x
+    lambda_distil: Annotated[float, Field(ge=0.0)] = 0.5
+    mixed_scale: Annotated[float, Field(ge=0.0)] = 0.5  # weight of the pair whose teacher view is the mixed one
+    aug_beta: Fraction = 0.4  # x_aug = beta * aug(x) + (1 - beta) * x
     distil: bool = True  # ablation: False -> plain CE on both views, no teacher
     mix: bool = True  # ablation: False -> second view is the photometric view only (no translator)
-    ema_max: float = 0.999
+    ema_max: Fraction = 0.999
     teacher_bf16: bool = False  # teacher forward under bf16 autocast (measured 30x slower on this CPU build)
 
 
@@ -254,17 +270,17 @@ def _selftrain_default() -> DistilConfig:
 class PseudoLabelConfig(_Strict):
     """Offline pseudo-labels: multi-scale max-fused logits, argmax, PNG files."""
 
-    scales: tuple[float, ...] = (1.0, 0.5)
-    batch_size: int = 4
+    scales: Annotated[tuple[Positive, ...], Field(min_length=1)] = (1.0, 0.5)
+    batch_size: Count = 4
 
 
 class SelectionConfig(_Strict):
     """Which target pixels self-training learns from: bilateral consensus (default) or a fixed threshold."""
 
     kind: Literal["consensus", "threshold", "none"] = "consensus"
-    threshold: float = 0.9  # only for kind=threshold: keep pixels with max prob >= threshold
-    centroid_momentum: float = 1e-4
-    centroid_min_pixels: int = Field(5, ge=1)  # a sample updates a class centroid only with this many pixels
+    threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9  # kind=threshold: keep pixels with max prob >= it
+    centroid_momentum: Fraction = 1e-4
+    centroid_min_pixels: Count = 5  # a sample updates a class centroid only with at least this many pixels
     online_centroids: bool = True
     # which target labels the online update averages: the stored pseudo-labels ("pseudo") or those kept
     # by the consensus ("consensus", as the authors' code does); both also agree with the teacher's argmax
@@ -299,13 +315,13 @@ class AdaptConfig(_Strict):
     pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     selftrain: DistilConfig = Field(default_factory=_selftrain_default)
-    rounds: int = 1  # extra refinement rounds (pseudo-labels -> centroids -> self-training again)
-    crop: tuple[int, int] = (128, 256)
-    scale: tuple[float, float] = (0.75, 1.25)
+    rounds: Annotated[int, Field(ge=0)] = 1  # extra refinement rounds (pseudo-labels -> centroids -> self-training)
+    crop: Crop = (128, 256)
+    scale: ScaleRange = (0.75, 1.25)
     seed: int = 0
-    checkpoint_every: int = 50
+    checkpoint_every: Count = 50
     select_best: bool = False  # choose a stage's checkpoint by target-val mIoU (uses target labels!)
-    snapshot_every: int = 100  # with select_best: evaluate a snapshot every N steps
+    snapshot_every: Count = 100  # with select_best: evaluate a snapshot every N steps
     device: str = "cpu"
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from .data.datasets import open_dataset
+from .errors import DigaError
 from .evaluate import evaluate
 from .models.checkpoint import load_checkpoint
 from .models.registry import channels_last
@@ -18,6 +19,8 @@ from .progress import console, progress_bar
 def evaluate_specs(checkpoint: str | Path, specs: Sequence[str], subset: int | None = None,
                    device: str = "cpu", scales: Sequence[float] = (1.0,)) -> dict[str, Any]:
     """{spec: summary} for each labelled dataset spec; `scales` max-fuses multi-scale logits."""
+    if subset not in (None, 19, 16, 13):
+        raise DigaError(f"subset {subset} is not a protocol; use 19, 16 or 13 classes")
     model, _ = load_checkpoint(checkpoint, device)
     channels_last(model)
     out: dict[str, Any] = {}

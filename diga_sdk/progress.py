@@ -18,7 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True, markup=False)  # messages hold paths and pip extras: never parse them as markup
 log = logging.getLogger("diga")
 
 
@@ -51,3 +51,8 @@ class _Bar:
 
     def set(self, completed: int, text: str | None = None) -> None:
         self.prog.update(self.task, completed=completed, **({"text": text} if text is not None else {}))
+
+
+def print_error(message: str) -> None:
+    """One `error: ...` line on stderr, printed as plain text (never parsed as rich markup)."""
+    console.print(f"error: {message}", markup=False, highlight=False, emoji=False, soft_wrap=True, style="bold red")

@@ -161,7 +161,7 @@ def test_predict_paths_use_the_fused_labels(tiny_checkpoint):
 
     from diga_sdk.evaluate import predict_labels, predict_logits
     from diga_sdk.models.checkpoint import load_checkpoint
-    from diga_sdk.serving.runtime import open_runtime
+    from diga_sdk.runtime.runtimes import open_runtime
 
     model, meta = load_checkpoint(tiny_checkpoint, "cpu")
     model.eval()

@@ -28,6 +28,8 @@ from ..data.datasets import open_dataset
 from ..data.loader import BatchStream, to_device
 from ..data.transforms import normalize, step_rng
 from ..errors import DigaError
+from ..interrupt import interrupt_at_step_boundary, stopped
+from ..io import file_sha256
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.registry import channels_last
 from ..progress import log, progress_bar
@@ -39,7 +41,7 @@ from .mixture import cross_domain_mixture
 from .optim import make_optimizer, set_poly_lr
 from .pseudo import PseudoLabelledDataset
 from .state import has_train_state, load_train_state, save_train_state
-from .supervised import seg_loss, step_batches, workers_of
+from .supervised import check_crop, seg_loss, step_batches, workers_of
 from .translators import Translator, build_translator
 
 
@@ -159,8 +161,10 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     torch.manual_seed(cfg.seed)
     student, meta = load_checkpoint(init_checkpoint, device)
     crop, scale = tuple(cfg.crop), tuple(cfg.scale)
-    src = step_batches(open_dataset(cfg.source, strict=cfg.data.strict), scfg.batch_size, crop, scale,
-                       scfg.source_view, cfg.seed, f"{stage}-src", cfg.data, meta.classes)
+    src_data = open_dataset(cfg.source, strict=cfg.data.strict)
+    check_crop(crop, src_data, cfg.source)
+    src = step_batches(src_data, scfg.batch_size, crop, scale, scfg.source_view, cfg.seed, f"{stage}-src", cfg.data,
+                       meta.classes)
     tgt_images = open_dataset(cfg.target, labelled=False)
     sel = selftrain.selection if selftrain else None
     tgt_data = tgt_images if selftrain is None else PseudoLabelledDataset(
@@ -183,8 +187,13 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
 
     modules = {"model": student, **({"teacher": teacher.module} if teacher else {})}
     start = 0
+    init_hash = file_sha256(init_checkpoint)
     if resume and has_train_state(state_dir):
         info, extra = load_train_state(state_dir, modules, optimizer)
+        if info.get("init_sha256") not in (None, init_hash):
+            raise DigaError(f"--resume: the state in {state_dir} was trained from another --init model "
+                            f"(sha256 {info['init_sha256'][:12]}, given {init_hash[:12]}); pass the same --init "
+                            "or use --overwrite to start the stage again")
         start = int(info["step"])
         if centroids is not None and "centroids" in extra:
             centroids, seen = extra["centroids"].to(device), extra["seen"].bool().to(device)
@@ -194,7 +203,8 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     def save_state(step: int) -> None:
         if world.is_main:
             extra = {"centroids": centroids, "seen": seen.to(torch.uint8)} if centroids is not None else None
-            save_train_state(state_dir, modules, optimizer, {"step": step, "stage": stage}, extra)
+            save_train_state(state_dir, modules, optimizer, {"step": step, "stage": stage, "init_sha256": init_hash},
+                             extra)
 
     ctx = StepContext(stage=stage, seed=cfg.seed, scfg=scfg, num_classes=num_classes, net=net, teacher=teacher,
                       optimizer=optimizer, translator=translator, strong=strong, world=world, device=device,
@@ -205,7 +215,7 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     tgt_stream = BatchStream(tgt, start, scfg.steps, workers, device)
     log.info("%s: %d steps, source %s (%d images), target %s (%d images), %d loader workers per stream", stage,
              scfg.steps - start, cfg.source, len(src.data), cfg.target, len(tgt.data), workers)
-    with progress_bar(stage, scfg.steps, completed=start) as bar:
+    with interrupt_at_step_boundary() as interrupt, progress_bar(stage, scfg.steps, completed=start) as bar:
         for step, b_s, b_t in zip(range(start, scfg.steps), src_stream, tgt_stream, strict=True):
             x_t, pl_t = to_device(b_t.images, device), to_device(b_t.labels, device)
             losses = diga_step(ctx, step, to_device(b_s.images, device), to_device(b_s.labels, device), x_t,
@@ -217,6 +227,9 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
                                 meta.model_copy(update={"stage": f"{stage}@{step + 1}"}))
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < scfg.steps:
                 save_state(step + 1)
+            if interrupt() and step + 1 < scfg.steps:
+                save_state(step + 1)
+                raise stopped(stage, step + 1, out)
     src_stream.summary(f"{stage} source")
     tgt_stream.summary(f"{stage} target")
     log.info("%s: %d steps in %.0f s", stage, scfg.steps - start, time.time() - t0)

@@ -23,6 +23,7 @@ from ..errors import DigaError
 from ..io import atomic_write_json
 from ..models.checkpoint import load_checkpoint
 from ..models.registry import channels_last
+from ..outputs import check_folder_path
 from ..progress import log, progress_bar
 from ..results import print_stage_table, stage_entry, write_results
 from .centroids import CentroidAccumulator, initial_centroids, save_centroids
@@ -185,9 +186,20 @@ def stage_centroids(cfg: AdaptConfig, ckpt: str | Path, folder: Path) -> dict[st
 
 # ---- orchestration ----
 
-def _check_fresh(out: Path, resume: bool) -> None:
-    if not resume and out.is_dir() and any(out.glob(f"*/{STAGE_FILE}")):
-        raise DigaError(f"run folder {out} already holds finished stages; pass --resume to continue it "
+def _started(out: Path) -> bool:
+    """A run folder a pipeline has written into (its config, a finished stage or a stage's saved state)."""
+    return out.is_dir() and ((out / "adapt.yaml").exists() or any(out.glob(f"*/{STAGE_FILE}"))
+                             or any(out.glob("*/state*")) or any(out.glob("seed*/adapt.yaml")))
+
+
+def _check_fresh(out: Path, resume: bool, resume_needs_run: bool = False) -> None:
+    """Without resume the folder must hold no run (no silent overwrite); with `resume_needs_run` (the CLI's
+    --resume) it must hold one. The demo and the ablation resume leniently (skip what is done)."""
+    check_folder_path(out)
+    if resume and resume_needs_run and not _started(out):
+        raise DigaError(f"--resume: {out} holds no DiGA run to continue; drop --resume to start one")
+    if not resume and _started(out):
+        raise DigaError(f"run folder {out} already holds a DiGA run; pass --resume to continue it "
                         "or choose a new --out")
 
 
@@ -258,6 +270,7 @@ def run_seeds(cfg: AdaptConfig, out: str | Path, seeds: int = 1, resume: bool = 
     out = Path(out)
     if seeds < 1:
         raise DigaError(f"--seeds must be at least 1, got {seeds}")
+    _check_fresh(out, resume, resume_needs_run=True)
     if seeds == 1:
         stages = run_pipeline(cfg, out, resume)["stages"]
         if init_world().is_main:
@@ -266,7 +279,9 @@ def run_seeds(cfg: AdaptConfig, out: str | Path, seeds: int = 1, resume: bool = 
     runs = []
     for k in range(seeds):
         seed = cfg.seed + k
-        runs.append((seed, run_pipeline(cfg.model_copy(update={"seed": seed}), out / f"seed{seed}", resume)["stages"]))
+        folder = out / f"seed{seed}"
+        runs.append((seed, run_pipeline(cfg.model_copy(update={"seed": seed}), folder,
+                                        resume and _started(folder))["stages"]))
     stages = aggregate_seeds(runs)
     if init_world().is_main:
         write_results(out / "results.json", stages, seeds=[s for s, _ in runs], config=cfg.model_dump(mode="json"))

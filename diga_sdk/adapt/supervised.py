@@ -14,6 +14,8 @@ from ..data.datasets import SegDataset, open_dataset
 from ..data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE
 from ..data.loader import BatchStream, StepBatches, default_workers, to_device
 from ..data.transforms import normalize
+from ..errors import DigaError
+from ..interrupt import interrupt_at_step_boundary, stopped
 from ..models.checkpoint import ModelMeta, save_checkpoint
 from ..models.registry import build_model, channels_last
 from ..progress import log, progress_bar
@@ -80,6 +82,14 @@ def workers_of(dcfg: DataConfig) -> int:
     return default_workers() if dcfg.workers is None else dcfg.workers
 
 
+def check_crop(crop: tuple[int, int], data, spec: str) -> None:
+    """A training crop must fit the images (checked on the first one): a bigger crop trains mostly on padding."""
+    h, w = data[0].image.shape[:2]
+    if crop[0] > h or crop[1] > w:
+        raise DigaError(f"crop {crop[0]}x{crop[1]} is larger than the images of {spec} ({h}x{w}); set crop to at "
+                        f"most [{h}, {w}]")
+
+
 def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source_only", resume: bool = False) -> Path:
     """Train on `cfg.train_data` with labels; returns the final checkpoint `out_dir/model.safetensors`.
 
@@ -87,10 +97,11 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
     uninterrupted run (deterministic batches, restored optimizer and RNG).
     """
     out = Path(out_dir)
+    data = open_dataset(cfg.train_data, strict=cfg.data.strict)
+    check_crop(tuple(cfg.crop), data, cfg.train_data)  # both before anything is written
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
-    data = open_dataset(cfg.train_data, strict=cfg.data.strict)
     batches = step_batches(data, cfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.view, cfg.seed, "", cfg.data,
                            cfg.model.classes)
     model = build_model(cfg.model.name, cfg.model.num_classes, backbone_weights=cfg.model.backbone_weights,
@@ -108,7 +119,7 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
     stream = BatchStream(batches, start, cfg.steps, workers_of(cfg.data), cfg.device)
     log.info("%s: %d steps on %s (%d images), %d loader workers", stage, cfg.steps - start, cfg.train_data, len(data),
              stream.workers)
-    with progress_bar(stage, cfg.steps, completed=start) as bar:
+    with interrupt_at_step_boundary() as interrupt, progress_bar(stage, cfg.steps, completed=start) as bar:
         for step, batch in enumerate(stream, start):
             lr = set_poly_lr(optimizer, cfg.optim, step, cfg.steps)
             x, y = to_device(batch.images, cfg.device), to_device(batch.labels, cfg.device)
@@ -120,6 +131,9 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
             bar.advance(text=f"loss {loss.item():.3f} lr {lr:.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 save_train_state(state_dir, {"model": model}, optimizer, {"step": step + 1, "stage": stage})
+            if interrupt() and step + 1 < cfg.steps:
+                save_train_state(state_dir, {"model": model}, optimizer, {"step": step + 1, "stage": stage})
+                raise stopped(stage, step + 1, out)
     stream.summary(stage)
     log.info("%s: %d steps in %.0f s", stage, cfg.steps - start, time.time() - t0)
     size = image_size(data)

@@ -17,6 +17,7 @@ from ..data.labels import IGNORE_INDEX
 from ..data.loader import StepBatches
 from ..data.transforms import step_rng
 from ..errors import DigaError
+from ..interrupt import interrupt_at_step_boundary, stopped
 from ..progress import log, progress_bar
 from .state import has_train_state, load_train_state, save_train_state
 from .translators import Generator, MultiScaleDiscriminator, save_generator
@@ -106,7 +107,7 @@ def train_translator(cfg: TranslatorConfig, source: str, target: str, out_dir: s
         start = int(info["step"])
         log.info("resuming translator from step %d", start)
     t0 = time.time()
-    with progress_bar("translator", cfg.steps, completed=start) as bar:
+    with interrupt_at_step_boundary() as interrupt, progress_bar("translator", cfg.steps, completed=start) as bar:
         for step in range(start, cfg.steps):
             torch.manual_seed(int(step_rng(seed, step, "translator").integers(2**62)))
             b_s, b_t = src[step], tgt[step]
@@ -133,6 +134,10 @@ def train_translator(cfg: TranslatorConfig, source: str, target: str, out_dir: s
             if (step + 1) % checkpoint_every == 0 and step + 1 < cfg.steps:
                 save_train_state(out / "state_d", discs, opt_d, {"step": step + 1})
                 save_train_state(out / "state_g", gens, opt_g, {"step": step + 1})
+            if interrupt() and step + 1 < cfg.steps:
+                save_train_state(out / "state_d", discs, opt_d, {"step": step + 1})
+                save_train_state(out / "state_g", gens, opt_g, {"step": step + 1})
+                raise stopped("translator", step + 1, out)
     log.info("translator: %d steps in %.0f s", cfg.steps - start, time.time() - t0)
     ckpt = save_generator(g_st, out / "translator.safetensors", cfg.width, cfg.res_blocks)
     save_train_state(out / "state_d", discs, opt_d, {"step": cfg.steps})

@@ -102,13 +102,35 @@ def _worker(conn: Any, variant: Variant, shapes: list[tuple[int, int, int]], war
             conn.send(("rss", peak_rss_mib()))
             return
         t0 = time.perf_counter()
-        rt.predict(batches[msg[1]])
+        try:
+            rt.predict(batches[msg[1]])
+        except Exception as exc:  # a failed run is reported, never left for the coordinator to wait on
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            return
         conn.send(("time", time.perf_counter() - t0))
+
+
+def _answer(conn: Any, proc: Any, name: str) -> tuple[str, Any]:
+    """The worker's next message; a DigaError naming the path if it died without one."""
+    try:
+        return conn.recv()
+    except (EOFError, ConnectionError):
+        proc.join(5)
+        raise DigaError(f"the {name} benchmark worker exited with code {proc.exitcode} without an answer") from None
+
+
+def _stop_all(workers: dict[str, tuple[Any, Any]]) -> None:
+    for proc, _ in workers.values():
+        if proc.is_alive():
+            proc.terminate()
+        proc.join(5)
 
 
 def measure(variants: list[Variant], sizes: list[tuple[int, int]], batches: list[int], *, runs: int = 20,
             warmup: int = 3, threads: int | None = None) -> list[dict[str, Any]]:
     """Interleaved timed runs of every variant at every (batch, size); one row per (variant, size, batch)."""
+    if not sizes or not batches or min(batches) < 1:
+        raise DigaError(f"batch sizes must be at least 1 and sizes given; got batches {batches}, sizes {sizes}")
     shapes = [(b, h, w) for (h, w) in sizes for b in batches]
     ctx = mp.get_context("spawn")
     workers: dict[str, tuple[Any, Any]] = {}
@@ -118,8 +140,9 @@ def measure(variants: list[Variant], sizes: list[tuple[int, int]], batches: list
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker, args=(child, v, shapes, warmup, threads), daemon=True)
         proc.start()
+        child.close()  # only the worker holds its end: its death reads as EOF here, not as a hang
         log.info("bench: starting %s", v.name)
-        kind, payload = parent.recv()  # one at a time: loading and warm-up do not overlap with other workers
+        kind, payload = _answer(parent, proc, v.name)  # one at a time: loading and warm-up do not overlap
         if kind == "error":
             log.warning("bench: %s unavailable: %s", v.name, payload)
             errors[v.name] = payload
@@ -130,9 +153,14 @@ def measure(variants: list[Variant], sizes: list[tuple[int, int]], batches: list
     with progress_bar("latency", runs * len(shapes)) as bar:
         for _ in range(runs):
             for s in range(len(shapes)):
-                for name, (_, conn) in workers.items():
+                for name, (proc, conn) in workers.items():
                     conn.send(("run", s))
-                    times[(name, s)].append(conn.recv()[1])
+                    kind, payload = _answer(conn, proc, name)
+                    if kind == "error":
+                        _stop_all(workers)
+                        raise DigaError(f"{name} failed at batch {shapes[s][0]}, {shapes[s][1]}x{shapes[s][2]}: "
+                                        f"{payload}")
+                    times[(name, s)].append(payload)
                 bar.advance()
     rss: dict[str, float] = {}
     for name, (proc, conn) in workers.items():

@@ -10,10 +10,11 @@ import typer
 
 from ..config import AdaptConfig, load_config
 from ..errors import DigaError
+from ..outputs import claim_run_folder
 from ..progress import console, log
 from . import app
 from .bench import bench_app
-from .common import dumps, write_json
+from .common import above, dumps, write_json
 
 adapt_app = typer.Typer(help="DiGA adaptation: the whole pipeline (no sub-command) or one stage.")
 app.add_typer(adapt_app, name="adapt")
@@ -49,9 +50,9 @@ def adapt(
     strict: bool = typer.Option(False, "--strict", help="refuse images without a label file instead of skipping"),
     init: str | None = typer.Option(None, "--init", help="start warm-up from this checkpoint (else train source-only)"),
     translator: str | None = typer.Option(None, "--translator", help="fourier or learned"),
-    rounds: int | None = typer.Option(None, "--rounds", help="extra refinement rounds"),
+    rounds: int | None = typer.Option(None, "--rounds", min=0, help="extra refinement rounds"),
     seed: int | None = typer.Option(None, "--seed"),
-    seeds: int = typer.Option(1, "--seeds", help="run N seeds and report mean ± std per stage"),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="run N seeds and report mean ± std per stage"),
     select_best: bool = typer.Option(False, "--select-best",
                                      help="hand on each stage's best snapshot by target-val mIoU (uses target labels)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run folder after a crash"),
@@ -86,10 +87,11 @@ def warmup(
     workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
     source: str | None = typer.Option(None, "--source"),
     target: str | None = typer.Option(None, "--target", help="target images (style only; no labels are read)"),
-    steps: int | None = typer.Option(None, "--steps"),
+    steps: int | None = typer.Option(None, "--steps", min=1),
     no_mix: bool = typer.Option(False, "--no-mix", help="ablation: no cross-domain mixture"),
     no_distil: bool = typer.Option(False, "--no-distil", help="ablation: no symmetric distillation"),
-    resume: bool = typer.Option(False, "--resume"),
+    resume: bool = typer.Option(False, "--resume", help="continue the stage in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a stage already in --out"),
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """Warm-up only: symmetric distillation + cross-domain mixture on the source."""
@@ -98,6 +100,7 @@ def warmup(
     cfg = _config(config, {"source": source, "target": target, "warmup.steps": steps, "data.workers": workers,
                            "warmup.mix": False if no_mix else None, "warmup.distil": False if no_distil else None},
                   preset, sets)
+    claim_run_folder(out, resume=resume, overwrite=overwrite, what="stage")
     rec = stage_train("warmup", cfg, cfg.warmup, init, out, resume)
     _report(rec, json_path)
 
@@ -109,12 +112,15 @@ def pseudo(
     target: str | None = typer.Option(None, "--target"),
     config: Path | None = typer.Option(None, "--config"),
     sets: list[str] = typer.Option([], "--set", help=SET_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace pseudo-labels already in --out"),
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """Pseudo-label every target training image (multi-scale max fusion, PNG files)."""
     from ..adapt.pipeline import stage_pseudo
 
-    _report(stage_pseudo(_config(config, {"target": target}, sets=sets), model, out), json_path)
+    cfg = _config(config, {"target": target}, sets=sets)
+    claim_run_folder(out, resume=False, overwrite=overwrite, what="set of pseudo-labels")
+    _report(stage_pseudo(cfg, model, out), json_path)
 
 
 @adapt_app.command("centroids")
@@ -124,12 +130,15 @@ def centroids(
     target: str | None = typer.Option(None, "--target"),
     config: Path | None = typer.Option(None, "--config"),
     sets: list[str] = typer.Option([], "--set", help=SET_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace centroids already in --out"),
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """Class centroids: mean 256-d feature per predicted class over the target training set."""
     from ..adapt.pipeline import stage_centroids
 
-    _report(stage_centroids(_config(config, {"target": target}, sets=sets), model, out), json_path)
+    cfg = _config(config, {"target": target}, sets=sets)
+    claim_run_folder(out, resume=False, overwrite=overwrite, what="set of centroids")
+    _report(stage_centroids(cfg, model, out), json_path)
 
 
 @adapt_app.command("selftrain")
@@ -139,15 +148,17 @@ def selftrain(
     out: Path = typer.Option(..., "--out", help="stage folder"),
     centroids_file: Path | None = typer.Option(None, "--centroids", help="centroids.safetensors (consensus)"),
     selection: str | None = typer.Option(None, "--selection", help="consensus (default), threshold or none"),
-    threshold: float | None = typer.Option(None, "--threshold", help="with --selection threshold"),
+    threshold: float | None = typer.Option(None, "--threshold", callback=above(0.0, 1.0),
+                                           help="with --selection threshold: keep pixels with max prob >= it"),
     config: Path | None = typer.Option(None, "--config"),
     preset: str | None = typer.Option(None, "--preset", help=PRESET_HELP),
     sets: list[str] = typer.Option([], "--set", help=SET_HELP),
     workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
     source: str | None = typer.Option(None, "--source"),
     target: str | None = typer.Option(None, "--target"),
-    steps: int | None = typer.Option(None, "--steps"),
-    resume: bool = typer.Option(False, "--resume"),
+    steps: int | None = typer.Option(None, "--steps", min=1),
+    resume: bool = typer.Option(False, "--resume", help="continue the stage in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a stage already in --out"),
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """Self-training with threshold-free bilateral-consensus pseudo-labels (or the threshold baseline)."""
@@ -159,6 +170,7 @@ def selftrain(
     if cfg.selection.kind == "consensus" and centroids_file is None:
         raise DigaError("consensus selection needs --centroids (from `diga adapt centroids`), "
                         "or pass --selection threshold")
+    claim_run_folder(out, resume=resume, overwrite=overwrite, what="stage")
     inputs = SelfTrainInputs(pseudo_dir, centroids_file, cfg.selection)
     _report(stage_train("selftrain", cfg, cfg.selftrain, init, out, resume, inputs), json_path)
 
@@ -170,15 +182,17 @@ def translator_cmd(
     target: str | None = typer.Option(None, "--target"),
     config: Path | None = typer.Option(None, "--config", help="YAML with any AdaptConfig setting (translator.*)"),
     sets: list[str] = typer.Option([], "--set", help=SET_HELP),
-    steps: int | None = typer.Option(None, "--steps"),
+    steps: int | None = typer.Option(None, "--steps", min=1),
     vgg_weights: str | None = typer.Option(None, "--vgg-weights", help="VGG16 safetensors: adds the perceptual loss"),
-    resume: bool = typer.Option(False, "--resume"),
+    resume: bool = typer.Option(False, "--resume", help="continue the training in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a translator already in --out"),
 ) -> None:
     """Train the learned source->target translator (CycleGAN-style)."""
     from ..adapt.pipeline import stage_translator
 
     cfg = _config(config, {"source": source, "target": target, "translator.steps": steps,
                            "translator.vgg_weights": vgg_weights}, sets=sets)
+    claim_run_folder(out, resume=resume, overwrite=overwrite, what="translator")
     rec = stage_translator(cfg, out, resume)
     console.print(f"translator written to {rec['checkpoint']}")
 
@@ -197,8 +211,8 @@ def ablation(
 @bench_app.command("steps")
 def bench_steps(
     json_path: Path | None = typer.Option(Path("runs/bench/steps.json"), "--json"),
-    repeats: int = typer.Option(10, "--repeats", help="timed steps per kind"),
-    threads: int = typer.Option(2, "--threads"),
+    repeats: int = typer.Option(10, "--repeats", min=1, help="timed steps per kind"),
+    threads: int = typer.Option(2, "--threads", min=1),
 ) -> None:
     """Cost of one warm-up step and one self-training step against one source-only step (same batch)."""
     from ..bench.steps import run_step_benchmark

@@ -9,7 +9,9 @@ import typer
 from ..errors import DigaError
 from ..progress import console
 from .adapt import adapt_app
-from .common import parse_size, write_json
+from .common import above, parse_size, write_json
+
+SHIPPED_HASH_KEY = "shipped_sha256"  # recorded in the adapter state: --resume refuses another --model
 
 
 @adapt_app.command("online")
@@ -18,12 +20,12 @@ def online(
     stream: str = typer.Option(..., "--stream",
                                help="frames in order: scenario:target (rendered by the benchmark), "
                                     "folder:PATH, cityscapes:PATH@split, synthetic:target@train, ..."),
-    frames: int | None = typer.Option(None, "--frames", help="stop after N frames (scenario streams: length)"),
+    frames: int | None = typer.Option(None, "--frames", min=1, help="stop after N frames (scenario streams: length)"),
     segments: str | None = typer.Option(None, "--segments",
                                         help="condition changes, e.g. fog@0.5 or dusk@0.5,noise@100:130"),
     size: str = typer.Option("256x512", "--size", help="frame size HxW of scenario streams"),
     seed: int = typer.Option(0, "--seed", help="stream and update seed"),
-    budget_ms: float | None = typer.Option(None, "--budget-ms", help="per-frame time budget (predict + update)"),
+    budget_ms: float | None = typer.Option(None, "--budget-ms", callback=above(0.0), help="per-frame time budget (predict + update)"),
     bn: str | None = typer.Option(None, "--bn", help="batch-norm handling: adapt (default: running statistics from the clean target crops), adapt-batch (from the training batch) or frozen"),
     no_safety: bool = typer.Option(False, "--no-safety", help="disable the health monitor and rollback"),
     source: str | None = typer.Option(None, "--source",
@@ -33,14 +35,14 @@ def online(
                                           help="start from these centroids (else from the first frames)"),
     config: Path | None = typer.Option(None, "--config", help="YAML with any OnlineConfig setting"),
     state: Path | None = typer.Option(None, "--state", help="checkpoint the adapter state to this file"),
-    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="frames between state saves"),
+    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", min=1, help="frames between state saves"),
     resume: bool = typer.Option(False, "--resume", help="continue from --state (the stream is skipped ahead)"),
-    window: int = typer.Option(20, "--window", help="frames per scored window"),
+    window: int = typer.Option(20, "--window", min=1, help="frames per scored window"),
     compare_frozen: bool = typer.Option(True, "--compare-frozen/--no-compare-frozen",
                                         help="also score the frozen shipped model on labelled frames"),
     out_model: Path | None = typer.Option(None, "--out-model", help="write the adapted model here at the end"),
     plot: Path | None = typer.Option(None, "--plot", help="PNG of the per-window mIoU curve"),
-    threads: int | None = typer.Option(None, "--threads", help="torch threads"),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads"),
     json_path: Path | None = typer.Option(None, "--json", help="results: windows, cost, actions, per frame"),
 ) -> None:
     """Online DiGA: predict every frame with the EMA teacher, adapt within the budget, roll back on collapse."""
@@ -49,6 +51,7 @@ def online(
     from ..adapt.centroids import load_centroids
     from ..config import load_config
     from ..data.streams import FrameStream
+    from ..io import file_sha256
     from ..models.checkpoint import load_checkpoint
     from ..online.adapter import OnlineAdapter, OnlineConfig
     from ..online.run import plot_windows, run_stream, window_checks
@@ -61,11 +64,22 @@ def online(
                                              "checkpoint_every": checkpoint_every, "source": source,
                                              "safety.enabled": False if no_safety else None})
     fs = FrameStream(stream, frames, parse_size(size), segments, seed=seed)
-    if resume and state is not None and state.is_file():
+    model_hash = file_sha256(model) if model.is_file() else None
+    if resume:
+        if not state.is_file():
+            raise DigaError(f"--resume: the state file {state} does not exist; drop --resume to start from --model")
         adapter = OnlineAdapter.resume(state, cfg)
+        saved_hash = adapter.meta.extra.get(SHIPPED_HASH_KEY)
+        if saved_hash is None or saved_hash != model_hash:
+            raise DigaError(f"--resume: {state} was saved while adapting another model (sha256 "
+                            f"{str(saved_hash)[:12]}, --model {model} has {str(model_hash)[:12]}); pass the same "
+                            "--model or start a new --state")
         console.print(f"resumed at frame {adapter.frame_index} from {state}")
     else:
+        if state is not None and state.exists():
+            raise DigaError(f"--state {state} already exists; pass --resume to continue it or choose a new file")
         shipped, meta = load_checkpoint(model)
+        meta = meta.model_copy(update={"extra": {**meta.extra, SHIPPED_HASH_KEY: model_hash}})
         cents = load_centroids(centroids) if centroids else None
         adapter = OnlineAdapter(shipped, cfg, meta=meta, centroids=cents, state_path=state)
     frozen = load_checkpoint(model)[0] if compare_frozen else None

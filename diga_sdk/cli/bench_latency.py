@@ -18,7 +18,7 @@ def latency_cmd(
     batch: str = typer.Option("1", "--batch", help="comma-separated batch sizes, e.g. 1,4"),
     runs: int = typer.Option(20, "--runs", min=1, help="timed runs per path (interleaved)"),
     warmup: int = typer.Option(3, "--warmup", min=0, help="untimed runs per path and shape"),
-    threads: int | None = typer.Option(None, "--threads", help="threads per runtime (default: the library's)"),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="threads per runtime (default: the library's)"),
     paths: str | None = typer.Option(None, "--paths", help="subset of paths, comma-separated (default: all)"),
     calib: str = typer.Option("synthetic:target@train", "--calib", help="target images for the INT8 calibrations"),
     calib_images: int = typer.Option(32, "--calib-images", min=1),
@@ -33,7 +33,12 @@ def latency_cmd(
     from ..segmenter import Segmenter
 
     size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
-    batches = [int(b) for b in batch.split(",") if b.strip()]
+    try:
+        batches = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{batch!r} is not a comma-separated list of integers", param_hint="'--batch'") from None
+    if not batches or min(batches) < 1:
+        raise typer.BadParameter(f"{batch!r}: every batch size must be at least 1", param_hint="'--batch'")
     result = Segmenter(model).benchmark(size_list, batches, runs=runs, warmup=warmup, threads=threads, calib=calib,
                                         calib_images=calib_images, work=work, engine=engine,
                                         paths=[p.strip() for p in paths.split(",")] if paths else None).to_dict()

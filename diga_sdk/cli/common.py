@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import typer
 
 from ..errors import DigaError
 from ..io import atomic_write_json
@@ -19,6 +22,18 @@ def parse_size(text: str) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise DigaError(f"bad size {text!r}; both sides must be positive")
     return h, w
+
+
+def above(low: float, high: float | None = None) -> Callable[[float | None], float | None]:
+    """A typer callback for an option in (low, high]: typer's own ranges only express closed bounds."""
+
+    def check(value: float | None) -> float | None:
+        if value is not None and (value <= low or (high is not None and value > high)):
+            bound = f"({low}, {high}]" if high is not None else f"greater than {low}"
+            raise typer.BadParameter(f"{value} is not in {bound}")
+        return value
+
+    return check
 
 
 def write_json(path: Path | None, obj: Any) -> None:

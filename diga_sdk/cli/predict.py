@@ -24,26 +24,31 @@ def predict_cmd(
     json_path: Path | None = typer.Option(None, "--json", help="write the run summary (runtime picked, files) here"),
     url: str | None = typer.Option(None, "--url", help="a running `diga serve` endpoint instead of --model "
                                    "(bearer token from DIGA_API_TOKEN)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace label maps already in --out"),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=64,
+                                          help="decoded pixel limit per image (default: DIGA_MAX_PIXELS or 40000000)"),
 ) -> None:
     """Predict label maps with any runtime; `--runtime auto` picks (and says) the fastest one available."""
     from ..segmenter import Segmenter
-    from ..serving.runtime_files import collect_images, predict_files
+    from ..serving.runtime_files import claim_outputs, collect_images, predict_files
 
     if url is not None:
         from ..serving.client import predict_files_remote
 
         if model is not None:
             raise DigaError("pass either --model (predict here) or --url (a served model), not both")
-        summary = predict_files_remote(url, collect_images(images), out, color=color)
+        summary = predict_files_remote(url, collect_images(images), out, color=color, overwrite=overwrite)
         write_json(json_path, summary)
         console.print(f"wrote {len(summary['outputs'])} label maps to {out} from {summary['runtime']}", highlight=False)
         return
     if model is None:
         raise DigaError("diga predict needs --model PATH (a checkpoint or an exported model)")
     files = collect_images(images)
+    claim_outputs(files, out, color, overwrite)  # before the model loads: a refusal costs nothing
     rt = Segmenter(model, runtime, device).runtime
     console.print(f"runtime: {rt.label}" + (f" ({rt.choice.get('reason')})" if rt.choice else ""), highlight=False)
-    summary = predict_files(rt, files, out, color=color, batch_size=batch_size)
+    summary = predict_files(rt, files, out, color=color, batch_size=batch_size, overwrite=overwrite,
+                            max_pixels=max_pixels)
     summary["choice"] = rt.choice
     write_json(json_path, summary)
     console.print(f"wrote {len(summary['outputs'])} label maps to {out} "

@@ -8,6 +8,7 @@ import typer
 
 from ..config import TrainConfig, config_to_yaml, load_config
 from ..errors import DigaError
+from ..outputs import claim_run_folder
 from ..progress import console, log
 from . import app
 from .common import dumps, write_json
@@ -26,10 +27,11 @@ def train(
     oracle: bool = typer.Option(False, "--oracle", help="train on target labels (the upper bound)"),
     data: str | None = typer.Option(None, "--data", help="training dataset spec (overrides the config)"),
     model: str | None = typer.Option(None, "--model", help="model name, e.g. light or deeplabv2_r101"),
-    steps: int | None = typer.Option(None, "--steps"),
-    batch_size: int | None = typer.Option(None, "--batch-size"),
+    steps: int | None = typer.Option(None, "--steps", min=1),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     seed: int | None = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="continue from the run folder's last state"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run already in --out"),
     json_path: Path | None = typer.Option(None, "--json", help="write the evaluation results here"),
 ) -> None:
     """Train a source-only model (or, with --oracle, a target-trained one) and evaluate it."""
@@ -43,6 +45,7 @@ def train(
     if preset is not None and cfg.train_data.startswith("synthetic"):
         raise DigaError(f"--preset {preset} is a recipe for the real datasets: give --data "
                         f"{preset.split('-')[0]}:PATH")
+    claim_run_folder(out, resume=resume, overwrite=overwrite)
     console.print(config_to_yaml(cfg), highlight=False)
     stage = "oracle" if oracle else "source_only"
     ckpt = train_supervised(cfg, out, stage=stage, resume=resume)
@@ -60,7 +63,7 @@ def train(
 def evaluate_cmd(
     model: Path = typer.Option(..., "--model", help="checkpoint (.safetensors)"),
     data: list[str] = typer.Option(..., "--data", help="labelled dataset spec(s)"),
-    subset: int = typer.Option(19, help="classes to average over: 19, 16 or 13 (SYNTHIA protocols)"),
+    subset: int = typer.Option(19, "--subset", help="classes to average over: 19, 16 or 13 (SYNTHIA protocols)"),
     scales: str = typer.Option("1.0", "--scales", help="comma-separated input scales whose logits are max-fused, "
                                "e.g. 1.0,0.5 as the authors report"),
     json_path: Path | None = typer.Option(None, "--json"),
@@ -69,12 +72,15 @@ def evaluate_cmd(
     from ..evaluate_specs import print_per_class
     from ..segmenter import Segmenter
 
+    if subset not in (19, 16, 13):
+        raise typer.BadParameter(f"{subset} is not one of 19, 16, 13", param_hint="'--subset'")
     try:
         scale_list = tuple(float(v) for v in scales.split(","))
     except ValueError:
-        raise DigaError(f"--scales {scales!r}: write comma-separated numbers, e.g. 1.0,0.5") from None
+        raise typer.BadParameter(f"{scales!r}: write comma-separated numbers, e.g. 1.0,0.5",
+                                 param_hint="'--scales'") from None
     if not scale_list or any(v <= 0 for v in scale_list):
-        raise DigaError(f"--scales {scales!r}: every scale must be positive")
+        raise typer.BadParameter(f"{scales!r}: every scale must be positive", param_hint="'--scales'")
     seg = Segmenter(model)
     results = {spec: seg.val(spec, subset, scales=scale_list).to_dict() for spec in data}
     for spec, res in results.items():

@@ -199,11 +199,39 @@ class FolderDataset(SegDataset):
         super().__init__([(p, None) for p in images], root)
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A parsed `kind:PATH[@split]` spec; `split` is "" when none was given."""
+
+    kind: str
+    path: str
+    split: str
+
+
+def parse_dataset_spec(spec: str) -> DatasetSpec:
+    """`kind:PATH[@split]` read from the right: only a trailing `@name` with a known split name (SPLIT_NAMES)
+    is a split, so a PATH may itself hold '@' or ':' (`gta5:/data/at@dir/x` is the folder `/data/at@dir/x`)."""
+    kind, colon, rest = spec.partition(":")
+    if not colon:  # `synthetic` or `synthetic@val`
+        kind, rest = spec, ""
+        head, at, tail = kind.rpartition("@")
+        if at and tail in SPLIT_NAMES:
+            return DatasetSpec(head, "", tail)
+        return DatasetSpec(kind, "", "")
+    head, at, tail = rest.rpartition("@")
+    if at and tail in SPLIT_NAMES:
+        return DatasetSpec(kind, head, tail)
+    return DatasetSpec(kind, rest, "")
+
+
 def open_dataset(spec: str, labelled: bool = True, strict: bool = False) -> SegDataset:
     """Open a dataset by spec: `synthetic[:source|target][@train|val]`, `gta5:PATH`,
     `cityscapes:PATH[@split]`, `synthia:PATH`, `folder:PATH`. `strict` refuses images without labels."""
-    kind, _, rest = spec.partition(":")
-    path, _, split = rest.partition("@")
+    parsed = parse_dataset_spec(spec)
+    kind, path, split = parsed.kind, parsed.path, parsed.split
     if kind == "synthetic":
         from .synthetic import default_benchmark_dir, generate_benchmark
 

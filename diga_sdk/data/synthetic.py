@@ -24,6 +24,7 @@ from PIL import Image
 
 from ..errors import DigaError
 from ..io import atomic_write_json
+from ..outputs import check_folder_path
 from .labels import LABELS
 from .synthetic_render import SOURCE_RENDER, TARGET_RENDER, render
 from .synthetic_scene import SOURCE_SCENE, TARGET_SCENE, make_scene
@@ -103,6 +104,7 @@ def generate_benchmark(out: str | os.PathLike[str], seed: int = 0, size: tuple[i
     if size[0] < 32 or size[1] < 32:
         raise DigaError(f"benchmark size {size} is too small; use at least 32x32")
     root = Path(out)
+    check_folder_path(root, "benchmark folder")
     manifest = {"generator_version": GENERATOR_VERSION, "seed": seed, "size": list(size), "counts": counts}
     if (root / "manifest.json").exists():
         if json.loads((root / "manifest.json").read_text()) == manifest:
@@ -140,4 +142,6 @@ def generate_benchmark(out: str | os.PathLike[str], seed: int = 0, size: tuple[i
 def default_benchmark_dir(seed: int = 0) -> Path:
     """Where `synthetic` dataset specs find (and lazily create) the benchmark: $DIGA_DATA_DIR or a cache."""
     base = Path(os.environ.get("DIGA_DATA_DIR", Path.home() / ".cache" / "diga-sdk"))
+    if "DIGA_DATA_DIR" in os.environ:
+        check_folder_path(base, "DIGA_DATA_DIR")
     return base / f"synthetic-v{GENERATOR_VERSION}-seed{seed}"

@@ -51,13 +51,29 @@ def graph_info(embed_pre: bool, embed_post: bool, opset: int, precision: str = "
                      opset=opset)
 
 
+def supported_opsets() -> tuple[int, int]:
+    """(lowest, highest) ONNX opset this SDK can export with the installed torch and onnx."""
+    import onnx
+
+    highest = onnx.defs.onnx_opset_version()
+    try:
+        from torch.onnx import _constants  # the exporter's own ceiling (private, so read defensively)
+
+        highest = min(highest, int(_constants.ONNX_MAX_OPSET))
+    except (ImportError, AttributeError, ValueError):
+        pass
+    return MIN_OPSET, highest
+
+
 def export_onnx_model(checkpoint: str | Path, *, opset: int = DEFAULT_OPSET, dynamic: bool = True,
                       embed_pre: bool = False, embed_post: bool = False, slim: bool = True) -> tuple[Any, dict[str, Any]]:
     """Trace the checkpoint into an onnx.ModelProto (checked, metadata set, maybe slimmed) + an export report."""
     import onnx
 
-    if opset < MIN_OPSET:
-        raise DigaError(f"opset {opset} is too old; use --opset {MIN_OPSET} or newer")
+    low, high = supported_opsets()
+    if not low <= opset <= high:
+        why = "is too old" if opset < low else "is newer than the installed exporter supports"
+        raise DigaError(f"opset {opset} {why}; use --opset {low} to {high}")
     model, meta = load_checkpoint(checkpoint, "cpu")
     graph = graph_info(embed_pre, embed_post, opset)
     wrapper = DeployGraph(model, meta, embed_pre, embed_post).eval()
@@ -74,6 +90,9 @@ def export_onnx_model(checkpoint: str | Path, *, opset: int = DEFAULT_OPSET, dyn
         except Exception as exc:  # the exporter raises many internal types
             raise DigaError(f"ONNX export of {meta.model_name} failed: {str(exc).splitlines()[0]}") from None
     proto = program.model_proto
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise DigaError(f"the exporter wrote opset {written} when asked for {opset}; use --opset {written}")
     _rename_dims(proto, graph, embed_pre)
     proto.producer_name, proto.doc_string = "diga-sdk", f"{meta.model_name} segmenter exported by diga-sdk"
     onnx.helper.set_model_props(proto, metadata_props(meta, graph, checkpoint_hash(checkpoint)))

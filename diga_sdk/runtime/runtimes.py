@@ -428,11 +428,13 @@ def _probe(p: Path, kind: str, cands: list[str], device: str, precision: str | N
     """Open every candidate, time a few single-image runs at the training size, keep the fastest."""
     opened: dict[str, Runtime] = {}
     ms: dict[str, float] = {}
+    failures: list[str] = []
     for name in cands:
         try:
             rt = _open(p, kind, name, device, precision, threads)
         except DigaError as exc:
             log.warning("runtime auto: %s unavailable (%s)", name, exc)
+            failures.append(f"{name}: {exc}")
             continue
         h, w = rt.meta.input_size
         img = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
@@ -445,7 +447,7 @@ def _probe(p: Path, kind: str, cands: list[str], device: str, precision: str | N
         ms[name] = float(np.median(times) * 1e3)
         opened[name] = rt
     if not opened:
-        raise DigaError(f"no runtime could load {p}; see the warnings above")
+        raise DigaError(f"no runtime could load {p} ({'; '.join(failures)})")
     best = min(ms, key=ms.__getitem__)
     rt = opened[best]
     rt.choice = {"picked": best, "ms": ms, "reason": f"measured probe ({runs} runs at {rt.meta.input_size[0]}x"

@@ -12,6 +12,22 @@ import numpy as np
 from ..errors import DigaError
 
 
+def check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Fail at once, naming the address, when nothing accepts connections at `url` (no readiness wait, no
+    token hint: a refused connection is not an auth problem)."""
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/livez", timeout=timeout)
+    except httpx.ConnectError as exc:
+        raise DigaError(f"cannot connect to {url}: {exc or 'connection refused'}; is `diga serve` running there "
+                        "(check the host and port)?") from None
+    except httpx.TimeoutException:
+        raise DigaError(f"{url} did not answer within {timeout:.0f} s; check the address and the server") from None
+    except httpx.HTTPError as exc:
+        raise DigaError(f"cannot reach {url}: {exc}") from None
+
+
 class SegmentClient:
     """`SegmentClient("http://127.0.0.1:3000", token=...)`: segment(), metadata(), reload()."""
 
@@ -19,6 +35,7 @@ class SegmentClient:
         import bentoml
         import httpx
 
+        check_reachable(url)
         try:
             self._bento = bentoml.SyncHTTPClient(url, token=token, timeout=timeout, server_ready_timeout=ready_timeout)
         except (httpx.HTTPError, bentoml.exceptions.BentoMLException) as exc:
@@ -106,28 +123,29 @@ def _sniff(head: bytes) -> str:
 
 
 def predict_files_remote(url: str, files: list[Path], out: Path, *, color: bool = False,
-                         token: str | None = None) -> dict[str, Any]:
-    """`diga predict --url`: `<stem>.png` label maps (+ `<stem>_color.png` overlays) from a served model."""
+                         token: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """`diga predict --url`: label maps (+ overlays) from a served model, named as `predict_files` names them."""
     import os
     import time
 
     from ..io import atomic_write_bytes
     from ..progress import progress_bar
+    from .runtime_files import claim_outputs
 
     token = token if token is not None else (os.environ.get("DIGA_API_TOKEN") or None)
-    out.mkdir(parents=True, exist_ok=True)
+    dests = claim_outputs(files, out, color, overwrite)
     outputs: list[str] = []
     t0 = time.perf_counter()
     with SegmentClient(url, token=token) as client:
         meta = client.metadata()
+        out.mkdir(parents=True, exist_ok=True)
         with progress_bar(f"predict ({url})", len(files)) as bar:
-            for f in files:
+            for f, (dest, color_dest) in zip(files, dests, strict=True):
                 body, _ = client.segment_raw(f, "png")
-                dest = out / f"{f.stem}.png"
                 atomic_write_bytes(dest, body)
                 outputs.append(str(dest))
-                if color:
-                    atomic_write_bytes(out / f"{f.stem}_color.png", client.segment_raw(f, "overlay")[0])
+                if color_dest is not None:
+                    atomic_write_bytes(color_dest, client.segment_raw(f, "overlay")[0])
                 bar.advance()
     seconds = time.perf_counter() - t0
     return {"runtime": f"served: {meta['runtime']} ({meta.get('precision', '')}) at {url}", "url": url,

@@ -5,7 +5,10 @@ a label map as a PNG label map, a colour overlay PNG or JSON (class histogram + 
 from __future__ import annotations
 
 import io
+import os
+import re
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,6 +23,51 @@ OUTPUT_FORMATS = ("png", "overlay", "json")
 IGNORE_LABEL = 255
 
 
+DEFAULT_MAX_PIXELS = 40_000_000  # one decoded-pixel limit for `diga predict` and the server (DIGA_MAX_PIXELS)
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def max_pixels_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """DIGA_MAX_PIXELS if set (a positive integer), else DEFAULT_MAX_PIXELS."""
+    raw = (os.environ if environ is None else environ).get("DIGA_MAX_PIXELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DigaError(f"bad DIGA_MAX_PIXELS={raw!r}; set a positive number of pixels or unset it")
+    return value
+
+
+def pixel_limit_message(pixels: int, max_pixels: int, size: tuple[int, int] | None = None) -> str:
+    """The one wording of the pixel limit, naming the variable that sets it."""
+    what = f"{size[0]}x{size[1]} = {pixels}" if size else str(pixels)
+    return (f"image of {what} pixels exceeds the limit of {max_pixels} pixels (DIGA_MAX_PIXELS); "
+            "downscale it or raise the limit")
+
+
+def open_checked(source: Any, max_pixels: int) -> Any:
+    """PIL `Image.open` of a path or file object with our pixel limit checked from the header (before
+    any pixel is decoded); Pillow's own bomb error is reported with our limit too."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        found = _BOMB_PIXELS.search(str(exc))
+        raise RequestError(pixel_limit_message(int(found.group(1)) if found else max_pixels + 1, max_pixels),
+                           413) from None
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise RequestError(pixel_limit_message(w * h, max_pixels, (w, h)), 413)
+    return img
+
+
 class RequestError(DigaError):
     """A client error with the HTTP status it maps to (400 bad input, 413 too large, 415 bad format)."""
 
@@ -30,16 +78,14 @@ class RequestError(DigaError):
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Encoded PNG/JPEG/WebP bytes -> (H,W,3) uint8 RGB; EXIF orientation applied, first frame only."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
 
     if not data:
         raise RequestError("empty request body: send one PNG, JPEG or WebP image (raw body or multipart field 'image')")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise RequestError(f"image refused: {exc}", 413) from None
+        img = open_checked(io.BytesIO(data), max_pixels)
+    except RequestError:
+        raise
     except UnidentifiedImageError:
         raise RequestError("the request body is not an image; send one PNG, JPEG or WebP image") from None
     except Exception as exc:  # PIL raises many types on hostile headers; none may reach the worker
@@ -47,9 +93,6 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     if img.format not in ALLOWED_FORMATS:
         raise RequestError(f"image format {img.format} is not accepted; send PNG, JPEG or WebP", 415)
     w, h = img.size
-    if w * h > max_pixels:
-        raise RequestError(f"image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels "
-                           f"(DIGA_MAX_PIXELS); downscale it before sending", 413)
     if w < 1 or h < 1:
         raise RequestError(f"image of {w}x{h} has no pixels")
     try:

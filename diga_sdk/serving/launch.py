@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +38,7 @@ def server_env(settings: ServeSettings, base: dict[str, str] | None = None) -> d
 
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in ENV_VARS}
     env.update(settings.to_env())
+    env.setdefault("DIGA_SERVE_SESSION", uuid.uuid4().hex)  # scopes the recorded hot-swap to this start
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     return env
 
@@ -64,18 +65,11 @@ class RunningServer:
             return ""
 
     def stop(self, timeout: float = 8.0) -> None:
-        """SIGTERM the server's process group (the arbiter and its workers), SIGKILL what lingers.
+        """SIGTERM the server's process group and every descendant (BentoML's workers run in sessions of
+        their own, out of the group's reach), SIGKILL what lingers."""
+        from .supervise import stop_tree
 
-        The group is signalled even when the arbiter already exited: its workers may outlive it."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(5)
+        stop_tree(self.proc, timeout)
 
 
 @contextlib.contextmanager

@@ -72,8 +72,8 @@ class GuardMiddleware:
         return ok and scheme.lower() == b"bearer"
 
     def _too_large(self, declared: int | None) -> str:
-        size = f"{declared} bytes" if declared is not None else "more"
-        return (f"request body of {size} exceeds the limit of {self.max_body_bytes} bytes (DIGA_MAX_BODY_BYTES); "
+        body = f"request body of {declared} bytes" if declared is not None else "request body"
+        return (f"{body} exceeds the limit of {self.max_body_bytes} bytes (DIGA_MAX_BODY_BYTES); "
                 "send a smaller image")
 
 

@@ -30,12 +30,26 @@ from .codecs import RequestError, resize_image, resize_labels
 from .middleware import GuardMiddleware
 from .pipeline import check_format, prepare, render
 from .settings import ServeSettings
-from .swap import ModelSlot, describe, resolve_model_file, smoke_test
+from .swap import ModelSlot, describe, record_current, recorded_current, resolve_model_file, smoke_test
 
 logger = logging.getLogger("diga.serving")
 SETTINGS = ServeSettings.from_env()
 META_TTL_S = 1.0  # how long a front worker trusts its copy of the model metadata
 MODEL_CALL_ATTEMPTS = 3
+
+
+def report_fatal(settings: ServeSettings, message: str) -> None:
+    """Tell the `diga serve` supervisor (through its fatal file) that this worker cannot start, so it stops
+    the server with this one line instead of BentoML restarting the worker forever."""
+    line = " ".join(message.split())
+    logger.error("%s", line)
+    if settings.fatal_file is not None:
+        try:
+            from ..io import atomic_write_bytes
+
+            atomic_write_bytes(settings.fatal_file, line.encode())
+        except OSError:
+            logger.exception("cannot write the fatal file %s", settings.fatal_file)
 
 
 def _pin_dependency_session(proxy: Any) -> None:
@@ -62,11 +76,21 @@ class SegmentModel:
 
         self.settings = ServeSettings.from_env()
         s = self.settings
-        rt = open_runtime(s.model_path(), runtime=s.runtime, device=s.device, precision=s.precision, threads=s.threads)
-        smoke_test(rt, None)  # a model that fails it is not served at start-up either
+        path, generation = s.model_path(), 0
+        try:
+            recorded = recorded_current(s.resolved_models_dir(), s.session, s.model_path())
+            if recorded is not None:  # a hot-swap happened in this session: a restarted worker keeps serving it
+                path, generation = recorded[0], int(recorded[1].get("generation", 1))
+                logger.info("restarting with the hot-swapped model %s (generation %d)", path.name, generation)
+            rt = open_runtime(path, runtime=s.runtime, device=s.device, precision=s.precision, threads=s.threads)
+            smoke_test(rt, None)  # a model that fails it is not served at start-up either
+        except Exception as exc:
+            report_fatal(s, f"the model worker cannot serve {path}: {exc}")
+            raise
         self.slot = ModelSlot(rt)
+        self.slot.generation = generation
         self.batch_sizes: dict[int, int] = {}  # batch size -> model calls (infer runs one batch at a time)
-        logger.info("serving %s with %s (hash %s)", s.model_path().name, rt.label, rt.model_hash)
+        logger.info("serving %s with %s (hash %s)", path.name, rt.label, rt.model_hash)
 
     @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
                  max_latency_ms=SETTINGS.max_latency_ms)
@@ -97,9 +121,14 @@ class SegmentModel:
         """Load `path` (re-checked against the models dir), smoke-test it, swap; never raises for user errors."""
         s = self.settings
         try:
-            target = resolve_model_file(s.resolved_models_dir(), path)
+            models_dir = s.resolved_models_dir()
+            target = resolve_model_file(models_dir, path)
+
+            def record(rt: Any, generation: int) -> None:
+                record_current(models_dir, target, rt.model_hash, generation, s.session, s.model_path())
+
             result = await anyio.to_thread.run_sync(
-                lambda: self.slot.load_and_swap(target, s.runtime, s.device, s.precision, s.threads))
+                lambda: self.slot.load_and_swap(target, s.runtime, s.device, s.precision, s.threads, record))
         except RequestError as exc:
             return {"ok": False, "status": exc.status, "error": str(exc)}
         except DigaError as exc:
@@ -175,6 +204,11 @@ class Segmenter:
         self._meta: dict[str, Any] | None = None
         self._meta_at = 0.0
         self._pinned = False
+
+    def __is_ready__(self) -> bool:
+        """False once the supervisor started a drain (its drain file exists): load balancers stop sending."""
+        drain = self.settings.drain_file
+        return drain is None or not drain.exists()
 
     async def call_model(self, api: str, **kwargs: Any) -> Any:
         """Call the model service; a call cut off by a closed connection is retried (every API is idempotent)."""

@@ -12,6 +12,7 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from ..config import DigaConfig
 from ..errors import DigaError
+from .codecs import DEFAULT_MAX_PIXELS
 
 # environment variable -> field name
 ENV_VARS = {
@@ -29,6 +30,9 @@ ENV_VARS = {
     "DIGA_MAX_LATENCY_MS": "max_latency_ms",
     "DIGA_WORKERS": "workers",
     "DIGA_TIMEOUT_S": "timeout_s",
+    "DIGA_SERVE_SESSION": "session",
+    "DIGA_DRAIN_FILE": "drain_file",
+    "DIGA_FATAL_FILE": "fatal_file",
 }
 
 
@@ -45,12 +49,17 @@ class ServeSettings(DigaConfig):
     threads: int | None = Field(default=None, ge=1)
     api_token: str | None = Field(default=None, repr=False)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(default=40_000_000, ge=64)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=64)
     batching: bool = True
     max_batch_size: int = Field(default=8, ge=1, le=256)
     max_latency_ms: int = Field(default=10_000, ge=1)
     workers: int = Field(default=1, ge=1, le=64)
     timeout_s: int = Field(default=60, ge=1)
+    # set by the `diga serve` supervisor: one id per start (scopes the recorded hot-swap), the file whose
+    # existence turns readiness off (drain), the file a worker that cannot load its model writes its error to
+    session: str | None = None
+    drain_file: Path | None = None
+    fatal_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:

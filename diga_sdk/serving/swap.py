@@ -14,6 +14,38 @@ from ..errors import DigaError
 from .codecs import RequestError
 
 MIN_AGREEMENT = 0.999  # argmax(logits) vs labels, and single vs batched, on the probe batch
+CURRENT_FILE = ".diga-current-model.json"  # in the models dir: the model a hot-swap installed
+
+
+def record_current(models_dir: Path, model: Path, model_hash: str, generation: int, session: str | None,
+                   startup_model: Path) -> Path:
+    """Write the swapped-in model's record atomically, so a restarted model worker serves it too."""
+    from ..io import atomic_write_json
+
+    path = models_dir / CURRENT_FILE
+    try:
+        atomic_write_json(path, {"model": str(model.relative_to(models_dir)), "model_hash": model_hash,
+                                 "generation": generation, "session": session, "startup_model": str(startup_model)})
+    except OSError as exc:
+        raise DigaError(f"cannot record the new model in {path} ({exc.strerror}); a worker restart would serve the "
+                        "old one, so the swap is refused: make the models directory writable") from None
+    return path
+
+
+def recorded_current(models_dir: Path, session: str | None, startup_model: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The model a hot-swap installed in this serving session (same session id and start-up model), if any."""
+    import json
+
+    try:
+        rec = json.loads((models_dir / CURRENT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("session") != session or rec.get("startup_model") != str(startup_model):
+        return None
+    try:
+        return resolve_model_file(models_dir, str(rec.get("model", ""))), rec
+    except RequestError as exc:
+        raise DigaError(f"the hot-swapped model recorded in {models_dir / CURRENT_FILE} is gone ({exc})") from None
 
 
 def describe(rt: Any) -> dict[str, Any]:
@@ -98,8 +130,9 @@ class ModelSlot:
         return self._runtime
 
     def load_and_swap(self, path: Path, runtime: str, device: str, precision: str | None,
-                      threads: int | None) -> dict[str, Any]:
-        """Open `path`, smoke-test it against the served model, then swap; the old model serves until then."""
+                      threads: int | None, before_swap: Any = None) -> dict[str, Any]:
+        """Open `path`, smoke-test it against the served model, run `before_swap(runtime, generation)` (the
+        durable record), then swap; the old model serves until then."""
         from ..runtime.runtimes import open_runtime
 
         if not self._lock.acquire(blocking=False):
@@ -108,6 +141,8 @@ class ModelSlot:
             new = open_runtime(path, runtime=runtime, device=device, precision=precision, threads=threads)
             old = self._runtime
             check = smoke_test(new, list(old.meta.class_names))
+            if before_swap is not None:
+                before_swap(new, self.generation + 1)
             self._runtime = new  # the swap: one reference assignment
             self.generation += 1
             return {"previous": describe(old), "current": describe(new), "smoke_test": check,
