@@ -73,7 +73,7 @@ def test_backbone_weights_from_user_file(tmp_path: Path) -> None:
         build_model("deeplabv2_r101", backbone_weights=str(tmp_path / "none.safetensors"))
 
 
-@pytest.mark.parametrize("name", ["light", "deeplabv2_r101"])
+@pytest.mark.parametrize("name", ["light", "fast", "deeplabv2_r101"])
 def test_folded_copy_matches_the_module_and_follows_its_changes(name):
     """The BatchNorm-folded channels-last copy (the EMA teacher's forward) equals the eval-mode module,
     before and after the module's weights and BatchNorm statistics change in place."""

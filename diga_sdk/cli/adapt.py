@@ -160,11 +160,12 @@ def translator_cmd(
 def ablation(
     out: Path = typer.Option(Path("runs/ablation"), "--out"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="skip stages already finished in --out"),
+    model: str = typer.Option("light", "--model", help="model name: light (the default) or fast"),
 ) -> None:
-    """The ablation table on the embedded benchmark (light model): every DiGA step and the baselines."""
+    """The ablation table on the embedded benchmark: every DiGA step and the baselines, for one model."""
     from ..adapt.ablation import run_ablation
 
-    run_ablation(out, resume=resume)
+    run_ablation(out, resume=resume, model=model)
 
 
 @bench_app.command("steps")
