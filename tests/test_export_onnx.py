@@ -187,10 +187,11 @@ def test_auto_probe_then_recorded_choice(cache: Path, tiny_checkpoint: Path, tin
     from diga_sdk.serving.runtime import open_runtime
 
     rt = open_runtime(tiny_checkpoint, "auto")
-    assert rt.choice["picked"] == rt.name and set(rt.choice["ms"]) == {"torch", "onnxruntime", "openvino"}
-    assert rt.choice["ms"][rt.name] == min(rt.choice["ms"].values())
+    fp32 = {"torch-fp32", "onnxruntime-fp32", "openvino-fp32"}
+    assert rt.choice["picked"] == f"{rt.name}-fp32" and set(rt.choice["ms"]) == fp32  # nothing checked: fp32 only
+    assert rt.choice["ms"][rt.choice["picked"]] == min(rt.choice["ms"].values())
     recorded = json.loads((cache / "runtime-choices.json").read_text())
-    assert [v["picked"] for v in recorded.values()] == [rt.name]
+    assert [v["picked"] for v in recorded.values()] == [rt.choice["picked"]]
     again = open_runtime(tiny_checkpoint, "auto")
     assert again.name == rt.name and again.choice["reason"] == "recorded measurement"
     imgs = _images(tiny_specs)

@@ -62,7 +62,8 @@ class SegmentModel:
 
         self.settings = ServeSettings.from_env()
         s = self.settings
-        rt = open_runtime(s.model_path(), runtime=s.runtime, device=s.device, precision=s.precision, threads=s.threads)
+        rt = open_runtime(s.model_path(), runtime=s.runtime, device=s.device, precision=s.precision, threads=s.threads,
+                          max_miou_drop=s.max_miou_drop)
         smoke_test(rt, None)  # a model that fails it is not served at start-up either
         self.slot = ModelSlot(rt)
         self.batch_sizes: dict[int, int] = {}  # batch size -> model calls (infer runs one batch at a time)
