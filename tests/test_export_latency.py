@@ -55,3 +55,42 @@ def test_machine_facts_and_path_names(tiny_checkpoint: Path, tmp_path: Path) -> 
     assert versions["torch"] and versions["onnxruntime"] and "tensorrt" in versions
     with pytest.raises(DigaError, match="unknown latency path"):
         prepare_variants(tiny_checkpoint, tmp_path, calib="unused", include=["tflite"])
+
+
+def test_efficiency_and_acceptance_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GFLOP/s and share of the measured peak per row; a reduced path is accepted only with a check within
+    the drop; auto is compared with the fastest accepted path, not with a faster unaccepted one."""
+    from diga_sdk.export.checked import AccuracyCheck, artefact_sha256, record_check
+    from diga_sdk.export.latency import add_acceptance, add_efficiency, matmul_peak_gflops
+
+    monkeypatch.setenv("DIGA_CACHE_DIR", str(tmp_path / "cache"))
+    peak = matmul_peak_gflops(threads=1, n=256, repeats=2)
+    assert 0.1 < peak < 1e5
+    int8, ov8 = tmp_path / "int8.onnx", tmp_path / "int8.xml"
+    int8.write_bytes(b"int8 graph")
+    ov8.write_bytes(b"ir")
+    record_check(int8, AccuracyCheck(path_name="onnxruntime-int8", runtime="onnxruntime",
+                                     artefact_sha256=artefact_sha256(int8), source_checkpoint_hash="abc",
+                                     reference="torch (fp32)", reference_miou=40.0, miou=39.7, miou_change=-0.3,
+                                     val="synthetic:target@val", images=8, measured_by="test"))
+    variants = [Variant("onnxruntime-fp32", "x.onnx", "onnxruntime"), Variant("onnxruntime-int8", str(int8), "onnxruntime"),
+                Variant("openvino-int8", str(ov8), "openvino"), Variant("auto", "x.safetensors", "auto")]
+    rows = [{"variant": v, "runtime": v, "size": "64x128", "batch": 2, "p50_ms": ms, "p90_ms": ms, "p99_ms": ms,
+             "throughput_img_s": 2e3 / ms, "peak_rss_mib": 100.0, "choice": {"picked": "onnxruntime-int8"}}
+            for v, ms in [("onnxruntime-fp32", 40.0), ("onnxruntime-int8", 20.0), ("openvino-int8", 10.0),
+                          ("auto", 21.0)]]
+    add_ratios(rows)
+    add_efficiency(rows, {"64x128": 0.5}, peak=100.0)
+    assert rows[0]["achieved_gflops_s"] == pytest.approx(0.5 * 2 / 0.040) and rows[0]["share_of_peak"] == pytest.approx(0.25)
+    add_acceptance(rows, variants, max_miou_drop=0.5)
+    by = {r["variant"]: r for r in rows}
+    assert by["onnxruntime-fp32"]["accepted"] and by["onnxruntime-int8"]["accepted"]
+    assert by["openvino-int8"]["accepted"] is False and "not checked" in by["openvino-int8"]["accuracy"]
+    assert by["auto"]["fastest_accepted"] == "onnxruntime-int8"
+    assert by["auto"]["time_vs_fastest_accepted"] == pytest.approx(21 / 20)
+    add_acceptance(rows, variants, max_miou_drop=0.2)  # a tighter budget turns the -0.3 INT8 down
+    assert by["onnxruntime-int8"]["accepted"] is False and by["auto"]["fastest_accepted"] == "onnxruntime-fp32"
+    table = markdown_table({"rows": rows, "machine": {**machine_info(), "peak_gflops": 100.0},
+                            "model_gflops": {"64x128": 0.5}, "max_miou_drop": 0.2})
+    assert "share of peak" in table and "25 %" in table and "fp32 peak 100 GFLOP/s" in table
+    assert "no (-0.30 mIoU)" in table and "took onnxruntime-int8" in table

@@ -28,9 +28,14 @@ def flops_by_part(model: nn.Module, size: tuple[int, int]) -> dict[str, float]:
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, *size))
-    root = type(model).__name__
-    return {name.split(".", 1)[1]: sum(v.values()) / 1e9 for name, v in counter.get_flop_counts().items()
-            if name.count(".") == 1 and name.startswith(root + ".")}
+    root = type(model).__name__ + "."
+    counts = {n[len(root):]: sum(v.values()) / 1e9 for n, v in counter.get_flop_counts().items() if n.startswith(root)}
+    out: dict[str, float] = {}
+    for part in {n.split(".")[0] for n in counts}:
+        names = [n for n in counts if n == part or n.startswith(part + ".")]
+        depth = min(n.count(".") for n in names)  # a ModuleList is never called: sum its members
+        out[part] = sum(counts[n] for n in names if n.count(".") == depth)
+    return out
 
 
 __all__ = ["flops_by_part", "model_gflops"]
