@@ -94,3 +94,37 @@ def test_efficiency_and_acceptance_columns(tmp_path: Path, monkeypatch: pytest.M
                             "model_gflops": {"64x128": 0.5}, "max_miou_drop": 0.2})
     assert "share of peak" in table and "25 %" in table and "fp32 peak 100 GFLOP/s" in table
     assert "no (-0.30 mIoU)" in table and "took onnxruntime-int8" in table
+
+
+@pytest.mark.slow
+def test_bench_latency_cli_states_flops_peak_and_accepted_paths(tiny_checkpoint: Path, tiny_specs: dict[str, str],
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`diga bench latency --val`: checks the INT8 path's accuracy first, then every row carries GFLOP/s, share of
+    the measured peak and `accepted`; auto is compared with the fastest accepted path and its times are recorded."""
+    import json
+
+    from diga_sdk.cli import main
+    from diga_sdk.export.checked import read_checks
+
+    monkeypatch.setenv("DIGA_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "lat.json"
+    assert main(["bench", "latency", "--model", str(tiny_checkpoint), "--sizes", "32x64", "--runs", "2", "--warmup",
+                 "1", "--threads", "1", "--paths", "torch-fp32,onnxruntime-fp32,onnxruntime-int8,auto",
+                 "--calib", tiny_specs["target_train"], "--calib-images", "2", "--val", tiny_specs["target_val"],
+                 "--val-limit", "2", "--work", str(tmp_path / "work"), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["model_gflops"]["32x64"] > 0 and res["machine"]["peak_gflops"] > 0
+    rows = {r["variant"]: r for r in res["rows"]}
+    for r in rows.values():
+        assert r["achieved_gflops_s"] == pytest.approx(res["model_gflops"]["32x64"] / (r["p50_ms"] / 1e3))
+        assert r["share_of_peak"] == pytest.approx(r["achieved_gflops_s"] / res["machine"]["peak_gflops"])
+    int8 = rows["onnxruntime-int8"]
+    check = read_checks(next((tmp_path / "work").glob("*/int8.onnx")))["onnxruntime-int8"]
+    assert int8["miou_change"] == pytest.approx(check.miou_change) and check.images == 2
+    assert int8["accepted"] == (check.miou_change >= -0.5) and rows["torch-fp32"]["accepted"] is True
+    auto = rows["auto"]
+    accepted = [r for r in rows.values() if r.get("accepted")]
+    assert auto["fastest_accepted"] == min(accepted, key=lambda r: r["p50_ms"])["variant"]
+    assert auto["picked"] in {"torch-fp32", "onnxruntime-fp32", "openvino-fp32"} | {r["variant"] for r in accepted}
+    recorded = json.loads((tmp_path / "cache" / "runtime-choices.json").read_text())
+    assert set(next(iter(recorded.values()))["ms"]) == {r["variant"] for r in accepted}
