@@ -30,7 +30,7 @@ def adapt(
     target: str | None = typer.Option(None, "--target", help="unlabelled target training dataset spec"),
     target_val: str | None = typer.Option(None, "--target-val", help="labelled target validation spec"),
     source_val: str | None = typer.Option(None, "--source-val", help="labelled source validation spec"),
-    model: str | None = typer.Option(None, "--model", help="model name, e.g. light or deeplabv2_r101"),
+    model: str | None = typer.Option(None, "--model", help="model name: light, fast or deeplabv2_r101"),
     out: Path | None = typer.Option(None, "--out", help="run folder (checkpoints, pseudo-labels, results)"),
     config: Path | None = typer.Option(None, "--config", help="YAML with any AdaptConfig setting"),
     init: str | None = typer.Option(None, "--init", help="start warm-up from this checkpoint (else train source-only)"),

@@ -18,7 +18,7 @@ def train(
     config: Path | None = typer.Option(None, "--config", help="YAML with any TrainConfig setting"),
     oracle: bool = typer.Option(False, "--oracle", help="train on target labels (the upper bound)"),
     data: str | None = typer.Option(None, "--data", help="training dataset spec (overrides the config)"),
-    model: str | None = typer.Option(None, "--model", help="model name, e.g. light or deeplabv2_r101"),
+    model: str | None = typer.Option(None, "--model", help="model name: light, fast or deeplabv2_r101"),
     steps: int | None = typer.Option(None, "--steps"),
     batch_size: int | None = typer.Option(None, "--batch-size"),
     seed: int | None = typer.Option(None, "--seed"),

@@ -447,12 +447,23 @@ def _auto(p: Path, kind: str, device: str, precision: str | None, threads: int |
 
 
 def _file_precision(p: Path, kind: str) -> str:
-    """fp32 for a checkpoint; what an exported graph's metadata says it holds otherwise."""
-    if kind != "onnx":
-        return "fp32" if kind == "checkpoint" else "file"
-    from ..export.metadata import GRAPH_KEY, GraphInfo, onnx_props
+    """fp32 for a checkpoint; what an exported graph's metadata says it holds otherwise (path names)."""
+    from ..export.metadata import GRAPH_KEY, GraphInfo
 
-    props = onnx_props(p)
+    if kind == "checkpoint":
+        return "fp32"
+    if kind == "onnx":
+        from ..export.metadata import onnx_props
+
+        props = onnx_props(p)
+    elif kind == "openvino" and _installed("openvino"):
+        import openvino as ov
+
+        from ..export.openvino import read_rt_info
+
+        props = read_rt_info(ov.Core().read_model(str(p)))
+    else:
+        return "engine"
     return GraphInfo.model_validate_json(props[GRAPH_KEY]).precision if GRAPH_KEY in props else "fp32"
 
 
