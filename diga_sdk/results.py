@@ -12,6 +12,20 @@ from rich.table import Table
 from .io import atomic_write_json
 from .progress import console
 
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+def cpu_isa_flags() -> list[str]:
+    """The SIMD / matrix instruction-set flags of this CPU that matter for inference speed."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in flags]
+    except OSError:
+        pass
+    return []
+
 
 def cpu_model() -> str:
     try:

@@ -188,10 +188,11 @@ def test_auto_probe_then_recorded_choice(cache: Path, tiny_checkpoint: Path, tin
     from diga_sdk.runtime.runtimes import open_runtime
 
     rt = open_runtime(tiny_checkpoint, "auto")
-    assert rt.choice["picked"] == rt.name and set(rt.choice["ms"]) == {"torch", "onnxruntime", "openvino"}
-    assert rt.choice["ms"][rt.name] == min(rt.choice["ms"].values())
+    fp32 = {"torch-fp32", "onnxruntime-fp32", "openvino-fp32"}
+    assert rt.choice["picked"] == f"{rt.name}-fp32" and set(rt.choice["ms"]) == fp32  # nothing checked: fp32 only
+    assert rt.choice["ms"][rt.choice["picked"]] == min(rt.choice["ms"].values())
     recorded = json.loads((cache / "runtime-choices.json").read_text())
-    assert [v["picked"] for v in recorded.values()] == [rt.name]
+    assert [v["picked"] for v in recorded.values()] == [rt.choice["picked"]]
     again = open_runtime(tiny_checkpoint, "auto")
     assert again.name == rt.name and again.choice["reason"] == "recorded measurement"
     imgs = _images(tiny_specs)
@@ -257,3 +258,32 @@ def test_bf16_emulation_rounds_but_stays_close(tiny_checkpoint: Path, tiny_specs
     a, b = fp.logits(imgs), bf.logits(imgs)
     rel = np.abs(a - b).mean() / np.abs(a).mean()
     assert 0 < rel < 0.03
+
+
+@pytest.mark.slow
+def test_fast_model_exports_with_parity_to_onnx_int8_and_openvino(tiny_specs: dict[str, str], tmp_path: Path) -> None:
+    """The two-branch `fast` model (bilinear fusions, pooling pyramid, dynamic sizes) through every CPU format."""
+    from diga_sdk.adapt.supervised import train_supervised
+    from diga_sdk.config import ModelConfig, TrainConfig
+    from diga_sdk.runtime.runtimes import open_runtime
+
+    cfg = TrainConfig(model=ModelConfig(name="fast"), train_data=tiny_specs["source_train"], val_data=[], steps=3,
+                      batch_size=2, crop=(64, 128), scale=(0.75, 1.0), checkpoint_every=2)
+    ckpt = train_supervised(cfg, tmp_path / "fast", stage="source_only")
+    fp32 = tmp_path / "fast.onnx"
+    report = export_model(ckpt, "onnx", fp32, parity_data=tiny_specs["target_val"], parity_images=2)
+    assert report["parity"]["passed"] and report["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert onnx_props(fp32)["model_name"] == "fast"
+    imgs = _images(tiny_specs)[:, :56, :120]  # a size the model never saw: the fusions resize dynamically
+    ref = open_runtime(ckpt, "torch").logits(imgs)
+    got = open_runtime(fp32, "openvino", precision="fp32").logits(imgs)
+    assert got.shape == (2, 19, 56, 120) and np.abs(got - ref).max() <= 1e-3
+    from diga_sdk.export.images import dataset_images
+    from diga_sdk.export.pipeline import _preprocessor
+    from diga_sdk.export.quantize import quantize_int8
+
+    calib = [s.image for s in dataset_images(tiny_specs["target_train"], 4, (64, 128))]
+    q = quantize_int8(fp32, tmp_path / "fast.int8.onnx", calib, _preprocessor(read_meta(ckpt)))
+    out = open_runtime(q, "onnxruntime").logits(imgs)
+    assert np.abs(out - ref).mean() / np.abs(ref).mean() < 0.25
+    assert (out.argmax(1) == ref.argmax(1)).mean() > 0.8

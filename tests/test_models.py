@@ -73,7 +73,7 @@ def test_backbone_weights_from_user_file(tmp_path: Path) -> None:
         build_model("deeplabv2_r101", backbone_weights=str(tmp_path / "none.safetensors"))
 
 
-@pytest.mark.parametrize("name", ["light", "deeplabv2_r101", "deeplabv2_r101_aspp_sum"])
+@pytest.mark.parametrize("name", ["light", "fast", "deeplabv2_r101", "deeplabv2_r101_aspp_sum"])
 def test_folded_copy_matches_the_module_and_follows_its_changes(name):
     """The BatchNorm-folded channels-last copy (the EMA teacher's forward) equals the eval-mode module,
     before and after the module's weights and BatchNorm statistics change in place."""
@@ -134,3 +134,21 @@ def test_deeplabv2_r101_is_the_authors_head_and_the_sum_head_keeps_its_name() ->
     assert not any(id(p) in head_ids or not p.requires_grad for p in body["params"])
     classic = build_model("deeplabv2_r101_aspp_sum")
     assert classic.classifier.bias is not None and len(classic.head.branches) == 4
+
+
+def test_fast_two_branch_shapes_and_a_fifth_of_lights_flops() -> None:
+    """`fast` returns (logits, 256-d features) at 1/8 like `light`, on sizes that do not divide by 32,
+    for at most a third of light's FLOPs (counted by torch's FlopCounterMode, not timed)."""
+    from diga_sdk.models.flops import flops_by_part, model_gflops
+
+    fast, light = build_model("fast").eval(), build_model("light").eval()
+    with torch.no_grad():
+        for h, w in [(64, 128), (72, 136), (8, 8)]:
+            logits, feats = fast(torch.randn(2, 3, h, w))
+            assert logits.shape == (2, 19, -(-h // 8), -(-w // 8)) and feats.shape == (2, 256, *logits.shape[2:])
+    assert 1e6 < sum(p.numel() for p in fast.parameters()) < 5e6
+    g_fast, g_light = model_gflops(fast, (256, 512)), model_gflops(light, (256, 512))
+    assert g_fast <= g_light / 3, (g_fast, g_light)
+    parts = flops_by_part(fast, (256, 512))
+    assert {"stem", "detail", "context", "head", "classifier"} <= set(parts)
+    assert sum(parts.values()) == pytest.approx(g_fast, rel=1e-6)

@@ -221,12 +221,15 @@ def test_settings_from_env_and_back():
     from diga_sdk.serving.settings import ServeSettings
 
     s = ServeSettings.from_env({"DIGA_MODEL": "/m/a.onnx", "DIGA_MAX_BATCH_SIZE": "4", "DIGA_BATCHING": "0",
-                                "DIGA_API_TOKEN": "", "DIGA_THREADS": "2"})
+                                "DIGA_API_TOKEN": "", "DIGA_THREADS": "2", "DIGA_MAX_MIOU_DROP": "1.5"})
     assert s.max_batch_size == 4 and s.batching is False and s.api_token is None and s.threads == 2
+    assert s.max_miou_drop == 1.5 and ServeSettings.from_env({}).max_miou_drop == 0.5
     assert ServeSettings.from_env(s.to_env()) == s
     assert s.resolved_models_dir() == Path("/m").resolve()
     with pytest.raises(DigaError, match="DIGA_MAX_BATCH_SIZE"):
         ServeSettings.from_env({"DIGA_MAX_BATCH_SIZE": "zero"})
+    with pytest.raises(DigaError, match="DIGA_MAX_MIOU_DROP"):
+        ServeSettings.from_env({"DIGA_MAX_MIOU_DROP": "-1"})
     with pytest.raises(DigaError, match="DIGA_MODEL"):
         ServeSettings.from_env({}).model_path()
 

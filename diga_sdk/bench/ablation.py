@@ -1,5 +1,6 @@
-"""The ablation job (`make ablation`): on the embedded benchmark with the light model, every DiGA
-step and its baselines, in one table and `runs/ablation/results.json` (the demo's schema).
+"""The ablation job (`make ablation`): on the embedded benchmark with one model (`light` by default,
+`--model fast` for the two-branch one), every DiGA step and its baselines, in one table and
+`runs/ablation/results.json` (the demo's schema).
 
 Stages: source_only, oracle, warmup_skd (distillation, no mixture), warmup_skd_mix (+ cross-domain
 mixture), selftrain (+ consensus self-training), selftrain_round2 (+ one refinement round) and
@@ -26,16 +27,16 @@ from ..adapt.pipeline import (
     stage_centroids,
     stage_train,
 )
-from ..config import AdaptConfig, TrainConfig
+from ..config import AdaptConfig, ModelConfig, TrainConfig
 from ..progress import log
 from ..results import print_stage_table, stage_entry, write_results
 
 SOURCE_TRAIN, TARGET_TRAIN = "synthetic:source@train", "synthetic:target@train"
 
 
-def demo_adapt_config(init_checkpoint: str, quick: bool = False) -> AdaptConfig:
+def demo_adapt_config(init_checkpoint: str, quick: bool = False, model: str = "light") -> AdaptConfig:
     """The pipeline settings `make demo` and `make ablation` share (sized for 2 CPU cores)."""
-    cfg = AdaptConfig(init_checkpoint=init_checkpoint)
+    cfg = AdaptConfig(init_checkpoint=init_checkpoint, model=ModelConfig(name=model))
     if quick:
         return cfg.model_copy(update={
             "warmup": cfg.warmup.model_copy(update={"steps": 4}),
@@ -46,14 +47,14 @@ def demo_adapt_config(init_checkpoint: str, quick: bool = False) -> AdaptConfig:
                                   "selftrain": cfg.selftrain.model_copy(update={"steps": 100})})
 
 
-def train_baselines(out: Path, quick: bool = False) -> list[dict[str, Any]]:
+def train_baselines(out: Path, quick: bool = False, model: str = "light") -> list[dict[str, Any]]:
     """source_only and oracle (supervised, 500 steps each), evaluated on source-val and target-val."""
     from ..adapt.supervised import train_supervised
 
     steps = 20 if quick else TrainConfig().steps
     entries = []
     for name, data in (("source_only", SOURCE_TRAIN), ("oracle", TARGET_TRAIN)):
-        cfg = TrainConfig(train_data=data, steps=steps)
+        cfg = TrainConfig(train_data=data, steps=steps, model=ModelConfig(name=model))
 
         def work(cfg: TrainConfig = cfg, name: str = name) -> dict[str, Any]:
             ckpt = train_supervised(cfg, out / name, stage=name, resume=True)
@@ -74,11 +75,15 @@ def gap_closed(stages: list[dict[str, Any]], final: str) -> float | None:
     return 100.0 * (fin - src) / (orc - src)
 
 
-def run_ablation(out: str | Path, resume: bool = True, quick: bool = False) -> list[dict[str, Any]]:
+def run_ablation(out: str | Path, resume: bool = True, quick: bool = False, model: str = "light") -> list[dict[str, Any]]:
     out = Path(out)
-    stages = train_baselines(out, quick)
+    stages = train_baselines(out, quick, model)
     src_ckpt = stages[0]["checkpoint"]
-    cfg = demo_adapt_config(src_ckpt, quick)
+    cfg = demo_adapt_config(src_ckpt, quick, model)
+
+    log.info("ablation: the full pipeline (warm-up with mixture, self-training, one refinement round)")
+    pipe = run_pipeline(cfg, out / "diga", resume)
+    renames = {"warmup": "warmup_skd_mix"}
 
     log.info("ablation: warm-up with symmetric distillation, no cross-domain mixture")
     no_mix = cfg.warmup.model_copy(update={"mix": False})
@@ -86,9 +91,6 @@ def run_ablation(out: str | Path, resume: bool = True, quick: bool = False) -> l
                     lambda: stage_train("warmup_skd", cfg, no_mix, src_ckpt, out / "warmup_skd", resume), resume)
     stages.append(_entry(rec))
 
-    log.info("ablation: the full pipeline (warm-up with mixture, self-training, one refinement round)")
-    pipe = run_pipeline(cfg, out / "diga", resume)
-    renames = {"warmup": "warmup_skd_mix"}
     for s in pipe["stages"]:
         stages.append({**s, "name": renames.get(s["name"], s["name"])})
 
@@ -109,7 +111,7 @@ def run_ablation(out: str | Path, resume: bool = True, quick: bool = False) -> l
                                     if s["name"] not in ("source_only", "oracle")},
              "artifacts": pipe["artifacts"], "config": cfg.model_dump(mode="json")}
     write_results(out / "results.json", stages, **extra)
-    print_stage_table(stages, title="Ablation, embedded benchmark, light model: mIoU (%)")
+    print_stage_table(stages, title=f"Ablation, embedded benchmark, {model} model: mIoU (%)")
     return stages
 
 

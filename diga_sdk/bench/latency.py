@@ -5,6 +5,12 @@ Each path (PyTorch eager fp32 / bf16 autocast, onnxruntime fp32 / INT8, OpenVINO
 and one path's allocations never slow another. The coordinator interleaves the timed runs: round r
 asks every worker for one run in turn, so drift of a shared, noisy machine hits all paths alike.
 Warm-up runs are excluded. Timed: `Runtime.predict` end to end (uint8 pixels in, label map out).
+
+How far from the machine's limit each path runs: the model's GFLOP per image at each measured size
+(torch's FlopCounterMode, 2 per multiply-accumulate) against the fp32 peak of this machine, measured as
+a 2048^3 fp32 matmul with the same thread count before and after the timed runs (the faster of the
+two). Each row states its achieved GFLOP/s (model GFLOP x batch / p50) and that as a share of the peak;
+INT8 and Winograd paths do fewer real fp32 FLOPs, so their share can pass 1.
 """
 
 from __future__ import annotations
@@ -20,9 +26,8 @@ import numpy as np
 
 from ..errors import DigaError
 from ..progress import log, progress_bar
-
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-             "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+from ..results import ISA_FLAGS, cpu_isa_flags  # noqa: F401  (re-exported for the CLI)
+from ..runtime.checked import DEFAULT_MAX_MIOU_DROP
 
 
 @dataclass
@@ -38,16 +43,6 @@ class Variant:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def cpu_isa_flags() -> list[str]:
-    """The SIMD / matrix instruction-set flags of this CPU that matter for inference speed."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in ISA_FLAGS if f in flags]
-    except OSError:
-        pass
-    return []
 
 
 def library_versions() -> dict[str, str | None]:
@@ -84,7 +79,9 @@ def _worker(conn: Any, variant: Variant, shapes: list[tuple[int, int, int]], war
             torch.set_num_threads(threads)
         from ..runtime.runtimes import open_runtime
 
-        rt = open_runtime(variant.path, variant.runtime, variant.device, precision=variant.precision, threads=threads)
+        kwargs = {"max_miou_drop": variant.extra["max_miou_drop"]} if "max_miou_drop" in variant.extra else {}
+        rt = open_runtime(variant.path, variant.runtime, variant.device, precision=variant.precision, threads=threads,
+                          **kwargs)
         rng = np.random.default_rng(0)
         batches = [rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8) for b, h, w in shapes]
         for batch in batches:
@@ -197,7 +194,8 @@ def add_ratios(rows: list[dict[str, Any]], baseline: str = "torch-fp32") -> None
 
 # ---------------------------------------------------------------------------------------- variants
 def prepare_variants(checkpoint: str | Path, work: Path, *, calib: str, calib_images: int = 32,
-                     include: list[str] | None = None, device: str = "cpu") -> list[Variant]:
+                     include: list[str] | None = None, device: str = "cpu",
+                     max_miou_drop: float | None = None) -> list[Variant]:
     """Export what the paths need into `work` (fp32 ONNX, INT8 ONNX, NNCF INT8 IR; reused when present)."""
     from ..export.images import dataset_images
     from ..export.openvino import convert_to_ir, quantize_ir_int8
@@ -240,7 +238,8 @@ def prepare_variants(checkpoint: str | Path, work: Path, *, calib: str, calib_im
         "openvino-bf16": Variant("openvino-bf16", str(fp32), "openvino", "bf16",
                                  note="bf16 inference hint (needs AVX512-BF16 / AMX, else OpenVINO runs f32)"),
         "openvino-int8": Variant("openvino-int8", str(ir8), "openvino", note="NNCF INT8 IR"),
-        "auto": Variant("auto", ck, "auto", note="open_runtime(checkpoint, 'auto')"),
+        "auto": Variant("auto", ck, "auto", note="open_runtime(checkpoint, 'auto')",
+                        extra={} if max_miou_drop is None else {"max_miou_drop": max_miou_drop}),
         "torch-cuda": Variant("torch-cuda", ck, "torch", "fp32", device="cuda"),
         "onnxruntime-cuda": Variant("onnxruntime-cuda", str(fp32), "onnxruntime", device="cuda"),
     }
@@ -252,11 +251,52 @@ ALL_VARIANTS = ("torch-fp32", "torch-bf16", "onnxruntime-fp32", "onnxruntime-int
                 "openvino-int8", "auto", "torch-cuda", "onnxruntime-cuda")
 
 
+def matmul_peak_gflops(threads: int | None = None, n: int = 2048, repeats: int = 8) -> float:
+    """This machine's fp32 matmul rate (GFLOP/s) with `threads` threads: the best of `repeats` n^3 matmuls."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def checkpoint_gflops(checkpoint: str | Path, sizes: list[tuple[int, int]]) -> dict[str, float]:
+    """{"HxW": GFLOP per image} of a checkpoint's model at each size."""
+    from ..models.checkpoint import load_checkpoint
+    from ..models.flops import model_gflops
+
+    model, _ = load_checkpoint(checkpoint)
+    return {f"{h}x{w}": model_gflops(model, (h, w)) for h, w in sizes}
+
+
+def add_efficiency(rows: list[dict[str, Any]], gflops: dict[str, float], peak: float) -> None:
+    """model_gflops, achieved_gflops_s (model GFLOP x batch / p50) and share_of_peak on every timed row."""
+    for r in rows:
+        if "p50_ms" not in r or r["size"] not in gflops:
+            continue
+        g = gflops[r["size"]]
+        rate = g * r["batch"] / (r["p50_ms"] / 1e3)
+        r.update({"model_gflops": g, "achieved_gflops_s": rate, "share_of_peak": rate / peak if peak else None})
+
+
 def run_latency(checkpoint: str | Path, *, sizes: list[tuple[int, int]], batches: list[int], runs: int = 20,
                 warmup: int = 3, threads: int | None = None, calib: str = "synthetic:target@train",
                 calib_images: int = 32, include: list[str] | None = None, work: Path | None = None,
-                engine: str | Path | None = None) -> dict[str, Any]:
-    """Prepare every path, measure them interleaved, add ratios and the auto-versus-fastest verdict."""
+                engine: str | Path | None = None, val: str | None = None, val_limit: int | None = None,
+                max_miou_drop: float = DEFAULT_MAX_MIOU_DROP) -> dict[str, Any]:
+    """Prepare every path (with `val`: check the accuracy of the reduced-precision ones not checked yet),
+    measure them interleaved, add ratios, GFLOP/s, which paths are accepted and the auto verdict."""
     import torch
 
     from ..runtime.cache import cache_dir
@@ -264,27 +304,73 @@ def run_latency(checkpoint: str | Path, *, sizes: list[tuple[int, int]], batches
     device = "cuda" if torch.cuda.is_available() else "cpu"
     machine = machine_info()
     variants = prepare_variants(checkpoint, work or cache_dir() / "bench", calib=calib, calib_images=calib_images,
-                                include=include, device=device)
+                                include=include, device=device, max_miou_drop=max_miou_drop)
+    if val:
+        from .precision import check_variants
+
+        check_variants(checkpoint, variants, val, limit=val_limit, threads=threads, measured_by="diga bench latency")
     if engine:
         variants.append(Variant("tensorrt", str(engine), "tensorrt", device="cuda"))
+    gflops = checkpoint_gflops(checkpoint, sizes)
+    peak_before = matmul_peak_gflops(threads)
     rows = measure(variants, sizes, batches, runs=runs, warmup=warmup, threads=threads)
+    peak_after = matmul_peak_gflops(threads)
+    machine["peak_gflops"] = max(peak_before, peak_after)
+    machine["peak_gflops_runs"] = {"before": peak_before, "after": peak_after, "threads": threads,
+                                   "what": "fp32 matmul 2048^3, best of 8"}
     add_ratios(rows)
+    add_efficiency(rows, gflops, machine["peak_gflops"])
+    add_acceptance(rows, variants, max_miou_drop)
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     _record_fastest(checkpoint, rows, device)
     return {"checkpoint": str(checkpoint), "sizes": [f"{h}x{w}" for h, w in sizes], "batches": batches, "runs": runs,
-            "warmup": warmup, "threads": threads, "rows": rows, "machine": machine}
+            "warmup": warmup, "threads": threads, "model_gflops": gflops, "max_miou_drop": max_miou_drop,
+            "rows": rows, "machine": machine}
+
+
+FP32_PATHS = ("torch-fp32", "onnxruntime-fp32", "openvino-fp32")
+
+
+def add_acceptance(rows: list[dict[str, Any]], variants: list[Variant], max_miou_drop: float) -> None:
+    """`accepted` on every row: fp32 paths are the reference (True); a reduced-precision path is accepted
+    when its recorded accuracy check loses at most `max_miou_drop` mIoU points (no check: False); the
+    auto row gets the path it took and its time against the fastest accepted path of its (size, batch)."""
+    from ..runtime.checked import read_checks
+
+    by_name = {v.name: v for v in variants}
+    for r in rows:
+        v = by_name.get(r["variant"])
+        if v is None or v.name == "auto":
+            continue
+        if v.name in FP32_PATHS or v.device.startswith("cuda"):
+            r.update({"accepted": True, "accuracy": "fp32 reference"})
+            continue
+        check = read_checks(v.path).get(v.name) if v.runtime != "tensorrt" else None
+        r["miou_change"] = check.miou_change if check else None
+        r["accepted"] = bool(check and check.accepted(max_miou_drop))
+        r["accuracy"] = (f"{check.miou_change:+.2f} mIoU on {check.val} ({check.images} images)" if check
+                         else "not checked (run `diga bench precision` or pass --val)")
+    timed = [r for r in rows if "p50_ms" in r]
+    for r in timed:
+        if r["variant"] != "auto":
+            continue
+        group = [o for o in timed if (o["size"], o["batch"]) == (r["size"], r["batch"]) and o.get("accepted")]
+        if group:
+            best = min(group, key=lambda o: o["p50_ms"])
+            r.update({"fastest_accepted": best["variant"], "time_vs_fastest_accepted": r["p50_ms"] / best["p50_ms"]})
+        r["picked"] = (r.get("choice") or {}).get("picked")
 
 
 def _record_fastest(checkpoint: str | Path, rows: list[dict[str, Any]], device: str) -> None:
-    """Record the fastest full-precision-graph runtime at batch 1 so `auto` reuses the measurement."""
+    """Record every accepted path's batch-1 time at the largest size (by path name) so `auto` reuses them."""
     from ..runtime.runtimes import choice_key, record_choice
 
-    runtime_of = {"torch-fp32": "torch", "onnxruntime-fp32": "onnxruntime", "openvino-fp32": "openvino"}
-    cands = [r for r in rows if r.get("variant") in runtime_of and r.get("batch") == 1]
+    cands = [r for r in rows if r.get("accepted") and r.get("batch") == 1 and "p50_ms" in r
+             and not r["variant"].endswith("cuda") and r["variant"] != "tensorrt"]
     if not cands:
         return
     size = max({r["size"] for r in cands}, key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1]))
-    ms = {runtime_of[r["variant"]]: r["p50_ms"] for r in cands if r["size"] == size}
+    ms = {r["variant"]: r["p50_ms"] for r in cands if r["size"] == size}
     record_choice(choice_key(Path(checkpoint), device), min(ms, key=ms.__getitem__), ms)
 
 
@@ -292,20 +378,38 @@ def _record_fastest(checkpoint: str | Path, rows: list[dict[str, Any]], device: 
 def markdown_table(result: dict[str, Any]) -> str:
     """The results as a markdown table (one row per path, size and batch)."""
     head = ("| path | runtime (precision) | size | batch | p50 ms | p90 ms | p99 ms | img/s | peak RSS MiB "
-            "| speed-up vs eager | time vs fastest |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            "| speed-up vs eager | time vs fastest | GFLOP/s | share of peak | accepted |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
     lines = []
     for r in sorted(result["rows"], key=lambda r: (r.get("size", ""), r.get("batch", 0), r.get("p50_ms", 1e18))):
         if "error" in r:
-            lines.append(f"| {r['variant']} | unavailable: {r['error'][:80]} | | | | | | | | | |")
+            lines.append(f"| {r['variant']} | unavailable: {r['error'][:80]} | | | | | | | | | | | | |")
             continue
         sp = f"{r['speedup_vs_eager']:.2f}x" if r.get("speedup_vs_eager") else "-"
+        rate = f"{r['achieved_gflops_s']:.1f}" if r.get("achieved_gflops_s") else "-"
+        share = f"{100 * r['share_of_peak']:.0f} %" if r.get("share_of_peak") else "-"
+        if r["variant"] == "auto":
+            acc = f"took {r.get('picked')}"
+            if r.get("time_vs_fastest_accepted"):
+                acc += f", {r['time_vs_fastest_accepted']:.2f}x the fastest accepted ({r['fastest_accepted']})"
+        else:
+            acc = {True: "yes", False: "no", None: "-"}[r.get("accepted")]
+            if r.get("miou_change") is not None:
+                acc += f" ({r['miou_change']:+.2f} mIoU)"
         lines.append(f"| {r['variant']} | {r['runtime']} | {r['size']} | {r['batch']} | {r['p50_ms']:.1f} | "
                      f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_img_s']:.1f} | {r['peak_rss_mib']:.0f} | "
-                     f"{sp} | {r['time_vs_fastest']:.2f} |")
+                     f"{sp} | {r['time_vs_fastest']:.2f} | {rate} | {share} | {acc} |")
     m = result["machine"]
+    flops = result.get("model_gflops") or {}
     foot = (f"\nCPU: {m['cpu']}, {m['cores']} cores, ISA: {' '.join(m['isa_flags']) or '-'}; load average at start "
             f"{', '.join(f'{x:.1f}' for x in (m.get('load_average') or []))}; libraries: "
             + ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v) + "\n")
+    if flops or m.get("peak_gflops"):
+        foot += ("Model: " + ", ".join(f"{g:.1f} GFLOP per image at {s}" for s, g in flops.items())
+                 + (f"; machine fp32 peak {m['peak_gflops']:.0f} GFLOP/s (2048^3 matmul, same threads)"
+                    if m.get("peak_gflops") else "")
+                 + (f"; accepted: fp32, or a reduced precision within {result['max_miou_drop']} mIoU"
+                    if result.get("max_miou_drop") is not None else "") + "\n")
     return head + "\n".join(lines) + "\n" + foot
 
 

@@ -41,7 +41,7 @@ def adapt(
     target: str | None = typer.Option(None, "--target", help="unlabelled target training dataset spec"),
     target_val: str | None = typer.Option(None, "--target-val", help="labelled target validation spec"),
     source_val: str | None = typer.Option(None, "--source-val", help="labelled source validation spec"),
-    model: str | None = typer.Option(None, "--model", help="model name, e.g. light or deeplabv2_r101"),
+    model: str | None = typer.Option(None, "--model", help="model name: light, fast or deeplabv2_r101"),
     out: Path | None = typer.Option(None, "--out", help="run folder (checkpoints, pseudo-labels, results)"),
     config: Path | None = typer.Option(None, "--config", help="YAML with any AdaptConfig setting"),
     preset: str | None = typer.Option(None, "--preset", help=PRESET_HELP),
@@ -201,11 +201,12 @@ def translator_cmd(
 def ablation(
     out: Path = typer.Option(Path("runs/ablation"), "--out"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="skip stages already finished in --out"),
+    model: str = typer.Option("light", "--model", help="model name: light (the default) or fast"),
 ) -> None:
-    """The ablation table on the embedded benchmark (light model): every DiGA step and the baselines."""
+    """The ablation table on the embedded benchmark: every DiGA step and the baselines, for one model."""
     from ..bench.ablation import run_ablation
 
-    run_ablation(out, resume=resume)
+    run_ablation(out, resume=resume, model=model)
 
 
 @bench_app.command("steps")

@@ -24,13 +24,19 @@ def latency_cmd(
     calib_images: int = typer.Option(32, "--calib-images", min=1),
     engine: Path | None = typer.Option(None, "--engine", help="a TensorRT engine to measure too (GPU machines)"),
     work: Path | None = typer.Option(None, "--work", help="folder for the exported files (default: the cache)"),
+    val: str | None = typer.Option(None, "--val", help="labelled spec: first check the mIoU change of every "
+                                   "INT8/FP16/bf16 path not checked yet (what `auto` and the accepted column read)"),
+    val_limit: int | None = typer.Option(None, "--val-limit", help="check on the first N images of --val only"),
+    max_miou_drop: float = typer.Option(0.5, "--max-miou-drop", min=0.0,
+                                        help="a reduced precision is accepted when it loses at most this mIoU"),
     json_path: Path | None = typer.Option(None, "--json", help="write the results here"),
     md_path: Path | None = typer.Option(None, "--md", help="write the markdown table here"),
     plot_path: Path | None = typer.Option(None, "--plot", help="write a PNG plot here"),
 ) -> None:
-    """PyTorch eager fp32 / bf16, onnxruntime fp32 / INT8, OpenVINO fp32 / bf16 / INT8, auto (+ CUDA / TensorRT)."""
-    from ..bench.latency import markdown_table, plot
-    from ..segmenter import Segmenter
+    """PyTorch eager fp32 / bf16, onnxruntime fp32 / INT8, OpenVINO fp32 / bf16 / INT8, auto (+ CUDA / TensorRT),
+    with the model's GFLOPs, the machine's measured fp32 peak, each path's share of it and which paths are
+    accepted (fp32, or a reduced precision whose checked mIoU loss is within --max-miou-drop)."""
+    from ..bench.latency import markdown_table, plot, run_latency
 
     size_list = [parse_size(s) for s in sizes.split(",") if s.strip()]
     try:
@@ -39,9 +45,10 @@ def latency_cmd(
         raise typer.BadParameter(f"{batch!r} is not a comma-separated list of integers", param_hint="'--batch'") from None
     if not batches or min(batches) < 1:
         raise typer.BadParameter(f"{batch!r}: every batch size must be at least 1", param_hint="'--batch'")
-    result = Segmenter(model).benchmark(size_list, batches, runs=runs, warmup=warmup, threads=threads, calib=calib,
-                                        calib_images=calib_images, work=work, engine=engine,
-                                        paths=[p.strip() for p in paths.split(",")] if paths else None).to_dict()
+    result = run_latency(model, sizes=size_list, batches=batches, runs=runs, warmup=warmup, threads=threads,
+                         calib=calib, calib_images=calib_images, work=work, engine=engine, val=val,
+                         val_limit=val_limit, max_miou_drop=max_miou_drop,
+                         include=[p.strip() for p in paths.split(",")] if paths else None)
     table = markdown_table(result)
     console.print(table, highlight=False, markup=False)
     write_report(result, table, json_path, md_path)

@@ -20,6 +20,8 @@ def predict_cmd(
     color: bool = typer.Option(False, "--color", help="also write a colour overlay <name>_color.png"),
     runtime: str = typer.Option("auto", "--runtime", help="auto | torch | onnxruntime | openvino | tensorrt"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    max_miou_drop: float = typer.Option(0.5, "--max-miou-drop", min=0.0,
+                                        help="auto: take an INT8/FP16 path only if its checked mIoU loss is within this"),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="images of one size run together"),
     json_path: Path | None = typer.Option(None, "--json", help="write the run summary (runtime picked, files) here"),
     url: str | None = typer.Option(None, "--url", help="a running `diga serve` endpoint instead of --model "
@@ -28,8 +30,9 @@ def predict_cmd(
     max_pixels: int | None = typer.Option(None, "--max-pixels", min=64,
                                           help="decoded pixel limit per image (default: DIGA_MAX_PIXELS or 40000000)"),
 ) -> None:
-    """Predict label maps with any runtime; `--runtime auto` picks (and says) the fastest one available."""
-    from ..segmenter import Segmenter
+    """Predict label maps with any runtime; `--runtime auto` picks (and says) the fastest path whose accuracy was
+    checked."""
+    from ..runtime.runtimes import open_runtime
     from ..serving.runtime_files import claim_outputs, collect_images, predict_files
 
     if url is not None:
@@ -45,7 +48,7 @@ def predict_cmd(
         raise DigaError("diga predict needs --model PATH (a checkpoint or an exported model)")
     files = collect_images(images)
     claim_outputs(files, out, color, overwrite)  # before the model loads: a refusal costs nothing
-    rt = Segmenter(model, runtime, device).runtime
+    rt = open_runtime(model, runtime, device, max_miou_drop=max_miou_drop)
     console.print(f"runtime: {rt.label}" + (f" ({rt.choice.get('reason')})" if rt.choice else ""), highlight=False)
     summary = predict_files(rt, files, out, color=color, batch_size=batch_size, overwrite=overwrite,
                             max_pixels=max_pixels)

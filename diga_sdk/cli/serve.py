@@ -20,6 +20,8 @@ def serve_cmd(
     runtime: str = typer.Option("auto", "--runtime", help="auto | torch | onnxruntime | openvino | tensorrt"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     threads: int | None = typer.Option(None, "--threads", min=1, help="inference threads of the runtime"),
+    max_miou_drop: float = typer.Option(0.5, "--max-miou-drop", min=0.0,
+                                        help="auto: take an INT8/FP16 path only if its checked mIoU loss is within this"),
     models_dir: Path | None = typer.Option(None, "--models-dir",
                                            help="hot-swap loads only from here (default: the model's folder)"),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="adaptive batching of the model call"),
@@ -45,7 +47,7 @@ def serve_cmd(
 
     settings = ServeSettings(
         model=model.resolve(), models_dir=models_dir.resolve() if models_dir else None, runtime=runtime,
-        device=device, threads=threads, api_token=os.environ.get("DIGA_API_TOKEN") or None, batching=batching,
+        device=device, threads=threads, max_miou_drop=max_miou_drop, api_token=os.environ.get("DIGA_API_TOKEN") or None, batching=batching,
         max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
         max_pixels=max_pixels if max_pixels is not None else max_pixels_from_env(), workers=workers)
     check_settings(settings)

@@ -26,7 +26,7 @@ def train(
     strict: bool = typer.Option(False, "--strict", help="refuse images without a label file instead of skipping"),
     oracle: bool = typer.Option(False, "--oracle", help="train on target labels (the upper bound)"),
     data: str | None = typer.Option(None, "--data", help="training dataset spec (overrides the config)"),
-    model: str | None = typer.Option(None, "--model", help="model name, e.g. light or deeplabv2_r101"),
+    model: str | None = typer.Option(None, "--model", help="model name: light, fast or deeplabv2_r101"),
     steps: int | None = typer.Option(None, "--steps", min=1),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     seed: int | None = typer.Option(None, "--seed"),

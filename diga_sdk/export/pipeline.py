@@ -103,6 +103,8 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path, *, opset: in
         if val:
             report["accuracy"] = _accuracy(fp32, final, fmt, val, val_limit)
         _move_into_place(final, out)
+    if val and fmt in CHECKED_FORMATS and "change" in report.get("accuracy", {}):
+        report["accuracy_sidecar"] = str(_record_accuracy(out, fmt, report["accuracy"], val, props))
     report["seconds"] = round(time.perf_counter() - t0, 1)
     return report
 
@@ -195,6 +197,23 @@ def _accuracy(fp32: Path, final: Path, fmt: str, val: str, limit: int | None) ->
     log.info("mIoU on %s: fp32 %.2f -> %s %.2f (%+.2f)", val, ref["miou"], other["runtime"], other["miou"],
              change["delta"])
     return {"fp32": ref, "exported": other, "change": change}
+
+
+CHECKED_FORMATS = {"onnx-int8": ("onnxruntime-int8", "onnxruntime"), "onnx-fp16": ("onnxruntime-fp16", "onnxruntime"),
+                   "openvino-int8": ("openvino-int8", "openvino")}
+
+
+def _record_accuracy(out: Path, fmt: str, acc: dict[str, Any], val: str, props: dict[str, str]) -> Path:
+    """The exported file's sidecar: its measured mIoU change, which `runtime="auto"` reads."""
+    from ..runtime.checked import AccuracyCheck, artefact_sha256, record_check
+    from .metadata import HASH_KEY
+
+    name, runtime = CHECKED_FORMATS[fmt]
+    ch = acc["change"]
+    return record_check(out, AccuracyCheck(
+        path_name=name, runtime=runtime, artefact_sha256=artefact_sha256(out), source_checkpoint_hash=props[HASH_KEY],
+        reference=ch["reference"], reference_miou=ch["reference_miou"], miou=ch["miou"], miou_change=ch["delta"],
+        val=val, images=acc["exported"]["images"], measured_by="diga export"))
 
 
 def _move_into_place(final: Path, out: Path) -> None:

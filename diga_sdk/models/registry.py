@@ -36,7 +36,7 @@ def build_model(name: str, num_classes: int = 19, **options) -> nn.Module:
 
 
 def _import_builtin() -> None:
-    from . import deeplabv2, light  # noqa: F401  (registers the built-in models)
+    from . import deeplabv2, fast, light  # noqa: F401  (registers the built-in models)
 
 
 def channels_last(model: nn.Module) -> nn.Module:

@@ -7,9 +7,14 @@ file, an OpenVINO IR (.xml) or a TensorRT engine (+ its JSON sidecar) and return
 - `logits(images)`: the same batch -> float32 (B,C,H,W) logits at the input size;
 - `name` (torch | onnxruntime | openvino | tensorrt), `precision`, `meta` (ModelMeta), `model_hash`.
 
-`runtime="auto"` picks the fastest runtime available for the format and device: from a recorded
-measurement (`record_choice`, written by `diga bench latency`) or else a short measured probe at the
-model's training size; the choice and its timings are in `Runtime.choice` and logged.
+`runtime="auto"` picks the fastest path whose accuracy was checked: the file itself in every runtime
+installed for its format and device, plus (for a checkpoint or an fp32 ONNX on the CPU) every
+reduced-precision path of the same source checkpoint (INT8 / FP16 artefacts, bf16 hints) whose measured
+mIoU change (`export/checked.py`, written by `diga export --val` or `diga bench precision`) is within
+`max_miou_drop` points; a path that lost more, or was never checked, is not taken. Among those it
+takes the fastest by a recorded measurement (`record_choice`, written by `diga bench latency`) or else a
+short measured probe at the model's training size; the choice, its timings and the paths it turned down
+are in `Runtime.choice` and logged.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ from ..errors import DigaError
 from ..models.checkpoint import ModelMeta
 from ..progress import log
 from .cache import cache_dir
+from .checked import DEFAULT_MAX_MIOU_DROP
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
 CHECKPOINT_SUFFIXES = (".safetensors",)
@@ -356,14 +363,17 @@ class TensorRTRuntime(Runtime):
 
 # --------------------------------------------------------------------------------------------- open
 def open_runtime(path: str | Path, runtime: str = "auto", device: str = "cpu", *, precision: str | None = None,
-                 threads: int | None = None) -> Runtime:
-    """Load `path` (checkpoint, ONNX, OpenVINO IR or TensorRT engine) with `runtime` (or the fastest one: 'auto')."""
+                 threads: int | None = None, max_miou_drop: float = DEFAULT_MAX_MIOU_DROP) -> Runtime:
+    """Load `path` (checkpoint, ONNX, OpenVINO IR or TensorRT engine) with `runtime`, or with 'auto' the
+    fastest path whose accuracy was checked (reduced precisions within `max_miou_drop` mIoU points)."""
     p = Path(path)
     kind = model_format(p)
     if runtime != "auto" and runtime not in RUNTIMES:
         raise DigaError(f"unknown runtime {runtime!r}; choose auto or one of {', '.join(RUNTIMES)}")
     if runtime == "auto":
-        return _auto(p, kind, device, precision, threads)
+        if max_miou_drop < 0:
+            raise DigaError(f"--max-miou-drop must be >= 0 mIoU points, got {max_miou_drop}")
+        return _auto(p, kind, device, precision, threads, max_miou_drop)
     if runtime not in _COMPATIBLE[kind]:
         hint = {"tensorrt": "build an engine with `diga export --format tensorrt`",
                 "torch": "the torch runtime needs the .safetensors checkpoint"}.get(runtime, "")
@@ -404,37 +414,116 @@ def _installed(runtime: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _auto(p: Path, kind: str, device: str, precision: str | None, threads: int | None) -> Runtime:
-    cands = _candidates(kind, device)
-    if not cands:
+@dataclass
+class AutoPath:
+    """One path `auto` may take: a file, the runtime that opens it and the precision hint."""
+
+    name: str  # e.g. onnxruntime-fp32, onnxruntime-int8, openvino-int8
+    file: Path
+    kind: str
+    runtime: str
+    precision: str | None = None
+    miou_change: float | None = None  # None: the file the caller gave (its own precision, not re-checked)
+
+
+def _auto(p: Path, kind: str, device: str, precision: str | None, threads: int | None,
+          max_miou_drop: float = DEFAULT_MAX_MIOU_DROP) -> Runtime:
+    runtimes = _candidates(kind, device)
+    if not runtimes:
         raise DigaError(f"no runtime for a {kind} file on {device} is installed; install the `export` extra")
-    if len(cands) == 1:
-        rt = _open(p, kind, cands[0], device, precision, threads)
-        rt.choice = {"picked": rt.name, "reason": f"the only runtime for a {kind} file on {device}"}
-        log.info("runtime auto: %s (the only runtime for a %s file on %s)", rt.label, kind, device)
+    own = _file_precision(p, kind)
+    paths = [AutoPath(f"{r}-{precision or own}", p, kind, r, precision) for r in runtimes]
+    rejected: dict[str, float] = {}
+    if precision is None and own == "fp32" and not device.startswith("cuda") and kind in ("checkpoint", "onnx"):
+        more, rejected = _checked_paths(p, kind, max_miou_drop)
+        paths += more
+    extra = {"max_miou_drop": max_miou_drop, "rejected": rejected,
+             "accepted": {a.name: a.miou_change for a in paths if a.miou_change is not None}}
+    if rejected:
+        log.info("runtime auto: turned down %s (mIoU change beyond -%.2f)", _fmt_change(rejected), max_miou_drop)
+    if len(paths) == 1:
+        rt = _open_path(paths[0], device, threads)
+        rt.choice = {"picked": paths[0].name, "reason": f"the only path for a {kind} file on {device}", **extra}
+        log.info("runtime auto: %s (the only path for a %s file on %s)", rt.label, kind, device)
         return rt
     key = choice_key(p, device)
-    recorded = _read_choices().get(key)
-    if recorded and recorded.get("picked") in cands:
-        rt = _open(p, kind, recorded["picked"], device, precision, threads)
-        rt.choice = {**recorded, "reason": "recorded measurement"}
-        log.info("runtime auto: %s from a recorded measurement (%s)", rt.label, _fmt_ms(recorded.get("ms", {})))
+    ms = _read_choices().get(key, {}).get("ms", {})
+    if all(a.name in ms for a in paths):
+        best = min(paths, key=lambda a: ms[a.name])
+        rt = _open_path(best, device, threads)
+        rt.choice = {"picked": best.name, "ms": {a.name: ms[a.name] for a in paths},
+                     "reason": "recorded measurement", **extra}
+        log.info("runtime auto: %s from a recorded measurement (%s)", rt.label, _fmt_ms(rt.choice["ms"]))
         return rt
-    return _probe(p, kind, cands, device, precision, threads, key)
+    rt = _probe(paths, device, threads, key)
+    rt.choice.update(extra)
+    return rt
 
 
-def _probe(p: Path, kind: str, cands: list[str], device: str, precision: str | None, threads: int | None,
-           key: str, runs: int = 3) -> Runtime:
-    """Open every candidate, time a few single-image runs at the training size, keep the fastest."""
+def _file_precision(p: Path, kind: str) -> str:
+    """fp32 for a checkpoint; what an exported graph's metadata says it holds otherwise (path names)."""
+    from .metadata import GRAPH_KEY, GraphInfo
+
+    if kind == "checkpoint":
+        return "fp32"
+    if kind == "onnx":
+        from .metadata import onnx_props
+
+        props = onnx_props(p)
+    elif kind == "openvino" and _installed("openvino"):
+        import openvino as ov
+
+        from .metadata import read_rt_info
+
+        props = read_rt_info(ov.Core().read_model(str(p)))
+    else:
+        return "engine"
+    return GraphInfo.model_validate_json(props[GRAPH_KEY]).precision if GRAPH_KEY in props else "fp32"
+
+
+def _checked_paths(p: Path, kind: str, max_miou_drop: float) -> tuple[list[AutoPath], dict[str, float]]:
+    """The reduced-precision paths of p's source checkpoint: (accepted ones, {rejected name: mIoU change})."""
+    from ..results import cpu_isa_flags
+    from .checked import checked_paths
+
+    if kind == "checkpoint":
+        from ..models.checkpoint import checkpoint_hash
+
+        source = checkpoint_hash(p)
+    else:
+        from .metadata import HASH_KEY, onnx_props
+
+        source = onnx_props(p).get(HASH_KEY, "")
+    bf16_units = bool({"avx512_bf16", "amx_bf16"} & set(cpu_isa_flags()))
+    accepted, rejected = [], {}
+    for f, check in checked_paths(source):
+        if check.runtime not in RUNTIMES or not _installed(check.runtime):
+            continue
+        if check.precision == "bf16" and not bf16_units:
+            continue  # without bf16 units the hint runs fp32 (OpenVINO) or reference kernels (torch)
+        if not check.accepted(max_miou_drop):
+            rejected[check.path_name] = check.miou_change
+            continue
+        accepted.append(AutoPath(check.path_name, f, model_format(f), check.runtime, check.precision,
+                                 check.miou_change))
+    return accepted, rejected
+
+
+def _open_path(a: AutoPath, device: str, threads: int | None) -> Runtime:
+    return _open(a.file, a.kind, a.runtime, device, a.precision, threads)
+
+
+def _probe(paths: list[AutoPath], device: str, threads: int | None, key: str, runs: int = 3) -> Runtime:
+    """Open every candidate path, time a few single-image runs at the training size, keep the fastest."""
     opened: dict[str, Runtime] = {}
     ms: dict[str, float] = {}
     failures: list[str] = []
-    for name in cands:
+    for a in paths:
         try:
-            rt = _open(p, kind, name, device, precision, threads)
+            rt = _open_path(a, device, threads)
         except DigaError as exc:
-            log.warning("runtime auto: %s unavailable (%s)", name, exc)
-            failures.append(f"{name}: {exc}")
+            log.warning("runtime auto: %s unavailable (%s)", a.name, exc)
+            failures.append(f"{a.name}: {exc}")
             continue
         h, w = rt.meta.input_size
         img = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
@@ -444,10 +533,10 @@ def _probe(p: Path, kind: str, cands: list[str], device: str, precision: str | N
             t0 = time.perf_counter()
             rt.predict(img)
             times.append(time.perf_counter() - t0)
-        ms[name] = float(np.median(times) * 1e3)
-        opened[name] = rt
+        ms[a.name] = float(np.median(times) * 1e3)
+        opened[a.name] = rt
     if not opened:
-        raise DigaError(f"no runtime could load {p} ({'; '.join(failures)})")
+        raise DigaError(f"no runtime could load {paths[0].file} ({'; '.join(failures)})")
     best = min(ms, key=ms.__getitem__)
     rt = opened[best]
     rt.choice = {"picked": best, "ms": ms, "reason": f"measured probe ({runs} runs at {rt.meta.input_size[0]}x"
@@ -455,6 +544,10 @@ def _probe(p: Path, kind: str, cands: list[str], device: str, precision: str | N
     record_choice(key, best, ms)
     log.info("runtime auto: picked %s by a measured probe (%s)", rt.label, _fmt_ms(ms))
     return rt
+
+
+def _fmt_change(change: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:+.2f}" for k, v in sorted(change.items()))
 
 
 def _fmt_ms(ms: dict[str, float]) -> str:
@@ -479,11 +572,12 @@ def _read_choices() -> dict[str, Any]:
 
 
 def record_choice(key: str, picked: str, ms: dict[str, float]) -> None:
-    """Remember which runtime was fastest for (model, device, machine); `auto` reuses it."""
+    """Remember each path's time for (model, device, machine), by path name (e.g. onnxruntime-int8); `auto`
+    reuses it when every path it may take has a time."""
     from ..io import atomic_write_json
 
-    if picked not in RUNTIMES:
-        raise DigaError(f"cannot record unknown runtime {picked!r}")
+    if picked not in ms:
+        raise DigaError(f"cannot record {picked!r} as the fastest path: it has no time among {sorted(ms)}")
     choices = _read_choices()
     choices[key] = {"picked": picked, "ms": ms, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:

@@ -82,7 +82,8 @@ class SegmentModel:
             if recorded is not None:  # a hot-swap happened in this session: a restarted worker keeps serving it
                 path, generation = recorded[0], int(recorded[1].get("generation", 1))
                 logger.info("restarting with the hot-swapped model %s (generation %d)", path.name, generation)
-            rt = open_runtime(path, runtime=s.runtime, device=s.device, precision=s.precision, threads=s.threads)
+            rt = open_runtime(path, runtime=s.runtime, device=s.device, precision=s.precision, threads=s.threads,
+                              max_miou_drop=s.max_miou_drop)
             smoke_test(rt, None)  # a model that fails it is not served at start-up either
         except Exception as exc:
             report_fatal(s, f"the model worker cannot serve {path}: {exc}")

@@ -21,6 +21,7 @@ ENV_VARS = {
     "DIGA_RUNTIME": "runtime",
     "DIGA_DEVICE": "device",
     "DIGA_PRECISION": "precision",
+    "DIGA_MAX_MIOU_DROP": "max_miou_drop",
     "DIGA_THREADS": "threads",
     "DIGA_API_TOKEN": "api_token",
     "DIGA_MAX_BODY_BYTES": "max_body_bytes",
@@ -46,6 +47,7 @@ class ServeSettings(DigaConfig):
     runtime: Literal["auto", "torch", "onnxruntime", "openvino", "tensorrt"] = "auto"
     device: str = "cpu"
     precision: Literal["fp32", "fp16", "bf16", "int8"] | None = None
+    max_miou_drop: float = Field(default=0.5, ge=0)  # auto: reduced precisions within this many mIoU points
     threads: int | None = Field(default=None, ge=1)
     api_token: str | None = Field(default=None, repr=False)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
