@@ -152,7 +152,7 @@ class AdaptConfig(_Strict):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     source: str = "synthetic:source@train"
-    target: str = "synthetic:target@train"
+    target: str | None = "synthetic:target@train"  # None: no target images (domain generalisation)
     target_val: str = "synthetic:target@val"
     source_val: str | None = "synthetic:source@val"
     init_checkpoint: str | None = None  # warm-up starts here; None -> a source-only stage is trained first
@@ -170,3 +170,44 @@ class AdaptConfig(_Strict):
     select_best: bool = False  # choose a stage's checkpoint by target-val mIoU (uses target labels!)
     snapshot_every: int = 100  # with select_best: evaluate a snapshot every N steps
     device: str = "cpu"
+
+
+# ---- the method's two other uses: domain generalisation and semi-supervised segmentation ----
+
+class DGConfig(_Strict):
+    """Domain generalisation: source-only and DG (symmetric distillation between a clean and a photometric
+    view, no target image) trained on the same schedule from the same initial weights."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    source: str = "synthetic:source@train"
+    eval: list[str] = Field(default_factory=lambda: ["synthetic:source@val", "synthetic:target@val"])
+    steps: int = 500
+    batch_size: int = 4
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    crop: tuple[int, int] = (128, 256)
+    scale: tuple[float, float] = (0.75, 1.25)
+    lambda_distil: float = 0.5
+    aug_beta: float = 0.4  # x_aug = beta * aug(x) + (1 - beta) * x
+    mixed_scale: float = 0.5  # weight of the pair whose teacher view is the augmented one
+    ema_max: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 50
+    device: str = "cpu"
+
+
+def _semi_adapt_default() -> AdaptConfig:
+    # one domain: the warm-up's second view is the photometric one (nothing to translate); no source-val
+    return AdaptConfig(source_val=None, warmup=DistilConfig(mix=False))
+
+
+class SemiConfig(_Strict):
+    """Semi-supervised segmentation: a labelled share of one dataset takes the source's place in the
+    DiGA pipeline, the unlabelled rest is its target."""
+
+    target: str = "synthetic:target@train"
+    target_val: str = "synthetic:target@val"
+    labelled_fraction: float | None = 0.125  # chosen by split_seed; ignored when labelled_list is given
+    labelled_list: str | None = None  # the authors' list format: one image path (or its tail) per line
+    split_seed: int = 0
+    supervised: TrainConfig = Field(default_factory=lambda: TrainConfig(val_data=[]))  # the baseline stage
+    adapt: AdaptConfig = Field(default_factory=_semi_adapt_default)  # model, warm-up, self-training, rounds

@@ -9,6 +9,9 @@ pseudo-labels after bilateral consensus with the class centroids (or, for the ba
 confidence threshold); the student's CE on it joins the loss, and the centroids follow the
 teacher's features online with a small momentum.
 
+Domain generalisation is the warm-up without a target: `mix=False` and no target images, so the second
+view is the photometric one of the same source image and only source batches are read.
+
 Every random draw is a function of (seed, stage, step), and the training state (student, teacher,
 optimizer, centroids) is saved every `checkpoint_every` steps: a resumed run ends with the same weights.
 """
@@ -27,6 +30,7 @@ from .. import kernels
 from ..config import AdaptConfig, DistilConfig, SelectionConfig
 from ..data.datasets import open_dataset
 from ..data.transforms import BatchSampler, normalize, step_rng
+from ..errors import DigaError
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.registry import channels_last
 from ..progress import log, progress_bar
@@ -85,16 +89,18 @@ class StepContext:
     seen: torch.Tensor | None = None
 
 
-def diga_step(ctx: StepContext, step: int, x_s: torch.Tensor, y_s: torch.Tensor, x_t: torch.Tensor,
+def diga_step(ctx: StepContext, step: int, x_s: torch.Tensor, y_s: torch.Tensor, x_t: torch.Tensor | None,
               pl_t: torch.Tensor | None) -> dict[str, float]:
-    """One warm-up step (pl_t None) or self-training step on the global batch; returns the losses."""
+    """One warm-up step (pl_t None) or self-training step on the global batch; returns the losses.
+    x_t may be None when neither the mixture nor self-training reads it (domain generalisation)."""
     scfg, sel, world, device = ctx.scfg, ctx.selection, ctx.world, ctx.device
     selftrain = pl_t is not None
     s = step_seed(ctx.seed, ctx.stage, step)
     torch.manual_seed(s)  # dropout and anything else drawing from the global RNG
     gen = torch.Generator().manual_seed(s + 1)
     lr = set_poly_lr(ctx.optimizer, scfg.optim, step, scfg.steps)
-    x_s, y_s, x_t = x_s.to(device), y_s.to(device), x_t.to(device)
+    x_s, y_s = x_s.to(device), y_s.to(device)
+    x_t = x_t.to(device) if x_t is not None else None
 
     # Views of the global batch (cheap, identical on every rank), then this rank's slice.
     x_aug = ctx.strong(x_s, scfg.aug_beta, s + 2)
@@ -160,11 +166,16 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     torch.manual_seed(cfg.seed)
     src = BatchSampler(open_dataset(cfg.source), scfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.seed,
                        stream=f"{stage}-src")
-    tgt_images = open_dataset(cfg.target, labelled=False)
     sel = selftrain.selection if selftrain else None
-    tgt_data = tgt_images if selftrain is None else PseudoLabelledDataset(
-        tgt_images, selftrain.pseudo_dir, sel.threshold if sel.kind == "threshold" else None)
-    tgt = BatchSampler(tgt_data, scfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.seed, stream=f"{stage}-tgt")
+    tgt = None
+    if scfg.mix or selftrain is not None:  # otherwise no target image is ever read
+        if cfg.target is None:
+            raise DigaError(f"stage {stage} needs target images (the mixture or self-training); set a target")
+        tgt_images = open_dataset(cfg.target, labelled=False)
+        tgt_data = tgt_images if selftrain is None else PseudoLabelledDataset(
+            tgt_images, selftrain.pseudo_dir, sel.threshold if sel.kind == "threshold" else None)
+        tgt = BatchSampler(tgt_data, scfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.seed,
+                           stream=f"{stage}-tgt")
 
     student, meta = load_checkpoint(init_checkpoint, device)
     channels_last(student).train()
@@ -201,7 +212,7 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     with progress_bar(stage, scfg.steps, completed=start) as bar:
         for step in range(start, scfg.steps):
             x_s, y_s, _ = src.batch(step)
-            x_t, pl_t, _ = tgt.batch(step)
+            x_t, pl_t, _ = tgt.batch(step) if tgt is not None else (None, None, None)
             losses = diga_step(ctx, step, x_s, y_s, x_t, pl_t if selftrain else None)
             centroids, seen = ctx.centroids, ctx.seen
             bar.advance(text=" ".join(f"{k} {v:.3f}" for k, v in losses.items()))

@@ -49,12 +49,11 @@ def evaluate_cmd(
     subset: int = typer.Option(19, help="classes to average over: 19, 16 or 13 (SYNTHIA protocols)"),
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
-    """Evaluate a checkpoint: mIoU, per-class IoU, pixel accuracy."""
-    from ..evaluate_specs import evaluate_specs, print_per_class
+    """Evaluate a checkpoint on one or more sets: one table, per-class IoU, mIoU and pixel accuracy per set."""
+    from ..evaluate_specs import evaluate_specs, print_eval_columns
 
     results = evaluate_specs(model, data, subset=subset)
-    for spec, res in results.items():
-        print_per_class(spec, res)
+    print_eval_columns(results, title=f"{model.name}: IoU (%)")
     write_json(json_path, results)
     if json_path is None:
         console.print(dumps({k: {"miou": v["miou"]} for k, v in results.items()}), highlight=False)

@@ -17,7 +17,7 @@ from ..errors import DigaError
 from .labels import to_train_ids
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-DATASET_KINDS = ("synthetic", "gta5", "cityscapes", "synthia", "folder")
+DATASET_KINDS = ("synthetic", "gta5", "cityscapes", "synthia", "folder", "bdd100k", "mapillary", "split")
 
 
 @dataclass
@@ -189,7 +189,8 @@ class FolderDataset(SegDataset):
 
 def open_dataset(spec: str, labelled: bool = True) -> SegDataset:
     """Open a dataset by spec: `synthetic[:source|target][@train|val]`, `gta5:PATH`,
-    `cityscapes:PATH[@split]`, `synthia:PATH`, `folder:PATH`."""
+    `cityscapes:PATH[@split]`, `synthia:PATH`, `folder:PATH`, `bdd100k:PATH[@split]`,
+    `mapillary:PATH[@split]`, `split:RUN/split.txt@labelled|unlabelled`."""
     kind, _, rest = spec.partition(":")
     path, _, split = rest.partition("@")
     if kind == "synthetic":
@@ -205,11 +206,24 @@ def open_dataset(spec: str, labelled: bool = True) -> SegDataset:
         return CityscapesDataset(root / "target", split, labelled=labelled)
     if kind not in DATASET_KINDS or not path:
         raise DigaError(f"bad dataset spec {spec!r}; use one of synthetic, gta5:PATH, "
-                        "cityscapes:PATH[@split], synthia:PATH, folder:PATH")
+                        "cityscapes:PATH[@split], synthia:PATH, folder:PATH, bdd100k:PATH[@split], "
+                        "mapillary:PATH[@split], split:FILE@labelled")
     if kind == "gta5":
         return GTA5Dataset(path)
     if kind == "cityscapes":
         return CityscapesDataset(path, split or "train", labelled=labelled)
     if kind == "synthia":
         return SynthiaDataset(path)
+    if kind == "bdd100k":
+        from .bdd100k import BDD100KDataset
+
+        return BDD100KDataset(path, split or "train", labelled=labelled)
+    if kind == "mapillary":
+        from .mapillary import MapillaryDataset
+
+        return MapillaryDataset(path, split or "training", labelled=labelled)
+    if kind == "split":
+        from .split import open_split
+
+        return open_split(path, split, labelled=labelled)
     return FolderDataset(path)

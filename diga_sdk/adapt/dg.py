@@ -1,0 +1,114 @@
+"""Domain generalisation: train on labelled source only, never a target image, and evaluate on unseen domains.
+
+Two stages from the same initial weights on the same schedule: `source_only` (plain supervised) and
+`dg` (the warm-up's symmetric distillation between the clean source image and its photometric view
+x_aug = beta * aug(x) + (1 - beta) * x, with an EMA teacher; `distill.diga_step` with mix=False and
+no target). Each stage is evaluated on every `eval` spec. Stages resume like `diga adapt`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import AdaptConfig, DGConfig, DistilConfig, TrainConfig, save_config
+from ..data.datasets import open_dataset
+from ..models.checkpoint import save_checkpoint
+from ..models.registry import build_model
+from ..results import StageEval, print_eval_table, write_results
+from .distill import train_distil_stage
+from .pipeline import _check_fresh, run_stage
+from .supervised import model_meta
+
+
+@dataclass(frozen=True)
+class DGResult:
+    """The two stages' mIoU on every evaluation set; `margin(spec)` = dg - source_only."""
+
+    stages: list[StageEval]
+    eval_specs: list[str]
+
+    def stage(self, name: str) -> StageEval:
+        return next(s for s in self.stages if s.name == name)
+
+    def margin(self, spec: str) -> float:
+        return self.stage("dg").eval[spec] - self.stage("source_only").eval[spec]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stages": [{"name": s.name, "eval": s.eval, "checkpoint": s.checkpoint, "seconds": s.seconds}
+                           for s in self.stages],
+                "margin_dg_minus_source_only": {spec: self.margin(spec) for spec in self.eval_specs}}
+
+
+def source_only_train_config(cfg: DGConfig) -> TrainConfig:
+    """The supervised stage on the DG stage's schedule (steps, batch, optimiser, crop, seed)."""
+    return TrainConfig(model=cfg.model, optim=cfg.optim, train_data=cfg.source, val_data=[], steps=cfg.steps,
+                       batch_size=cfg.batch_size, crop=cfg.crop, scale=cfg.scale, seed=cfg.seed,
+                       checkpoint_every=cfg.checkpoint_every, device=cfg.device)
+
+
+def dg_stage_configs(cfg: DGConfig) -> tuple[AdaptConfig, DistilConfig]:
+    """The warm-up settings that make the DG stage: photometric second view, no mixture, no target."""
+    acfg = AdaptConfig(model=cfg.model, source=cfg.source, target=None, source_val=None, crop=cfg.crop,
+                       scale=cfg.scale, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, device=cfg.device)
+    scfg = DistilConfig(steps=cfg.steps, batch_size=cfg.batch_size, optim=cfg.optim, lambda_distil=cfg.lambda_distil,
+                        mixed_scale=cfg.mixed_scale, aug_beta=cfg.aug_beta, mix=False, ema_max=cfg.ema_max)
+    return acfg, scfg
+
+
+def initial_checkpoint(cfg: DGConfig, path: Path) -> Path:
+    """The weights both stages start from: the model `train_supervised` builds for the same seed."""
+    if path.is_file():
+        return path
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, cfg.model.num_classes, backbone_weights=cfg.model.backbone_weights,
+                        **cfg.model.options)
+    size = tuple(open_dataset(cfg.source)[0].image.shape[:2])
+    return save_checkpoint(model, path, model_meta(cfg.model, "init", size))
+
+
+def _evaluated(ckpt: Path, cfg: DGConfig) -> dict[str, Any]:
+    from ..evaluate_specs import evaluate_specs
+
+    res = evaluate_specs(ckpt, cfg.eval, device=cfg.device)
+    return {"checkpoint": str(ckpt), "eval": {spec: r["miou"] for spec, r in res.items()},
+            "per_class": {spec: r["per_class"] for spec, r in res.items()}}
+
+
+def run_dg(cfg: DGConfig, out: str | Path, resume: bool = False, show: bool = True) -> DGResult:
+    """Train source_only and dg into RUN_DIR/{source_only,dg}, evaluate both on every eval set, write
+    RUN_DIR/results.json and (with `show`) print the table."""
+    from ..errors import DigaError
+    from .supervised import train_supervised
+
+    if not cfg.eval:
+        raise DigaError("domain generalisation needs at least one --eval dataset spec")
+    out = Path(out)
+    _check_fresh(out, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "dg.yaml")
+    init = initial_checkpoint(cfg, out / "init.safetensors")
+
+    def source_only() -> dict[str, Any]:
+        ckpt = train_supervised(source_only_train_config(cfg), out / "source_only", stage="source_only",
+                                resume=resume)
+        return _evaluated(ckpt, cfg)
+
+    def dg() -> dict[str, Any]:
+        acfg, scfg = dg_stage_configs(cfg)
+        ckpt = train_distil_stage("dg", acfg, scfg, init, out / "dg", resume=resume)
+        return _evaluated(ckpt, cfg)
+
+    records = [run_stage("source_only", out / "source_only", source_only, resume),
+               run_stage("dg", out / "dg", dg, resume)]
+    result = DGResult([StageEval.from_record(r) for r in records], list(cfg.eval))
+    write_results(out / "results.json", result.to_json()["stages"],
+                  margin_dg_minus_source_only=result.to_json()["margin_dg_minus_source_only"],
+                  config=cfg.model_dump(mode="json"))
+    if show:
+        print_eval_table([(s.name, s.eval) for s in result.stages], result.eval_specs,
+                         "Domain generalisation: mIoU (%) per evaluation set (no target image seen)")
+    return result
