@@ -4,6 +4,8 @@ functions in `ops.py`; these take CPU tensors and return new ones."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Gap between the two largest corner weights above which a whole cell's upsampled argmax is known
@@ -11,9 +13,18 @@ import torch
 UNIFORM_CELL_TAU = 1e-5
 
 
+@functools.cache
 def _nb():
+    """The numba kernels, with numba's thread pool started here: its OpenMP layer sets the process-wide
+    OpenMP thread count to numba's own when the pool starts (1 -> 2 under OMP_NUM_THREADS=1, measured),
+    which would silently change torch's; torch's count is put back right after."""
+    import numba
+
     from . import cpu_numba
 
+    threads = torch.get_num_threads()
+    numba.get_num_threads()  # starts the pool
+    torch.set_num_threads(threads)
     return cpu_numba
 
 
