@@ -192,3 +192,15 @@ def test_eval_prints_one_table_with_a_column_per_set(tiny_specs, tiny_checkpoint
     assert text.count("IoU (%)") == 1 and text.count("mIoU") == 1  # one table, one mIoU row
     miou_row = next(line for line in text.splitlines() if "mIoU" in line)
     assert [c.strip() for c in miou_row.strip("│ ").split("│")[1:]] == [f"{res[s]['miou']:.1f}" for s in specs]
+
+
+def test_bad_eval_and_val_specs_fail_before_any_training(tiny_specs, tmp_path) -> None:
+    from diga_sdk.adapt.semi import run_semi
+
+    cfg = _dg_config(tiny_specs).model_copy(update={"eval": [tiny_specs["target_val"], f"mapillary:{tmp_path}/no"]})
+    with pytest.raises(DigaError, match="Mapillary Vistas folder .*/no does not exist"):
+        run_dg(cfg, tmp_path / "dg", show=False)
+    bad_val = _semi_config(tiny_specs, target_val=f"bdd100k:{tmp_path}/none@val")
+    with pytest.raises(DigaError, match="BDD100K folder"):
+        run_semi(bad_val, tmp_path / "semi", show=False)
+    assert not (tmp_path / "dg").exists() and not (tmp_path / "semi").exists()

@@ -70,6 +70,17 @@ def initial_checkpoint(cfg: DGConfig, path: Path) -> Path:
     return save_checkpoint(model, path, model_meta(cfg.model, "init", size))
 
 
+def _check_specs(cfg: DGConfig) -> None:
+    """Open the source and every eval set before any training, so a bad spec fails at once."""
+    from ..errors import DigaError
+
+    if not open_dataset(cfg.source).has_labels:
+        raise DigaError(f"source {cfg.source} has no labels; domain generalisation trains on a labelled source")
+    for spec in cfg.eval:
+        if not open_dataset(spec).has_labels:
+            raise DigaError(f"--eval {spec} has no labels; evaluation needs a labelled split")
+
+
 def _evaluated(ckpt: Path, cfg: DGConfig) -> dict[str, Any]:
     from ..evaluate_specs import evaluate_specs
 
@@ -88,6 +99,7 @@ def run_dg(cfg: DGConfig, out: str | Path, resume: bool = False, show: bool = Tr
         raise DigaError("domain generalisation needs at least one --eval dataset spec")
     out = Path(out)
     _check_fresh(out, resume)
+    _check_specs(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "dg.yaml")
     init = initial_checkpoint(cfg, out / "init.safetensors")

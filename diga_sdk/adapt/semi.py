@@ -80,6 +80,8 @@ def run_semi(cfg: SemiConfig, out: str | Path, resume: bool = False, show: bool 
 
     out = Path(out)
     _check_fresh(out, resume)
+    if not open_dataset(cfg.target_val).has_labels:  # fail before any training, not after it
+        raise DigaError(f"--target-val {cfg.target_val} has no labels; evaluation needs a labelled split")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "semi.yaml")
     split_file = out / SPLIT_FILE
