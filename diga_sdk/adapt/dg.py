@@ -16,6 +16,7 @@ import torch
 
 from ..config import AdaptConfig, DGConfig, DistilConfig, TrainConfig, save_config
 from ..data.datasets import open_dataset
+from ..errors import DigaError
 from ..models.checkpoint import save_checkpoint
 from ..models.registry import build_model
 from ..results import StageEval, print_eval_table, write_results
@@ -72,8 +73,6 @@ def initial_checkpoint(cfg: DGConfig, path: Path) -> Path:
 
 def _check_specs(cfg: DGConfig) -> None:
     """Open the source and every eval set before any training, so a bad spec fails at once."""
-    from ..errors import DigaError
-
     if not open_dataset(cfg.source).has_labels:
         raise DigaError(f"source {cfg.source} has no labels; domain generalisation trains on a labelled source")
     for spec in cfg.eval:
@@ -92,7 +91,6 @@ def _evaluated(ckpt: Path, cfg: DGConfig) -> dict[str, Any]:
 def run_dg(cfg: DGConfig, out: str | Path, resume: bool = False, show: bool = True) -> DGResult:
     """Train source_only and dg into RUN_DIR/{source_only,dg}, evaluate both on every eval set, write
     RUN_DIR/results.json and (with `show`) print the table."""
-    from ..errors import DigaError
     from .supervised import train_supervised
 
     if not cfg.eval:
@@ -117,8 +115,8 @@ def run_dg(cfg: DGConfig, out: str | Path, resume: bool = False, show: bool = Tr
     records = [run_stage("source_only", out / "source_only", source_only, resume),
                run_stage("dg", out / "dg", dg, resume)]
     result = DGResult([StageEval.from_record(r) for r in records], list(cfg.eval))
-    write_results(out / "results.json", result.to_json()["stages"],
-                  margin_dg_minus_source_only=result.to_json()["margin_dg_minus_source_only"],
+    js = result.to_json()
+    write_results(out / "results.json", js["stages"], margin_dg_minus_source_only=js["margin_dg_minus_source_only"],
                   config=cfg.model_dump(mode="json"))
     if show:
         print_eval_table([(s.name, s.eval) for s in result.stages], result.eval_specs,
