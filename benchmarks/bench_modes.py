@@ -1,8 +1,9 @@
 """The two other uses of DiGA measured on the embedded benchmark with the light model, on the demo's
 schedules (TrainConfig defaults for supervised training; demo_adapt_config's warm-up/self-training steps).
 
-- dg:   source_only vs dg (500 steps each, same initial weights), evaluated on source-val and target-val;
-        target-val is a domain the DG model never saw. -> benchmarks/results/modes_dg.json
+- dg:   source_only (500 steps), then dg from it (the demo's 200 warm-up steps, photometric view, no target),
+        evaluated on source-val and target-val, a domain the DG model never saw.
+        -> benchmarks/results/modes_dg.json
 - semi: 1/8 of target-train labelled (seed 0), the rest unlabelled: supervised -> warmup -> selftrain ->
         selftrain_round2, plus the oracle trained on every target-train label with the same schedule.
         -> benchmarks/results/modes_semi.json
@@ -29,7 +30,9 @@ SOURCE_VAL, TARGET_VAL, TARGET_TRAIN = "synthetic:source@val", "synthetic:target
 def bench_dg(out: Path) -> dict:
     from diga_sdk.adapt.dg import run_dg
 
-    cfg = DGConfig(source="synthetic:source@train", eval=[SOURCE_VAL, TARGET_VAL])
+    warmup = demo_adapt_config("unused").warmup  # the demo's warm-up schedule (200 steps)
+    cfg = DGConfig(source="synthetic:source@train", eval=[SOURCE_VAL, TARGET_VAL],
+                   dg=warmup.model_copy(update={"mix": False}))
     res = run_dg(cfg, out / "dg", resume=True)
     report = {**res.to_json(), "target_val_margin": res.margin(TARGET_VAL), "config": cfg.model_dump(mode="json"),
               "env": env_info()}

@@ -175,21 +175,16 @@ class AdaptConfig(_Strict):
 # ---- the method's two other uses: domain generalisation and semi-supervised segmentation ----
 
 class DGConfig(_Strict):
-    """Domain generalisation: source-only and DG (symmetric distillation between a clean and a photometric
-    view, no target image) trained on the same schedule from the same initial weights."""
+    """Domain generalisation: a source-only model, then the DG stage from it: the warm-up's symmetric
+    distillation between a clean and a photometric view of the source (no mixture, no target image)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     source: str = "synthetic:source@train"
     eval: list[str] = Field(default_factory=lambda: ["synthetic:source@val", "synthetic:target@val"])
-    steps: int = 500
-    batch_size: int = 4
-    optim: OptimConfig = Field(default_factory=OptimConfig)
+    source_only: TrainConfig = Field(default_factory=lambda: TrainConfig(val_data=[]))  # its schedule
+    dg: DistilConfig = Field(default_factory=lambda: DistilConfig(mix=False))  # steps, lambda_distil, aug_beta, ...
     crop: tuple[int, int] = (128, 256)
     scale: tuple[float, float] = (0.75, 1.25)
-    lambda_distil: float = 0.5
-    aug_beta: float = 0.4  # x_aug = beta * aug(x) + (1 - beta) * x
-    mixed_scale: float = 0.5  # weight of the pair whose teacher view is the augmented one
-    ema_max: float = 0.999
     seed: int = 0
     checkpoint_every: int = 50
     device: str = "cpu"

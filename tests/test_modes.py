@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 from diga_sdk.adapt.dg import dg_stage_configs, run_dg
 from diga_sdk.adapt.distill import SimulatedCrash, train_distil_stage
-from diga_sdk.adapt.supervised import train_supervised
 from diga_sdk.cli import main
 from diga_sdk.config import AdaptConfig, DGConfig, DistilConfig, SemiConfig, TrainConfig
 from diga_sdk.data.datasets import open_dataset
@@ -85,8 +84,10 @@ def test_authors_list_format_is_matched_by_path_tail(tiny_specs: dict[str, str],
 # ---- domain generalisation ----
 
 def _dg_config(specs: dict[str, str], steps: int = 4) -> DGConfig:
-    return DGConfig(source=specs["source_train"], eval=[specs["source_val"], specs["target_val"]], steps=steps,
-                    batch_size=2, crop=(64, 128), scale=(0.75, 1.0), checkpoint_every=2)
+    return DGConfig(source=specs["source_train"], eval=[specs["source_val"], specs["target_val"]],
+                    source_only=TrainConfig(steps=3, batch_size=2, val_data=[]),
+                    dg=DistilConfig(steps=steps, batch_size=2, mix=False), crop=(64, 128), scale=(0.75, 1.0),
+                    checkpoint_every=2)
 
 
 def test_dg_needs_no_target_and_refuses_a_mixture_without_one(tiny_specs, tiny_checkpoint, tmp_path) -> None:
@@ -107,10 +108,10 @@ def test_adapt_dg_cli_json_table_and_crash_resume(tiny_specs, tmp_path, monkeypa
     assert [s["name"] for s in res["stages"]] == ["source_only", "dg"]
     for s in res["stages"]:
         assert list(s["eval"]) == cfg.eval and all(0.0 <= v <= 100.0 for v in s["eval"].values())
-    # both stages start from the same weights: source_only's trainer builds exactly the saved init
-    zero = train_supervised(TrainConfig(train_data=cfg.source, val_data=[], steps=0, crop=cfg.crop), tmp_path / "z")
-    assert _same(zero, out / "init.safetensors")
-    assert not _same(out / "source_only" / "model.safetensors", out / "dg" / "model.safetensors")
+    # the DG stage starts from the source-only model, as the warm-up of `diga adapt` does, and moves away from it
+    src_ckpt = out / "source_only" / "model.safetensors"
+    assert json.loads((out / "dg" / "stage.json").read_text())["init"] == str(src_ckpt)
+    assert not _same(src_ckpt, out / "dg" / "model.safetensors")
     assert (out / "dg" / "teacher.safetensors").is_file()
     # the same run killed after DG step 3 (state saved at step 2) and resumed ends with the same weights
     monkeypatch.setenv("DIGA_CRASH_AT", "dg:3")

@@ -1,9 +1,9 @@
 """Domain generalisation: train on labelled source only, never a target image, and evaluate on unseen domains.
 
-Two stages from the same initial weights on the same schedule: `source_only` (plain supervised) and
-`dg` (the warm-up's symmetric distillation between the clean source image and its photometric view
-x_aug = beta * aug(x) + (1 - beta) * x, with an EMA teacher; `distill.diga_step` with mix=False and
-no target). Each stage is evaluated on every `eval` spec. Stages resume like `diga adapt`.
+Two stages, as `diga adapt` runs them: `source_only` (plain supervised), then `dg` from that model: the
+warm-up's symmetric distillation between the clean source image and its photometric view
+x_aug = beta * aug(x) + (1 - beta) * x with an EMA teacher (`distill.diga_step` with mix=False and no
+target). Each stage is evaluated on every `eval` spec. Stages resume like `diga adapt`.
 """
 
 from __future__ import annotations
@@ -12,17 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..config import AdaptConfig, DGConfig, DistilConfig, TrainConfig, save_config
 from ..data.datasets import open_dataset
 from ..errors import DigaError
-from ..models.checkpoint import save_checkpoint
-from ..models.registry import build_model
 from ..results import StageEval, print_eval_table, write_results
 from .distill import train_distil_stage
 from .pipeline import _check_fresh, run_stage
-from .supervised import model_meta
 
 
 @dataclass(frozen=True)
@@ -45,30 +40,16 @@ class DGResult:
 
 
 def source_only_train_config(cfg: DGConfig) -> TrainConfig:
-    """The supervised stage on the DG stage's schedule (steps, batch, optimiser, crop, seed)."""
-    return TrainConfig(model=cfg.model, optim=cfg.optim, train_data=cfg.source, val_data=[], steps=cfg.steps,
-                       batch_size=cfg.batch_size, crop=cfg.crop, scale=cfg.scale, seed=cfg.seed,
-                       checkpoint_every=cfg.checkpoint_every, device=cfg.device)
+    return cfg.source_only.model_copy(update={"model": cfg.model, "train_data": cfg.source, "val_data": [],
+                                              "crop": cfg.crop, "scale": cfg.scale, "seed": cfg.seed,
+                                              "device": cfg.device})
 
 
 def dg_stage_configs(cfg: DGConfig) -> tuple[AdaptConfig, DistilConfig]:
     """The warm-up settings that make the DG stage: photometric second view, no mixture, no target."""
     acfg = AdaptConfig(model=cfg.model, source=cfg.source, target=None, source_val=None, crop=cfg.crop,
                        scale=cfg.scale, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, device=cfg.device)
-    scfg = DistilConfig(steps=cfg.steps, batch_size=cfg.batch_size, optim=cfg.optim, lambda_distil=cfg.lambda_distil,
-                        mixed_scale=cfg.mixed_scale, aug_beta=cfg.aug_beta, mix=False, ema_max=cfg.ema_max)
-    return acfg, scfg
-
-
-def initial_checkpoint(cfg: DGConfig, path: Path) -> Path:
-    """The weights both stages start from: the model `train_supervised` builds for the same seed."""
-    if path.is_file():
-        return path
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, cfg.model.num_classes, backbone_weights=cfg.model.backbone_weights,
-                        **cfg.model.options)
-    size = tuple(open_dataset(cfg.source)[0].image.shape[:2])
-    return save_checkpoint(model, path, model_meta(cfg.model, "init", size))
+    return acfg, cfg.dg.model_copy(update={"mix": False})
 
 
 def _check_specs(cfg: DGConfig) -> None:
@@ -100,20 +81,20 @@ def run_dg(cfg: DGConfig, out: str | Path, resume: bool = False, show: bool = Tr
     _check_specs(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "dg.yaml")
-    init = initial_checkpoint(cfg, out / "init.safetensors")
 
     def source_only() -> dict[str, Any]:
         ckpt = train_supervised(source_only_train_config(cfg), out / "source_only", stage="source_only",
                                 resume=resume)
         return _evaluated(ckpt, cfg)
 
+    src = run_stage("source_only", out / "source_only", source_only, resume)
+
     def dg() -> dict[str, Any]:
         acfg, scfg = dg_stage_configs(cfg)
-        ckpt = train_distil_stage("dg", acfg, scfg, init, out / "dg", resume=resume)
-        return _evaluated(ckpt, cfg)
+        ckpt = train_distil_stage("dg", acfg, scfg, src["checkpoint"], out / "dg", resume=resume)
+        return {"init": src["checkpoint"], **_evaluated(ckpt, cfg)}
 
-    records = [run_stage("source_only", out / "source_only", source_only, resume),
-               run_stage("dg", out / "dg", dg, resume)]
+    records = [src, run_stage("dg", out / "dg", dg, resume)]
     result = DGResult([StageEval.from_record(r) for r in records], list(cfg.eval))
     js = result.to_json()
     write_results(out / "results.json", js["stages"], margin_dg_minus_source_only=js["margin_dg_minus_source_only"],

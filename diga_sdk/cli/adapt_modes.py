@@ -19,17 +19,17 @@ def dg(
     model: str | None = typer.Option(None, "--model", help="model name, e.g. light or deeplabv2_r101"),
     out: Path = typer.Option(..., "--out", help="run folder"),
     config: Path | None = typer.Option(None, "--config", help="YAML with any DGConfig setting"),
-    steps: int | None = typer.Option(None, "--steps", help="training steps of each stage"),
+    steps: int | None = typer.Option(None, "--steps", help="training steps of the DG stage"),
     seed: int | None = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="continue the run folder after a crash"),
     json_path: Path | None = typer.Option(None, "--json", help='write {"stages": [{"name", "eval": {spec: miou}}]}'),
 ) -> None:
-    """Domain generalisation: source-only and DG (clean/photometric-view distillation, no target image),
-    the same schedule; every stage evaluated on every --eval set."""
+    """Domain generalisation: source-only, then DG from it (clean/photometric-view distillation, no target
+    image); every stage evaluated on every --eval set."""
     from ..adapt.dg import run_dg
 
     cfg = load_config(config, DGConfig, {"source": source, "eval": eval_specs or None, "model.name": model,
-                                         "steps": steps, "seed": seed})
+                                         "dg.steps": steps, "seed": seed})
     write_json(json_path, run_dg(cfg, out, resume).to_json())
 
 
