@@ -299,7 +299,7 @@ class AdaptConfig(_Strict):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     source: str = "synthetic:source@train"
-    target: str = "synthetic:target@train"
+    target: str | None = "synthetic:target@train"  # None: no target images (domain generalisation)
     target_val: str | None = "synthetic:target@val"
     source_val: str | None = "synthetic:source@val"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -326,10 +326,10 @@ class AdaptConfig(_Strict):
 
     @model_validator(mode="after")
     def _derive_eval_sets(self) -> AdaptConfig:
-        user_data = not (is_benchmark_spec(self.source) and is_benchmark_spec(self.target))
+        user_data = not (is_benchmark_spec(self.source) and (self.target is None or is_benchmark_spec(self.target)))
         if user_data:
             if "target_val" not in self.model_fields_set:
-                self.target_val = val_split_of(self.target)
+                self.target_val = val_split_of(self.target) if self.target else None
             if "source_val" not in self.model_fields_set:
                 self.source_val = None
         return self
@@ -337,3 +337,39 @@ class AdaptConfig(_Strict):
     def eval_sets(self) -> list[str]:
         """The labelled sets every stage is evaluated on (target-val first)."""
         return [s for s in (self.target_val, self.source_val) if s]
+
+
+# ---- the method's two other uses: domain generalisation and semi-supervised segmentation ----
+
+class DGConfig(_Strict):
+    """Domain generalisation: a source-only model, then the DG stage from it: the warm-up's symmetric
+    distillation between a clean and a photometric view of the source (no mixture, no target image)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    source: str = "synthetic:source@train"
+    eval: list[str] = Field(default_factory=lambda: ["synthetic:source@val", "synthetic:target@val"])
+    source_only: TrainConfig = Field(default_factory=lambda: TrainConfig(val_data=[]))  # its schedule
+    dg: DistilConfig = Field(default_factory=lambda: DistilConfig(mix=False))  # steps, lambda_distil, aug_beta, ...
+    crop: tuple[int, int] = (128, 256)
+    scale: tuple[float, float] = (0.75, 1.25)
+    seed: int = 0
+    checkpoint_every: int = 50
+    device: str = "cpu"
+
+
+def _semi_adapt_default() -> AdaptConfig:
+    # one domain: the warm-up's second view is the photometric one (nothing to translate); no source-val
+    return AdaptConfig(source_val=None, warmup=DistilConfig(mix=False))
+
+
+class SemiConfig(_Strict):
+    """Semi-supervised segmentation: a labelled share of one dataset takes the source's place in the
+    DiGA pipeline, the unlabelled rest is its target."""
+
+    target: str = "synthetic:target@train"
+    target_val: str = "synthetic:target@val"
+    labelled_fraction: float | None = 0.125  # chosen by split_seed; ignored when labelled_list is given
+    labelled_list: str | None = None  # the authors' list format: one image path (or its tail) per line
+    split_seed: int = 0
+    supervised: TrainConfig = Field(default_factory=lambda: TrainConfig(val_data=[]))  # the baseline stage
+    adapt: AdaptConfig = Field(default_factory=_semi_adapt_default)  # model, warm-up, self-training, rounds

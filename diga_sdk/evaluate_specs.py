@@ -6,14 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from .data.datasets import open_dataset
 from .errors import DigaError
 from .evaluate import evaluate
 from .models.checkpoint import load_checkpoint
 from .models.registry import channels_last
-from .progress import console, progress_bar
+from .progress import progress_bar
 
 
 def evaluate_specs(checkpoint: str | Path, specs: Sequence[str], subset: int | None = None,
@@ -32,10 +30,13 @@ def evaluate_specs(checkpoint: str | Path, specs: Sequence[str], subset: int | N
     return out
 
 
-def print_per_class(title: str, summary: dict[str, Any]) -> None:
-    table = Table(title=f"{title}: mIoU {summary['miou']:.2f}, pixel acc {summary['pixel_accuracy']:.2f}")
-    table.add_column("class")
-    table.add_column("IoU", justify="right")
-    for name, v in summary["per_class"].items():
-        table.add_row(name, "-" if v is None else f"{v:.1f}")
-    console.print(table)
+def print_eval_columns(results: dict[str, dict[str, Any]], title: str = "IoU (%)") -> None:
+    """One table for several evaluated sets: a row per class, then mIoU and pixel accuracy; a column per set."""
+    from .results import print_eval_table
+
+    specs = list(results)
+    classes = list(next(iter(results.values()))["per_class"]) if results else []
+    rows = [(name, {spec: results[spec]["per_class"].get(name) for spec in specs}) for name in classes]
+    rows.append(("mIoU", {spec: results[spec]["miou"] for spec in specs}))
+    rows.append(("pixel acc", {spec: results[spec]["pixel_accuracy"] for spec in specs}))
+    print_eval_table(rows, specs, title, first="class")

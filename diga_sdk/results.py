@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,36 @@ def print_stage_table(stages: list[dict[str, Any]], title: str = "mIoU (%)") -> 
     table.add_column("stage")
     table.add_column("source-val", justify="right")
     table.add_column("target-val", justify="right")
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     for s in stages:
-        table.add_row(s["name"], fmt(s.get("source_val_miou")), fmt(s.get("target_val_miou")))
+        table.add_row(s["name"], _fmt(s.get("source_val_miou")), _fmt(s.get("target_val_miou")))
+    console.print(table)
+
+
+@dataclass(frozen=True)
+class StageEval:
+    """One trained stage of a mode: its checkpoint and mIoU (%) on each evaluated dataset spec."""
+
+    name: str
+    checkpoint: str
+    eval: dict[str, float]
+    seconds: float | None = None
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> StageEval:
+        return cls(rec["name"], rec["checkpoint"], dict(rec["eval"]), rec.get("seconds"))
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def print_eval_table(rows: list[tuple[str, dict[str, float | None]]], specs: list[str], title: str,
+                     first: str = "stage") -> None:
+    """One table: a row per stage (or class), a column per dataset spec."""
+    table = Table(title=title)
+    table.add_column(first)
+    for spec in specs:
+        table.add_column(spec, justify="right")
+    for name, values in rows:
+        table.add_row(name, *(_fmt(values.get(spec)) for spec in specs))
     console.print(table)

@@ -9,6 +9,9 @@ pseudo-labels after bilateral consensus with the class centroids (or, for the ba
 confidence threshold); the student's CE on it joins the loss, and the centroids follow the
 teacher's features online with a small momentum.
 
+Domain generalisation is the warm-up without a target: `mix=False` and no target images, so the second
+view is the photometric one of the same source image and only source batches are read.
+
 Every random draw is a function of (seed, stage, step), and the training state (student, teacher,
 optimizer, centroids) is saved every `checkpoint_every` steps: a resumed run ends with the same weights.
 """
@@ -79,16 +82,18 @@ class StepContext:
     seg_loss: str = "ce"  # the source cross-entropy: plain or OHEM
 
 
-def diga_step(ctx: StepContext, step: int, x_s: torch.Tensor, y_s: torch.Tensor, x_t: torch.Tensor,
+def diga_step(ctx: StepContext, step: int, x_s: torch.Tensor, y_s: torch.Tensor, x_t: torch.Tensor | None,
               pl_t: torch.Tensor | None) -> dict[str, float]:
-    """One warm-up step (pl_t None) or self-training step on the global batch; returns the losses."""
+    """One warm-up step (pl_t None) or self-training step on the global batch; returns the losses.
+    x_t may be None when neither the mixture nor self-training reads it (domain generalisation)."""
     scfg, sel, world, device = ctx.scfg, ctx.selection, ctx.world, ctx.device
     selftrain = pl_t is not None
     s = step_seed(ctx.seed, ctx.stage, step)
     torch.manual_seed(s)  # dropout and anything else drawing from the global RNG
     gen = torch.Generator().manual_seed(s + 1)
     lr = set_poly_lr(ctx.optimizer, scfg.optim, step, scfg.steps)
-    x_s, y_s, x_t = x_s.to(device), y_s.to(device), x_t.to(device)
+    x_s, y_s = x_s.to(device), y_s.to(device)
+    x_t = x_t.to(device) if x_t is not None else None
 
     # Views of the global batch (cheap, identical on every rank), then this rank's slice.
     x_aug = ctx.strong(x_s, scfg.aug_beta, s + 2)
@@ -165,14 +170,20 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     check_crop(crop, src_data, cfg.source)
     src = step_batches(src_data, scfg.batch_size, crop, scale, scfg.source_view, cfg.seed, f"{stage}-src", cfg.data,
                        meta.classes)
-    tgt_images = open_dataset(cfg.target, labelled=False)
     sel = selftrain.selection if selftrain else None
-    tgt_data = tgt_images if selftrain is None else PseudoLabelledDataset(
-        tgt_images, selftrain.pseudo_dir, sel.threshold if sel.kind == "threshold" else None)
-    tgt = step_batches(tgt_data, scfg.batch_size, crop, scale, scfg.target_view, cfg.seed, f"{stage}-tgt", cfg.data)
-    if src.batch_size != tgt.batch_size:
-        raise DigaError(f"{stage}: the source batch has {src.batch_size} images but the target batch "
-                        f"{tgt.batch_size}; give both views the same number of slots")
+    tgt = None
+    if scfg.mix or scfg.target_bn or selftrain is not None:  # else no target image is read (generalisation)
+        if cfg.target is None:
+            raise DigaError(f"stage {stage} needs target images (the mixture, target BN statistics or "
+                            "self-training); set a target")
+        tgt_images = open_dataset(cfg.target, labelled=False)
+        tgt_data = tgt_images if selftrain is None else PseudoLabelledDataset(
+            tgt_images, selftrain.pseudo_dir, sel.threshold if sel.kind == "threshold" else None)
+        tgt = step_batches(tgt_data, scfg.batch_size, crop, scale, scfg.target_view, cfg.seed, f"{stage}-tgt",
+                           cfg.data)
+        if src.batch_size != tgt.batch_size:
+            raise DigaError(f"{stage}: the source batch has {src.batch_size} images but the target batch "
+                            f"{tgt.batch_size}; give both views the same number of slots")
     channels_last(student).train()
     num_classes = meta.num_classes
     teacher = EMATeacher(student) if (scfg.distil or selftrain is not None) else None
@@ -212,12 +223,15 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     t0 = time.time()
     workers = workers_of(cfg.data)
     src_stream = BatchStream(src, start, scfg.steps, workers, device)
-    tgt_stream = BatchStream(tgt, start, scfg.steps, workers, device)
-    log.info("%s: %d steps, source %s (%d images), target %s (%d images), %d loader workers per stream", stage,
-             scfg.steps - start, cfg.source, len(src.data), cfg.target, len(tgt.data), workers)
+    tgt_stream = BatchStream(tgt, start, scfg.steps, workers, device) if tgt is not None else None
+    log.info("%s: %d steps, source %s (%d images), target %s, %d loader workers per stream", stage,
+             scfg.steps - start, cfg.source, len(src.data),
+             f"{cfg.target} ({len(tgt.data)} images)" if tgt is not None else "none", workers)
+    targets = tgt_stream if tgt_stream is not None else (None for _ in range(start, scfg.steps))
     with interrupt_at_step_boundary() as interrupt, progress_bar(stage, scfg.steps, completed=start) as bar:
-        for step, b_s, b_t in zip(range(start, scfg.steps), src_stream, tgt_stream, strict=True):
-            x_t, pl_t = to_device(b_t.images, device), to_device(b_t.labels, device)
+        for step, b_s, b_t in zip(range(start, scfg.steps), src_stream, targets, strict=True):
+            x_t = to_device(b_t.images, device) if b_t is not None else None
+            pl_t = to_device(b_t.labels, device) if b_t is not None else None
             losses = diga_step(ctx, step, to_device(b_s.images, device), to_device(b_s.labels, device), x_t,
                                pl_t if selftrain else None)
             centroids, seen = ctx.centroids, ctx.seen
@@ -231,7 +245,8 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
                 save_state(step + 1)
                 raise stopped(stage, step + 1, out)
     src_stream.summary(f"{stage} source")
-    tgt_stream.summary(f"{stage} target")
+    if tgt_stream is not None:
+        tgt_stream.summary(f"{stage} target")
     log.info("%s: %d steps in %.0f s", stage, scfg.steps - start, time.time() - t0)
     ckpt = out / "model.safetensors"
     meta = meta.model_copy(update={"data": {"source": cfg.source, "target": cfg.target, "target_val": cfg.target_val}})

@@ -206,6 +206,8 @@ def _check_fresh(out: Path, resume: bool, resume_needs_run: bool = False) -> Non
 def run_pipeline(cfg: AdaptConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
     """The whole pipeline for one seed; returns {"stages": [...], "artifacts": [...]} and writes
     RUN_DIR/results.json."""
+    if cfg.target is None:
+        raise DigaError("the DiGA pipeline needs target images: pass --target (or use `diga adapt dg`)")
     world = init_world(cfg.device)
     out = Path(out)
     _check_fresh(out, resume)

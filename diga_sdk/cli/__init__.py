@@ -26,6 +26,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
 
 from . import (  # noqa: E402,F401  (modules register commands)
     adapt,
+    adapt_modes,
     adapt_online,
     bench,
     bench_kernels,

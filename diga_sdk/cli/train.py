@@ -68,8 +68,8 @@ def evaluate_cmd(
                                "e.g. 1.0,0.5 as the authors report"),
     json_path: Path | None = typer.Option(None, "--json"),
 ) -> None:
-    """Evaluate a checkpoint: mIoU, per-class IoU, pixel accuracy."""
-    from ..evaluate_specs import print_per_class
+    """Evaluate a checkpoint on one or more sets: one table, per-class IoU, mIoU and pixel accuracy per set."""
+    from ..evaluate_specs import print_eval_columns
     from ..segmenter import Segmenter
 
     if subset not in (19, 16, 13):
@@ -83,8 +83,7 @@ def evaluate_cmd(
         raise typer.BadParameter(f"{scales!r}: every scale must be positive", param_hint="'--scales'")
     seg = Segmenter(model)
     results = {spec: seg.val(spec, subset, scales=scale_list).to_dict() for spec in data}
-    for spec, res in results.items():
-        print_per_class(spec, res)
+    print_eval_columns(results, title=f"{model.name}: IoU (%)")
     write_json(json_path, results)
     if json_path is None:
         console.print(dumps({k: {"miou": v["miou"]} for k, v in results.items()}), highlight=False)

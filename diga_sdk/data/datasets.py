@@ -20,7 +20,7 @@ from .labels import to_train_ids
 log = logging.getLogger("diga")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-DATASET_KINDS = ("synthetic", "gta5", "cityscapes", "synthia", "folder")
+DATASET_KINDS = ("synthetic", "gta5", "cityscapes", "synthia", "folder", "bdd100k", "mapillary", "split")
 
 
 @dataclass
@@ -199,7 +199,8 @@ class FolderDataset(SegDataset):
         super().__init__([(p, None) for p in images], root)
 
 
-SPLIT_NAMES = ("train", "val", "test")
+# the split names a trailing `@name` may take (Cityscapes/BDD100K, Mapillary, a semi-supervised split file)
+SPLIT_NAMES = ("train", "val", "test", "training", "validation", "labelled", "unlabelled")
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,9 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
 
 def open_dataset(spec: str, labelled: bool = True, strict: bool = False) -> SegDataset:
     """Open a dataset by spec: `synthetic[:source|target][@train|val]`, `gta5:PATH`,
-    `cityscapes:PATH[@split]`, `synthia:PATH`, `folder:PATH`. `strict` refuses images without labels."""
+    `cityscapes:PATH[@split]`, `synthia:PATH`, `folder:PATH`, `bdd100k:PATH[@split]`,
+    `mapillary:PATH[@split]`, `split:RUN/split.txt@labelled|unlabelled`. `strict` refuses images
+    without labels."""
     parsed = parse_dataset_spec(spec)
     kind, path, split = parsed.kind, parsed.path, parsed.split
     if kind == "synthetic":
@@ -245,11 +248,24 @@ def open_dataset(spec: str, labelled: bool = True, strict: bool = False) -> SegD
         return CityscapesDataset(root / "target", split, labelled=labelled)
     if kind not in DATASET_KINDS or not path:
         raise DigaError(f"bad dataset spec {spec!r}; use one of synthetic, gta5:PATH, "
-                        "cityscapes:PATH[@split], synthia:PATH, folder:PATH")
+                        "cityscapes:PATH[@split], synthia:PATH, folder:PATH, bdd100k:PATH[@split], "
+                        "mapillary:PATH[@split], split:FILE@labelled")
     if kind == "gta5":
         return GTA5Dataset(path, strict=strict)
     if kind == "cityscapes":
         return CityscapesDataset(path, split or "train", labelled=labelled, strict=strict)
     if kind == "synthia":
         return SynthiaDataset(path, strict=strict)
+    if kind == "bdd100k":
+        from .bdd100k import BDD100KDataset
+
+        return BDD100KDataset(path, split or "train", labelled=labelled)
+    if kind == "mapillary":
+        from .mapillary import MapillaryDataset
+
+        return MapillaryDataset(path, split or "training", labelled=labelled)
+    if kind == "split":
+        from .split import open_split
+
+        return open_split(path, split, labelled=labelled)
     return FolderDataset(path)

@@ -1,0 +1,118 @@
+"""The two other uses of DiGA measured on the embedded benchmark with the light model, on the demo's
+schedules (TrainConfig defaults for supervised training; demo_adapt_config's warm-up/self-training steps).
+
+- dg:   source_only (500 steps), then dg from it (the demo's 200 warm-up steps, photometric view, no target),
+        evaluated on source-val and target-val, a domain the DG model never saw.
+        -> benchmarks/results/modes_dg.json
+- semi: 1/8 of target-train labelled (seed 0), the rest unlabelled: supervised -> warmup -> selftrain ->
+        selftrain_round2, compared with the oracle trained on every target-train label (same schedule).
+        -> benchmarks/results/modes_semi.json
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/bench_modes.py [--mode dg|semi|oracle|all|collect-semi] [--out runs/modes]
+(`oracle` retrains the target oracle; without it the semi report cites the ablation's oracle; `collect-semi`
+rewrites modes_semi.json from the stages finished so far.)
+Deterministic (every draw is a function of seed and step): run it again and the numbers repeat; timings
+are incidental. Stages resume from --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from diga_sdk.adapt.ablation import demo_adapt_config
+
+from diga_sdk.config import AdaptConfig, DGConfig, SemiConfig, TrainConfig
+from diga_sdk.io import atomic_write_json
+from diga_sdk.results import env_info
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SOURCE_VAL, TARGET_VAL, TARGET_TRAIN = "synthetic:source@val", "synthetic:target@val", "synthetic:target@train"
+
+
+def bench_dg(out: Path) -> dict:
+    from diga_sdk.adapt.dg import run_dg
+
+    warmup = demo_adapt_config("unused").warmup  # the demo's warm-up schedule (200 steps)
+    cfg = DGConfig(source="synthetic:source@train", eval=[SOURCE_VAL, TARGET_VAL],
+                   dg=warmup.model_copy(update={"mix": False}))
+    res = run_dg(cfg, out / "dg", resume=True)
+    report = {**res.to_json(), "target_val_margin": res.margin(TARGET_VAL), "config": cfg.model_dump(mode="json"),
+              "env": env_info()}
+    atomic_write_json(RESULTS / "modes_dg.json", report)
+    return report
+
+
+def semi_config(fraction: float = 0.125) -> SemiConfig:
+    demo = demo_adapt_config("unused")
+    adapt = AdaptConfig(source_val=None, warmup=demo.warmup.model_copy(update={"mix": False}),
+                        selftrain=demo.selftrain)
+    return SemiConfig(target=TARGET_TRAIN, target_val=TARGET_VAL, labelled_fraction=fraction, split_seed=0,
+                      supervised=TrainConfig(val_data=[]), adapt=adapt)
+
+
+def bench_semi(out: Path) -> dict:
+    from diga_sdk.adapt.semi import run_semi
+
+    run_semi(semi_config(), out / "semi", resume=True)
+    return collect_semi(out)
+
+
+def bench_oracle(out: Path) -> float:
+    """The oracle on every target-train label, TrainConfig defaults (the ablation's oracle, retrained here)."""
+    from diga_sdk.adapt.pipeline import evaluate_checkpoint, run_stage
+    from diga_sdk.adapt.supervised import train_supervised
+
+    def oracle() -> dict:
+        ckpt = train_supervised(TrainConfig(train_data=TARGET_TRAIN, val_data=[]), out / "oracle", stage="oracle",
+                                resume=True)
+        return {"checkpoint": str(ckpt), **evaluate_checkpoint(ckpt, AdaptConfig(source_val=None))}
+
+    return run_stage("oracle", out / "oracle", oracle, resume=True)["target_val_miou"]
+
+
+def collect_semi(out: Path) -> dict:
+    """modes_semi.json from the stages finished so far in OUT/semi (a run stopped early reports what it has);
+    the oracle is OUT/oracle when trained, else the ablation's oracle (same TrainConfig schedule)."""
+    import json
+
+    stages = []
+    for name in ("supervised", "warmup", "selftrain", "selftrain_round2"):
+        f = out / "semi" / name / "stage.json"
+        if f.is_file():
+            rec = json.loads(f.read_text())
+            stages.append({"name": name, "target_val_miou": rec["target_val_miou"], "checkpoint": rec["checkpoint"],
+                           "seconds": rec.get("seconds")})
+    orc_file = out / "oracle" / "stage.json"
+    if orc_file.is_file():
+        orc, orc_from = json.loads(orc_file.read_text())["target_val_miou"], str(orc_file)
+    else:
+        abl = json.loads((RESULTS / "ablation_results.json").read_text())
+        orc = next(s["target_val_miou"] for s in abl["stages"] if s["name"] == "oracle")
+        orc_from = "benchmarks/results/ablation_results.json (oracle: TrainConfig defaults on synthetic:target@train)"
+    by = {s["name"]: s["target_val_miou"] for s in stages}
+    last = stages[-1]["name"] if stages else None
+    split = (out / "semi" / "split.txt").read_text().splitlines()[:3] if (out / "semi" / "split.txt").is_file() else []
+    report = {"stages": stages, "finished": [s["name"] for s in stages], "split_header": split,
+              "labelled_fraction": semi_config().labelled_fraction, "oracle_target_val_miou": orc,
+              "oracle_from": orc_from, "last_finished_stage": last,
+              "last_minus_supervised": by[last] - by["supervised"] if last and "supervised" in by else None,
+              "last_minus_oracle": by[last] - orc if last else None,
+              "config": semi_config().model_dump(mode="json"), "env": env_info()}
+    atomic_write_json(RESULTS / "modes_semi.json", report)
+    return report
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--mode", choices=("dg", "semi", "oracle", "all", "collect-semi"), default="all")
+    ap.add_argument("--out", type=Path, default=Path("runs/modes"))
+    args = ap.parse_args()
+    if args.mode in ("dg", "all"):
+        bench_dg(args.out)
+    if args.mode in ("semi", "all"):
+        bench_semi(args.out)
+    if args.mode == "oracle":
+        bench_oracle(args.out)
+    if args.mode in ("oracle", "collect-semi"):
+        collect_semi(args.out)
