@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diga_sdk.adapt.ablation import demo_adapt_config
+from diga_sdk.bench.ablation import demo_adapt_config
 
 from diga_sdk.config import AdaptConfig, DGConfig, SemiConfig, TrainConfig
 from diga_sdk.io import atomic_write_json

@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from diga_sdk.adapt.dg import dg_stage_configs, run_dg
-from diga_sdk.adapt.distill import SimulatedCrash, train_distil_stage
+from diga_sdk.adapt.distill import train_distil_stage
 from diga_sdk.cli import main
 from diga_sdk.config import AdaptConfig, DGConfig, DistilConfig, SemiConfig, TrainConfig
 from diga_sdk.data.datasets import open_dataset
@@ -114,10 +114,12 @@ def test_adapt_dg_cli_json_table_and_crash_resume(tiny_specs, tmp_path, monkeypa
     assert not _same(src_ckpt, out / "dg" / "model.safetensors")
     assert (out / "dg" / "teacher.safetensors").is_file()
     # the same run killed after DG step 3 (state saved at step 2) and resumed ends with the same weights
-    monkeypatch.setenv("DIGA_CRASH_AT", "dg:3")
+    from test_adapt_pipeline import SimulatedCrash, crash_after
+
+    crash_after(monkeypatch, 3)
     with pytest.raises(SimulatedCrash):
         run_dg(cfg, tmp_path / "crashed", show=False)
-    monkeypatch.delenv("DIGA_CRASH_AT")
+    monkeypatch.undo()
     assert (tmp_path / "crashed" / "source_only" / "stage.json").is_file()
     again = run_dg(cfg, tmp_path / "crashed", resume=True, show=False)
     assert _same(out / "dg" / "model.safetensors", tmp_path / "crashed" / "dg" / "model.safetensors")

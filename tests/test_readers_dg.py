@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diga_sdk.data.bdd100k import BDD100KDataset
 from diga_sdk.data.datasets import open_dataset
 from diga_sdk.data.labels import CLASS_NAMES, MAPILLARY_V12_TO_CITYSCAPES, to_train_ids
+from diga_sdk.data.mapillary import MapillaryDataset
 from diga_sdk.errors import DigaError
 
 BDD_NAMES = ("7d06fefd-f7be05a6", "7d128593-0ccfea4c", "7d15b18b-1e0d6e3f")
@@ -105,6 +107,8 @@ def test_bdd100k_errors_name_the_problem(tmp_path: Path) -> None:
         open_dataset(f"bdd100k:{root}@val")
     _write_bdd_current(root, "val")
     with pytest.raises(DigaError, match="bad BDD100K split 'valid'"):
+        BDD100KDataset(root, "valid")
+    with pytest.raises(DigaError, match="bdd100k@valid does not exist"):  # not a split name: part of the path
         open_dataset(f"bdd100k:{root}@valid")
     with pytest.raises(DigaError, match="BDD100K train images folder"):
         open_dataset(f"bdd100k:{root}@train")
@@ -162,6 +166,8 @@ def test_mapillary_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(DigaError, match="Mapillary validation folder"):
         open_dataset(f"mapillary:{root}@val")
     with pytest.raises(DigaError, match="bad Mapillary split 'dev'"):
+        MapillaryDataset(root, "dev")
+    with pytest.raises(DigaError, match="@dev does not exist"):  # not a split name: part of the path
         open_dataset(f"mapillary:{root}@dev")
     (root / "training" / "labels" / f"{VISTAS_KEYS[2]}.png").unlink()
     with pytest.raises(DigaError, match=f"no label.*{VISTAS_KEYS[2]}.png"):
