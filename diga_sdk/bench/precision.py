@@ -76,9 +76,9 @@ def check_variants(checkpoint: str | Path, variants: list[Variant], val: str, *,
                    threads: int | None = None, measured_by: str = "diga bench latency") -> list[AccuracyCheck]:
     """Measure and record the mIoU change against PyTorch fp32 of every reduced-precision path among
     `variants` that carries no valid check yet; returns the new checks."""
+    from ..export.accuracy import runtime_miou
     from ..models.checkpoint import checkpoint_hash
     from ..runtime.runtimes import open_runtime
-    from .accuracy import runtime_miou
 
     todo = [v for v in variants if v.name in CHECKED_PATHS and v.name not in read_checks(v.path)]
     if not todo:

@@ -206,7 +206,7 @@ CHECKED_FORMATS = {"onnx-int8": ("onnxruntime-int8", "onnxruntime"), "onnx-fp16"
 def _record_accuracy(out: Path, fmt: str, acc: dict[str, Any], val: str, props: dict[str, str]) -> Path:
     """The exported file's sidecar: its measured mIoU change, which `runtime="auto"` reads."""
     from ..runtime.checked import AccuracyCheck, artefact_sha256, record_check
-    from .metadata import HASH_KEY
+    from ..runtime.metadata import HASH_KEY
 
     name, runtime = CHECKED_FORMATS[fmt]
     ch = acc["change"]
