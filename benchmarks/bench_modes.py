@@ -21,7 +21,6 @@ import argparse
 from pathlib import Path
 
 from diga_sdk.bench.ablation import demo_adapt_config
-
 from diga_sdk.config import AdaptConfig, DGConfig, SemiConfig, TrainConfig
 from diga_sdk.io import atomic_write_json
 from diga_sdk.results import env_info
