@@ -1,0 +1,135 @@
+"""The slow safety signals of online adaptation: the held-out source slice (labels the vehicle really
+has), the label-free class-share divergence from the shipped model, the roll back to "safe" weights,
+the budget probe, and the streams of the validation protocol (camera2, the planted swap drift)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from online_fixtures import ONLINE_SIZE, train_small_model
+
+from diga_sdk.adapt.online import OnlineConfig, open_adapter
+from diga_sdk.adapt.online_safety import HealthMonitor, SafetyConfig, share_divergence
+from diga_sdk.data.streams import FrameStream
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory, tiny_specs: dict[str, str]) -> Path:
+    return train_small_model(tmp_path_factory.mktemp("online-model"), tiny_specs["source_train"])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(**kw) -> OnlineConfig:
+    base = {"crop": ONLINE_SIZE, "safety": {"calib_frames": 3}, "snapshot_every": 3}
+    base.update(kw)
+    return OnlineConfig.model_validate(base)
+
+
+def test_held_out_source_slice_is_disjoint_and_scores_the_drop(small_model: Path, tiny_specs: dict[str, str]) -> None:
+    ad = open_adapter(small_model, _cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=3,
+                                        source_check_every=1))
+    src, check = ad.source, ad.source_check
+    assert check is not None and len(check) == 3 and len(src) == 4
+    for held in src.held_images:  # never among the images an update crops from
+        assert not any(torch.equal(held, x) for x in src.images)
+    shipped = lambda x: ad._predict(ad.shipped, x)[2]  # noqa: E731
+    assert [check.score(shipped) for _ in range(3)][:2] == [None, None]  # defined once every image is scored
+    assert check.score(shipped) == pytest.approx(0.0)  # the shipped model against itself
+    with torch.no_grad():  # a teacher that calls everything class 0 ("road swallowed the scene")
+        bias = [m for m in ad.teacher.module.modules() if isinstance(m, torch.nn.Conv2d)][-1].bias
+        bias[0] += 100.0
+    drops = [check.score(lambda x: ad._predict(ad.teacher, x)[2]) for _ in range(3)]
+    assert drops[-1] > 5.0, drops
+    check.reset()
+    assert check.score(shipped) is None
+
+
+def test_share_divergence_calls_one_class_swallowing_another() -> None:
+    assert share_divergence([0.5, 0.3, 0.2], [0.5, 0.3, 0.2]) == 0.0
+    assert share_divergence([0.2, 0.6, 0.2], [0.5, 0.3, 0.2]) == pytest.approx(0.3)
+    mon = HealthMonitor(SafetyConfig(calib_frames=1, max_share_divergence=0.1, share_smoothing=0.5))
+    hist = [0.5, 0.3, 0.2]
+    sig = {"kept": 0.9, "entropy": 0.3, "hist": hist, "distance": 1.0}
+    mon.observe(sig, None)
+    for _ in range(3):  # the same shares as the shipped model on the same frames: healthy
+        assert not mon.observe({**sig, "hist_shipped": hist}, None)
+    assert "shares" not in mon.last_reasons
+    swallowed = [0.1, 0.7, 0.2]  # class 1 eats class 0
+    calls = [mon.observe({**sig, "hist": swallowed, "hist_shipped": hist}, None) for _ in range(3)]
+    assert "shares" in mon.last_reasons and any(calls)
+    mon.after_rollback()
+    assert mon.signals()["share_divergence"] == 0.0  # the signal described the weights just thrown away
+
+
+def test_source_drop_bound_and_agreement_off() -> None:
+    mon = HealthMonitor(SafetyConfig(calib_frames=1, max_source_drop=3.0, min_agreement=None))
+    sig = {"kept": 0.9, "entropy": 0.3, "hist": [0.5, 0.5], "distance": 1.0}
+    mon.observe(sig, None)
+    mon.observe({**sig, "source_drop": 2.0}, 0.1)  # agreement 0.1 would have been a violation at 0.6
+    assert mon.last_reasons == []
+    mon.observe({**sig, "source_drop": 4.0}, None)
+    assert mon.last_reasons == ["source"]
+
+
+def test_slow_failure_rolls_back_to_the_safe_weights(small_model: Path) -> None:
+    ad = open_adapter(small_model, _cfg(lr=0.01, rollback_lr_factor=0.5))
+    shipped = {k: v.clone() for k, v in ad.model.state_dict().items()}
+    for f in FrameStream("scenario:target", 11, ONLINE_SIZE, seed=6):
+        ad.process(f.image)
+    assert ad.counters["updates"] > 0 and ad._safe["frame"] == 0 and ad._good["frame"] == 6  # no slow signal yet: the shipped weights
+    ad._rollback(["shipped"])  # a fast failure: the last good weights (taken while adapting)
+    assert not all(torch.equal(v, shipped[k]) for k, v in ad.model.state_dict().items())
+    ad._rollback(["shares"])  # a slow one: back to the safe weights, and a slower pace
+    assert all(torch.equal(v, shipped[k]) for k, v in ad.model.state_dict().items())
+    assert ad.lr_backoff == 0.25 and ad.counters["safe_rollbacks"] == 1
+
+
+def test_budget_near_prediction_cost_probes_the_real_update_cost(small_model: Path) -> None:
+    frames = list(FrameStream("scenario:target", 12, ONLINE_SIZE, seed=3))
+    ad = open_adapter(small_model, _cfg(safety={"enabled": False, "calib_frames": 1}))
+    pred_ms = np.median([ad.process(f.image).predict_ms for f in frames[:4]])
+    # a budget a little above the prediction: the prior (3 forwards a pixel, x1.5) never lets an update fit
+    budget = 1.6 * pred_ms
+    for probe in (False, True):
+        ad = open_adapter(small_model, _cfg(budget_ms=budget, budget_probe=probe,
+                                            safety={"enabled": False, "calib_frames": 1}))
+        assert ad.plan_crop(0.55 * pred_ms, *ONLINE_SIZE, 1, 3.0 * pred_ms / (ONLINE_SIZE[0] * ONLINE_SIZE[1] / 1e3)) == 0
+        actions = [ad.process(f.image).action for f in frames]
+        if not probe:
+            assert ad.counters["updates"] == 0 and ad.cost["ms_per_kpx"] is None, actions
+        else:
+            assert ad.counters["probes"] == 1 and ad.cost["ms_per_kpx"] is not None, actions
+            assert actions.count("update") >= 1
+
+
+def test_camera2_and_swap_streams() -> None:
+    from diga_sdk.data.streams import CAR, ROAD
+
+    a = FrameStream("scenario:target", 10, ONLINE_SIZE, seed=7).frame(3)
+    b = FrameStream("scenario:camera2", 10, ONLINE_SIZE, seed=7).frame(3)
+    b2 = FrameStream("scenario:camera2", 10, ONLINE_SIZE, seed=7).frame(3)
+    assert np.array_equal(b.image, b2.image) and not np.array_equal(a.image, b.image)
+    assert set(np.unique(b.label).tolist()) <= set(range(19)) | {255}
+    s = FrameStream("scenario:target", 40, ONLINE_SIZE, segments="swap@10", seed=1)
+    clear = FrameStream("scenario:target", 40, ONLINE_SIZE, seed=1)
+    assert np.array_equal(s.frame(5).image, clear.frame(5).image)
+    gaps = []
+    for i in (12, 39):
+        f, c = s.frame(i), clear.frame(i)
+        assert np.array_equal(f.label, c.label)  # the labels stay the truth
+        road, car = f.label == ROAD, f.label == CAR
+        assert np.array_equal(f.image[~road], c.image[~road])  # only the road is recoloured
+        gaps.append(float(np.abs(f.image[road].astype(float).mean(0) - c.image[car].astype(float).mean(0)).sum())
+                    if car.sum() >= 16 else None)
+    if all(g is not None for g in gaps):
+        assert gaps[1] < gaps[0]  # the road's colour comes closer to the cars' as the segment goes on
