@@ -68,14 +68,20 @@ def run_one(name: str, model: str, config: str | None, out: Path, size: tuple[in
     adapter = open_adapter(model, cfg)
     frozen, _ = load_checkpoint(model)
     frozen.eval()
-    res = run_stream(adapter, iter(stream), len(stream), frozen=frozen, window=WINDOW)
+    path = out / f"{name}.json"
+
+    def partial(windows: list[dict]) -> None:  # a long run on a shared machine: keep what is scored so far
+        atomic_write_json(out / f"{name}.partial.json", {"name": name, "windows": windows,
+                                                           "rollback_frames": list(adapter.rollback_frames),
+                                                           "rollback_reasons": list(adapter.rollback_reasons)})
+
+    res = run_stream(adapter, iter(stream), len(stream), frozen=frozen, window=WINDOW, on_window=partial)
     keep = ("index", "condition", "action", "total_ms", "update_ms", "reasons", "sig_share_divergence",
             "sig_source_drop", "sig_kept_vs_shipped")
     res["per_frame"] = [{k: r[k] for k in keep if k in r} for r in res["per_frame"]]
     res.update({"name": name, "spec": spec.__dict__, "size": list(size), "config": config,
                 "config_values": cfg.model_dump(mode="json"), "model": model, "threads": threads,
                 "summary": summarise(res), "env": env_info(), "loadavg": os.getloadavg()})
-    path = out / f"{name}.json"
     atomic_write_json(path, res)
     return path
 

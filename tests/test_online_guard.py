@@ -11,7 +11,7 @@ import pytest
 import torch
 from online_fixtures import ONLINE_SIZE, train_small_model
 
-from diga_sdk.adapt.online import OnlineConfig, open_adapter
+from diga_sdk.adapt.online import OnlineAdapter, OnlineConfig, open_adapter
 from diga_sdk.adapt.online_safety import HealthMonitor, SafetyConfig, share_divergence
 from diga_sdk.data.streams import FrameStream
 
@@ -133,3 +133,43 @@ def test_camera2_and_swap_streams() -> None:
                     if car.sum() >= 16 else None)
     if all(g is not None for g in gaps):
         assert gaps[1] < gaps[0]  # the road's colour comes closer to the cars' as the segment goes on
+
+
+def _drift_run(model: Path, guarded: bool, source_spec: str) -> tuple[list[float], OnlineAdapter]:
+    """A planted slow drift: from frame 8 the road's colour moves toward the cars' a little more every frame
+    (`swap`), with settings that learn fast (fast teacher and BN statistics, high lr), so self-training
+    slowly teaches the model that car-coloured asphalt is car. Gains vs the frozen model per 8 frames."""
+    from diga_sdk.data.transforms import to_tensor
+    from diga_sdk.evaluate import predict_logits
+    from diga_sdk.metrics import ConfusionMatrix
+    from diga_sdk.models.checkpoint import load_checkpoint
+
+    extra = {}
+    if guarded:  # today's monitor plus the two slow signals, agreement off
+        extra = {"source": source_spec, "source_samples": 4, "source_holdout": 4, "source_check_every": 1,
+                 "safety": {"calib_frames": 3, "shadow_every": 1, "min_agreement": None,
+                            "max_share_divergence": 0.08, "max_source_drop": 3.0}}
+    ad = open_adapter(model, _cfg(lr=0.05, ema_decay=0.7, bn_momentum=0.1, **extra))
+    frozen, _ = load_checkpoint(model)
+    frozen.eval()
+    gains, cm_a, cm_f = [], ConfusionMatrix(19), ConfusionMatrix(19)
+    for f in FrameStream("scenario:target", 64, ONLINE_SIZE, segments="swap@8", seed=8):
+        res = ad.process(f.image)
+        label = torch.from_numpy(f.label)
+        cm_a.update(torch.from_numpy(res.pred), label)
+        cm_f.update(predict_logits(frozen, to_tensor(f.image)[None]).argmax(1)[0], label)
+        if (f.index + 1) % 8 == 0:
+            gains.append(cm_a.miou() - cm_f.miou())
+            cm_a, cm_f = ConfusionMatrix(19), ConfusionMatrix(19)
+    return gains, ad
+
+
+@pytest.mark.slow
+def test_planted_slow_drift_is_rolled_back_before_it_costs_a_point(small_model: Path,
+                                                                   tiny_specs: dict[str, str]) -> None:
+    unguarded, _ = _drift_run(small_model, False, tiny_specs["source_train"])
+    assert min(unguarded) < -1.0, f"the planted drift must really hurt today's monitor: {unguarded}"
+    gains, ad = _drift_run(small_model, True, tiny_specs["source_train"])
+    slow = [r for r in ad.rollback_reasons if set(r) & {"shares", "source"}]
+    assert slow, f"a slow signal must call the drift: rollbacks {ad.rollback_frames} {ad.rollback_reasons}"
+    assert min(gains) >= -1.0, f"a window fell more than 1 mIoU below frozen: {gains}"

@@ -257,6 +257,7 @@ class OnlineAdapter:
         self.cost: dict[str, float | None] = {"ms_per_kpx": None, "overhead_ms": None, "dev_per_kpx": 0.0,
                                               "dev_overhead": 0.0, "tail_ms": 0.0, "save_ms": 0.0}
         self.rollback_frames: list[int] = []
+        self.rollback_reasons: list[list[str]] = []  # the monitor's reasons of each rollback
         self.state_path = Path(state_path) if state_path else None
         self._candidate = None
         self._take_snapshot(confirmed=True)  # the shipped model is the first good state
@@ -591,6 +592,7 @@ class OnlineAdapter:
         self.suspended = True
         self.counters["rollbacks"] += 1
         self.rollback_frames.append(self.frame_index)
+        self.rollback_reasons.append(sorted(reasons or ()))
 
     # ---- the adapted model ----------------------------------------------------------------------
     @property
@@ -607,6 +609,7 @@ class OnlineAdapter:
 
     def summary(self) -> dict[str, Any]:
         return {**self.counters, "frame_index": self.frame_index, "rollback_frames": list(self.rollback_frames),
+                "rollback_reasons": [list(r) for r in self.rollback_reasons],
                 "lr_backoff": self.lr_backoff, "lr_gate": self.lr_gate(),
                 "cost_model": dict(self.cost), "centroid_pixels": self.pixel_counts.tolist()}
 
@@ -671,7 +674,7 @@ class OnlineAdapter:
         tensors.update(self.replay.tensors())
         info = {"version": STATE_VERSION, "frame_index": self.frame_index, "counters": self.counters,
                 "suspended": self.suspended, "last_agreement": self.last_agreement, "cost": self.cost,
-                "rollback_frames": self.rollback_frames, "good_frame": self._good["frame"],
+                "rollback_frames": self.rollback_frames, "rollback_reasons": self.rollback_reasons, "good_frame": self._good["frame"],
                 "last_shadow": self.last_shadow, "lr_backoff": self.lr_backoff, "safe_frame": self._safe["frame"],
                 "safe_candidate_frame": None if self._safe_candidate is None else self._safe_candidate["frame"],
                 "last_source_check": self.last_source_check, "probed": self.probed,
@@ -742,6 +745,7 @@ class OnlineAdapter:
         self.frame_index, self.counters = info["frame_index"], info["counters"]
         self.suspended, self.last_agreement = info["suspended"], info["last_agreement"]
         self.cost, self.rollback_frames = info["cost"], info["rollback_frames"]
+        self.rollback_reasons = info.get("rollback_reasons", [[] for _ in self.rollback_frames])
         self.last_shadow = info["last_shadow"]
         group = info["optim_param_groups"][0]  # files without the key kept the back-off in the lr itself
         self.lr_backoff = float(info.get("lr_backoff", group["lr"] / (self.cfg.lr * group.get("lr_mult", 1.0))))
