@@ -45,8 +45,8 @@ def child(model: str, config: str, size: tuple[int, int], frames: int, warmup: i
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--a", required=True, help="CODE_DIR:CONFIG of the first side (today's)")
-    p.add_argument("--b", required=True, help="CODE_DIR:CONFIG of the second side (the new one)")
+    p.add_argument("--a", default=None, help="CODE_DIR:CONFIG of the first side (today's)")
+    p.add_argument("--b", default=None, help="CODE_DIR:CONFIG of the second side (the new one)")
     p.add_argument("--size", default="128x256")
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--warmup", type=int, default=12)
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.child is not None:
         print(json.dumps(child(a.model, a.child, (h, w), a.frames, a.warmup, a.budget_ms)))
         return 0
+    if a.a is None or a.b is None:
+        p.error("--a and --b are required")
     import numpy as np
 
     sides = {"a": a.a.split(":", 1), "b": a.b.split(":", 1)}

@@ -117,6 +117,15 @@ def summary(out: Path, json_path: Path) -> dict:
         if "summary" in r:
             runs[r["name"]] = {"spec": r["spec"], "size": r["size"], "config": r["config"], "loadavg": r["loadavg"],
                                **r["summary"]}
+    for p in sorted(out.glob("*.partial.json")):  # a run still going (or stopped): what it scored so far
+        r = json.loads(p.read_text())
+        if r["name"] not in runs and r["windows"]:
+            gains = [w["gain"] for w in r["windows"] if w.get("gain") is not None]
+            runs[r["name"]] = {"spec": STREAMS[r["name"]].__dict__, "partial": True,
+                               "frames_scored": r["windows"][-1]["stop"], "gains": [round(g, 2) for g in gains],
+                               "worst_window": min(gains), "windows_below_minus_1": sum(g < -1.0 for g in gains),
+                               "last_third_mean_gain": None, "rollback_frames": r["rollback_frames"],
+                               "rollback_reasons_each": r["rollback_reasons"]}
     order = [k for k in STREAMS if k in runs]
     result = {"window": WINDOW, "runs": {k: runs[k] for k in order}}
     atomic_write_json(json_path, result)
@@ -125,6 +134,10 @@ def summary(out: Path, json_path: Path) -> dict:
     for k in order:
         r = runs[k]
         s = StreamSpec(**r["spec"])
+        if r.get("partial"):
+            lines.append(f"| {k} | {s.role} | {s.describe()} | {r['worst_window']:+.2f} | {r['windows_below_minus_1']} | "
+                         f"unfinished: frames 0-{r['frames_scored']} scored | - | {len(r['rollback_frames'])} | - |")
+            continue
         rs = ", ".join(f"{a} {b}" for a, b in sorted(r["rollback_reasons"].items())) or "-"
         lt = "-" if r["last_third_mean_gain"] is None else f"{r['last_third_mean_gain']:+.2f}"
         lines.append(f"| {k} | {s.role} | {s.describe()} | {r['worst_window']:+.2f} | {r['windows_below_minus_1']} | "
