@@ -280,8 +280,10 @@ class OnlineAdapter:
             sig["kept_shipped"], sig["hist_shipped"] = self._shipped_kept(x)
             self.last_shadow = i
             self.counters["shadow_checks"] = self.counters.get("shadow_checks", 0) + 1
-        # never on a shadow frame: one extra forward per frame at most, so the p99 frame cost stays where it was
-        if sig is not None and self.last_shadow != i and self._source_check_due(t0, predict_ms):
+        # not on a shadow frame (it waits a frame): one extra forward per frame at most, so the p99 frame cost
+        # stays where it was; with a shadow check on every frame both run
+        apart = self.last_shadow != i or self.cfg.safety.shadow_every <= 1
+        if sig is not None and apart and self._source_check_due(t0, predict_ms):
             with torch.no_grad():
                 sig["source_drop"] = self.source_check.score(lambda img: self._predict(self.teacher, img)[2])
             self.last_source_check = i
