@@ -646,8 +646,7 @@ class OnlineAdapter:
         tensors: dict[str, torch.Tensor] = {}
         for prefix, sd in (("student.", self.student.state_dict()), ("teacher.", self.teacher.module.state_dict()),
                            ("shipped.", self.shipped.module.state_dict()),
-                           ("good.student.", self._good["student"]), ("good.teacher.", self._good["teacher"]),
-                           ("safe.student.", self._safe["student"]), ("safe.teacher.", self._safe["teacher"])):
+                           ("good.student.", self._good["student"]), ("good.teacher.", self._good["teacher"])):
             tensors.update({prefix + k: v.detach().cpu().contiguous() for k, v in sd.items()})
         opt = self.optimizer.state_dict()
         for pid, pstate in opt["state"].items():
@@ -658,8 +657,12 @@ class OnlineAdapter:
                         "good.centroids": self._good["centroids"].contiguous(),
                         "good.seen": self._good["seen"].to(torch.uint8), "pixel_counts": self.pixel_counts,
                         "calib_sums": self._calib_sums})
-        tensors.update({"safe.centroids": self._safe["centroids"].contiguous(),
-                        "safe.seen": self._safe["seen"].to(torch.uint8)})
+        safe_is_good = self._safe is self._good  # one set of tensors (safetensors refuses shared memory)
+        if not safe_is_good:
+            for part in ("student", "teacher"):
+                tensors.update({f"safe.{part}.{k}": v.contiguous() for k, v in self._safe[part].items()})
+            tensors.update({"safe.centroids": self._safe["centroids"].contiguous(),
+                            "safe.seen": self._safe["seen"].to(torch.uint8)})
         if self.shipped_centroids is not None:
             tensors["shipped_centroids"] = self.shipped_centroids.contiguous()
         if self._safe_candidate is not None:
@@ -678,7 +681,7 @@ class OnlineAdapter:
         info = {"version": STATE_VERSION, "frame_index": self.frame_index, "counters": self.counters,
                 "suspended": self.suspended, "last_agreement": self.last_agreement, "cost": self.cost,
                 "rollback_frames": self.rollback_frames, "rollback_reasons": self.rollback_reasons, "good_frame": self._good["frame"],
-                "last_shadow": self.last_shadow, "lr_backoff": self.lr_backoff, "safe_frame": self._safe["frame"],
+                "last_shadow": self.last_shadow, "lr_backoff": self.lr_backoff, "safe_frame": self._safe["frame"], "safe_is_good": safe_is_good,
                 "safe_candidate_frame": None if self._safe_candidate is None else self._safe_candidate["frame"],
                 "last_source_check": self.last_source_check, "probed": self.probed,
                 "source_check_next": self.source_check.next if self.source_check is not None else 0,
@@ -723,7 +726,7 @@ class OnlineAdapter:
                       "teacher": {k[13:]: v for k, v in t.items() if k.startswith("good.teacher.")},
                       "centroids": t["good.centroids"], "seen": t["good.seen"].bool(), "frame": info["good_frame"]}
         self._safe = self._good
-        if "safe_frame" in info:
+        if "safe_frame" in info and not info.get("safe_is_good"):
             self._safe = {"student": {k[13:]: v for k, v in t.items() if k.startswith("safe.student.")},
                           "teacher": {k[13:]: v for k, v in t.items() if k.startswith("safe.teacher.")},
                           "centroids": t["safe.centroids"], "seen": t["safe.seen"].bool(), "frame": info["safe_frame"]}
