@@ -13,12 +13,13 @@ for extra in "${@:-serve}"; do
   start=$(date +%s)
   "$PYTHON" -m venv "$work/venv-$extra"
   py="$work/venv-$extra/bin/python"
-  "$py" -m pip install --quiet "$wheel[$extra]"
+  # the constraints file pins torch to the CPU wheel on this machine (a bare range would pull a CUDA build)
+  "$py" -m pip install --quiet -c constraints.txt "$wheel[$extra]"
   case "$extra" in
     serve)   # the service module imports everything `bentoml serve` needs; the supervisor's CLI starts
              "$py" -c "import diga_sdk.serving.service, diga_sdk.serving.supervise, diga_sdk.serving.client"
              "$work/venv-$extra/bin/diga" serve --help > /dev/null ;;
-    export)  "$py" -c "import onnx, onnxruntime, openvino, diga_sdk.export.onnx_export, diga_sdk.export.quantize"
+    export)  "$py" -c "import onnx, onnxruntime, openvino, diga_sdk.runtime.onnx_export, diga_sdk.export.quantize"
              "$work/venv-$extra/bin/diga" export --help > /dev/null ;;
     kernels) "$py" -c "import triton, diga_sdk.kernels" ;;
     fleet)   "$py" -c "import flwr, diga_sdk.fleet"
