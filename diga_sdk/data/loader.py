@@ -12,6 +12,7 @@ logged and counted; `BatchStream` stops the run once more than 1 % of the drawn 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import OrderedDict
@@ -200,9 +201,12 @@ class BatchStream:
         else:
             # a generator of its own: the loader's worker seeds must not draw from the global RNG that
             # dropout uses, or a resumed run (which restores that RNG) would diverge
+            # workers augment with this process's thread count: bilinear resizing differs in the last bit
+            # between thread counts, and a batch must not depend on where it was made
             source = iter(torch.utils.data.DataLoader(
                 self.batches, batch_size=None, sampler=steps, num_workers=self.workers,
-                pin_memory=self.device.startswith("cuda"), prefetch_factor=2, generator=torch.Generator()))
+                pin_memory=self.device.startswith("cuda"), prefetch_factor=2, generator=torch.Generator(),
+                worker_init_fn=functools.partial(_set_threads, torch.get_num_threads())))
         for batch in source:
             self._account(batch)
             yield batch
@@ -224,6 +228,10 @@ class BatchStream:
         if self.resized_labels:
             log.warning("%s: %d labels differed in size from their image and were resized nearest-neighbour",
                         what, self.resized_labels)
+
+
+def _set_threads(n: int, _worker_id: int) -> None:
+    torch.set_num_threads(n)
 
 
 def to_device(x: torch.Tensor | None, device: str) -> torch.Tensor | None:
