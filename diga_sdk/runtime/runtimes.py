@@ -432,7 +432,10 @@ def _auto(p: Path, kind: str, device: str, precision: str | None, threads: int |
     if not runtimes:
         raise DigaError(f"no runtime for a {kind} file on {device} is installed; install the `export` extra")
     own = _file_precision(p, kind)
-    paths = [AutoPath(f"{r}-{precision or own}", p, kind, r, precision) for r in runtimes]
+    # OpenVINO's default inference precision is bf16 on CPUs with bf16 units: a path named fp32 must run fp32
+    # (a reduced precision is only taken once its accuracy was checked)
+    paths = [AutoPath(f"{r}-{precision or own}", p, kind, r,
+                      precision or (own if r == "openvino" and own == "fp32" else None)) for r in runtimes]
     rejected: dict[str, float] = {}
     if precision is None and own == "fp32" and not device.startswith("cuda") and kind in ("checkpoint", "onnx"):
         more, rejected = _checked_paths(p, kind, max_miou_drop)
