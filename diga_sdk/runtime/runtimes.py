@@ -431,14 +431,20 @@ def _auto(p: Path, kind: str, device: str, precision: str | None, threads: int |
     runtimes = _candidates(kind, device)
     if not runtimes:
         raise DigaError(f"no runtime for a {kind} file on {device} is installed; install the `export` extra")
-    own = _file_precision(p, kind)
+    try:
+        own = _file_precision(p, kind)
+    except DigaError:  # an unreadable file: each runtime's own attempt below says why it cannot load it
+        own = "fp32"
     # OpenVINO's default inference precision is bf16 on CPUs with bf16 units: a path named fp32 must run fp32
     # (a reduced precision is only taken once its accuracy was checked)
     paths = [AutoPath(f"{r}-{precision or own}", p, kind, r,
                       precision or (own if r == "openvino" and own == "fp32" else None)) for r in runtimes]
     rejected: dict[str, float] = {}
     if precision is None and own == "fp32" and not device.startswith("cuda") and kind in ("checkpoint", "onnx"):
-        more, rejected = _checked_paths(p, kind, max_miou_drop)
+        try:
+            more, rejected = _checked_paths(p, kind, max_miou_drop)
+        except DigaError:  # unreadable metadata: no checked path; the runtimes below say why the file fails
+            more, rejected = [], {}
         paths += more
     extra = {"max_miou_drop": max_miou_drop, "rejected": rejected,
              "accepted": {a.name: a.miou_change for a in paths if a.miou_change is not None}}
@@ -526,7 +532,7 @@ def _probe(paths: list[AutoPath], device: str, threads: int | None, key: str, ru
             rt = _open_path(a, device, threads)
         except DigaError as exc:
             log.warning("runtime auto: %s unavailable (%s)", a.name, exc)
-            failures.append(f"{a.name}: {exc}")
+            failures.append(f"{a.runtime}: {exc}")
             continue
         h, w = rt.meta.input_size
         img = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
