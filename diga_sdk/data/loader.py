@@ -231,6 +231,11 @@ class BatchStream:
 
 
 def _set_threads(n: int, _worker_id: int) -> None:
+    """Worker start-up: the training process's thread count, and Ctrl-C left to the training process (it
+    finishes the step and saves the state; a worker killed by the same SIGINT would leave it waiting)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(n)
 
 
