@@ -74,7 +74,7 @@ class ViewConfig(_Strict):
 class DataConfig(_Strict):
     """How training data is read: worker processes, an optional decoded-sample cache, strictness."""
 
-    workers: int | None = Field(0, ge=0)  # None: the cores, at most 4; 0 (default until Ctrl-C with workers is fixed): in the training process
+    workers: int | None = Field(None, ge=0)  # None: the cores, at most 4; 0: decode in the training process
     cache_mb: int = Field(0, ge=0)  # per process; 0 keeps memory flat whatever the dataset's size
     strict: bool = False  # refuse images without a label file instead of skipping them
 
