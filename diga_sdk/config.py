@@ -48,6 +48,9 @@ class ModelConfig(_Strict):
     # the Cityscapes train IDs the model's outputs stand for, in order (None: all 19); SYNTHIA's
     # 16-class head leaves out terrain, truck and train, which its labels never show
     classes: list[int] | None = None
+    # recompute each backbone block in the backward pass (DeepLabV2 at the authors' crops: ~30 GB of
+    # activations per step otherwise); training only, the weights and outputs are the same
+    activation_checkpointing: bool = False
 
     @model_validator(mode="after")
     def _classes_fit(self) -> ModelConfig:
