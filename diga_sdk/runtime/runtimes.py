@@ -34,6 +34,7 @@ from ..models.checkpoint import ModelMeta
 from ..progress import log
 from .cache import cache_dir
 from .checked import DEFAULT_MAX_MIOU_DROP
+from .signal_stack import preserved_signal_stack
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
 CHECKPOINT_SUFFIXES = (".safetensors",)
@@ -269,7 +270,8 @@ class OpenVinoRuntime(Runtime):
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
-            self.compiled = core.compile_model(model, ov_device, config)
+            with preserved_signal_stack():  # see signal_stack.py: OpenVINO leaves a dangling one otherwise
+                self.compiled = core.compile_model(model, ov_device, config)
         except Exception as exc:
             raise DigaError(f"OpenVINO cannot compile {path} for {ov_device}: {str(exc).splitlines()[0]}") from None
         super().__init__(meta, source_hash, device, graph.embed_pre, graph.labels_name is not None)
@@ -278,7 +280,8 @@ class OpenVinoRuntime(Runtime):
         hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         actual = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint, hint)
         self.precision = actual if graph.precision == "fp32" else f"{graph.precision}+{actual}"
-        self.request = self.compiled.create_infer_request()
+        with preserved_signal_stack():
+            self.request = self.compiled.create_infer_request()
 
     def _run(self, images: np.ndarray, output: str) -> np.ndarray:
         res = self.request.infer({self.graph.input_name: self.graph_input(images)})
