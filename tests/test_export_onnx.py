@@ -311,3 +311,21 @@ print("alive")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "alive", (out.returncode, out.stderr[-2000:])
+
+
+def test_onnxruntime_labels_come_from_the_coarse_graph_with_the_fused_upsample(plain: tuple[Path, dict],
+                                                                              tiny_specs: dict[str, str]) -> None:
+    """On CPU the labels skip the graph's full-size Resize (the fused kernel upsamples and takes the
+    argmax); they must be the argmax of the full graph's logits wherever the top two are not tied."""
+    from diga_sdk.runtime.runtimes import OnnxRuntime, open_runtime
+
+    imgs = _images(tiny_specs)[:, :60, :100]
+    fused = open_runtime(plain[0], "onnxruntime")
+    assert fused.fused_labels
+    labels, logits = fused.predict(imgs), fused.logits(imgs)
+    assert labels.dtype == np.uint8 and labels.shape == (2, 60, 100)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    differ = labels != logits.argmax(1)
+    assert differ.mean() <= 1e-3 and np.all((top2[:, 1] - top2[:, 0])[differ] < 1e-4)
+    unfused = OnnxRuntime(plain[0], fused_labels=False)
+    assert not unfused.fused_labels and (unfused.predict(imgs) == labels).mean() >= 0.999

@@ -205,7 +205,7 @@ class OnnxRuntime(Runtime):
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, fused_labels: bool = True) -> None:
         import onnxruntime as ort
 
         from .metadata import parse_metadata
@@ -229,6 +229,34 @@ class OnnxRuntime(Runtime):
         meta, graph, source_hash = parse_metadata(props, str(path))
         super().__init__(meta, source_hash, device, graph.embed_pre, graph.labels_name is not None)
         self.graph, self.precision = graph, graph.precision
+        # on CPU: labels from the coarse graph + the fused upsample-argmax kernel (the full graph serves logits)
+        self._coarse = self._coarse_session(path, opts, providers) if fused_labels and device == "cpu" else None
+        self.fused_labels = self._coarse is not None
+
+    def _coarse_session(self, path: Path, opts: Any, providers: list[str]) -> tuple[Any, str] | None:
+        """The graph up to its final Resize (coarse_graph.py), or None where it does not end in one."""
+        import onnx
+        import onnxruntime as ort
+
+        from .coarse_graph import coarse_logits_graph
+
+        cut = coarse_logits_graph(onnx.load(str(path)), self.graph.logits_name)
+        if cut is None:
+            return None
+        return ort.InferenceSession(cut[0].SerializeToString(), opts, providers=providers), cut[1]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """(B,H,W,3) uint8 RGB -> (B,H,W) uint8 labels; with the coarse graph, upsample and argmax fused."""
+        images = check_images(images)
+        if self._coarse is None:
+            return super().predict(images)
+        import torch
+
+        from ..kernels import upsample_argmax
+
+        session, name = self._coarse
+        coarse = session.run([name], {self.graph.input_name: self.graph_input(images)})[0]
+        return upsample_argmax(torch.from_numpy(coarse), images.shape[1:3], dtype=torch.uint8).numpy()
 
     def _logits(self, images: np.ndarray) -> np.ndarray:
         return self.session.run([self.graph.logits_name], {self.graph.input_name: self.graph_input(images)})[0]
