@@ -287,14 +287,14 @@ class SelectionConfig(_Strict):
     kind: Literal["consensus", "threshold", "none"] = "consensus"
     threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9  # kind=threshold: keep pixels with max prob >= it
     centroid_momentum: Fraction = 1e-4
-    centroid_min_pixels: Count = 1  # a sample updates a class centroid only with at least this many pixels
+    centroid_min_pixels: Count = 5  # a sample updates a class centroid only with at least this many pixels
     online_centroids: bool = True
     # which target labels the online update averages: the stored pseudo-labels ("pseudo") or those kept
     # by the consensus ("consensus", as the authors' code does); both also agree with the teacher's argmax
-    centroid_labels: Literal["pseudo", "consensus"] = "pseudo"
+    centroid_labels: Literal["pseudo", "consensus"] = "consensus"
     # initial centroids: mean over every pixel of a class ("pixel") or mean of per-image class means
     # ("image", each image with >= centroid_min_pixels pixels of the class counting once, as the authors')
-    centroid_init: Literal["pixel", "image"] = "pixel"
+    centroid_init: Literal["pixel", "image"] = "image"
 
 
 class AdaptConfig(_Strict):
