@@ -191,6 +191,10 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("demo_results.json", "Adaptation on the embedded benchmark (`make demo`)",
      "Light model, synthetic source -> synthetic target; mIoU (%) of each stage's checkpoint on the validation splits.",
      stages_table),
+    ("pipeline_defaults.json", "The pipeline with the current defaults (`make ablation`'s pipeline stages)",
+     "Light model, embedded benchmark, seed 0: source-only and oracle baselines, then warm-up, self-training "
+     "and its refinement round with this release's defaults (target BN statistics in warm-up, joint ClassMix "
+     "forward, the authors' centroids).", stages_table),
     ("ablation_results.json", "Ablation (`make ablation`)",
      "Every DiGA step and the baselines on the embedded benchmark, light model.", stages_table),
     ("loader.json", "Training data path at real size (`benchmarks/bench_loader.py`)",
