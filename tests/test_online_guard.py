@@ -143,6 +143,56 @@ def test_camera2_and_swap_streams() -> None:
         assert gaps[1] < gaps[0]  # the road's colour comes closer to the cars' as the segment goes on
 
 
+def test_probation_serves_the_rolled_back_weights_until_the_teacher_passes(small_model: Path, tmp_path: Path,
+                                                                         tiny_specs: dict[str, str]) -> None:
+    from diga_sdk.data.transforms import to_tensor
+
+    extra = {"source": tiny_specs["source_train"], "source_samples": 4, "source_holdout": 2, "source_check_every": 1,
+             "lr": 0.01, "safety": {"calib_frames": 3, "max_source_drop": 50.0}}
+    frames = list(FrameStream("scenario:target", 30, ONLINE_SIZE, seed=4))
+    ad = open_adapter(small_model, _cfg(**extra))
+    for f in frames[:8]:
+        ad.process(f.image)
+    assert ad.served is None
+    ad._rollback(["source"])  # a slow signal called: probation
+    assert ad.served is not None and ad.counters["probations"] == 1
+    served = {k: v.clone() for k, v in ad.served.module.state_dict().items()}
+    state = tmp_path / "state.safetensors"
+    for n, f in enumerate(frames[8:14]):
+        r = ad.process(f.image)
+        assert ad.served is not None, "promoted before the slow signals had stayed clear for the span"
+        want = ad._predict(ad.served, to_tensor(f.image)[None])[2][0].numpy()
+        assert np.array_equal(r.pred, want)  # the output is the rolled-back weights' prediction
+        if n == 3:
+            ad.save_state(state)
+    assert ad.counters["updates"] > 4 and all(torch.equal(v, served[k]) for k, v in ad.served.module.state_dict().items())
+    assert not all(torch.equal(v, served[k]) for k, v in ad.model.state_dict().items())  # the teacher learned meanwhile
+    resumed = OnlineAdapter.resume(state)  # probation survives a restart
+    for f in frames[12:14]:
+        resumed.process(f.image)
+    assert resumed.served is not None
+    assert all(torch.equal(v, w) for v, w in zip(resumed.model.state_dict().values(), ad.model.state_dict().values(),
+                                                 strict=True))
+    for f in frames[14:]:
+        r = ad.process(f.image)
+        if ad.served is None:
+            break
+    assert ad.served is None and ad.counters["promotions"] == 1, "the teacher never served again"
+    want = ad._predict(ad.teacher, to_tensor(frames[-1].image)[None])[2][0].numpy()
+    assert np.array_equal(ad.process(frames[-1].image).pred, want)  # the teacher serves again
+
+
+def test_probation_at_start_serves_the_shipped_model(small_model: Path, tiny_specs: dict[str, str]) -> None:
+    from diga_sdk.data.transforms import to_tensor
+
+    ad = open_adapter(small_model, _cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
+                                        probation_at_start=True, lr=0.05))
+    for f in FrameStream("scenario:target", 8, ONLINE_SIZE, seed=2):
+        r = ad.process(f.image)
+        assert np.array_equal(r.pred, ad._predict(ad.shipped, to_tensor(f.image)[None])[2][0].numpy())
+    assert ad.counters["updates"] > 0 and ad.served is not None
+
+
 def _drift_run(model: Path, guarded: bool, source_spec: str) -> tuple[list[float], OnlineAdapter]:
     """A planted slow drift: from frame 8 the road's colour moves toward the cars' a little more every frame
     (`swap`), with settings that learn fast (fast teacher and BN statistics, high lr), so self-training
@@ -181,6 +231,7 @@ def test_planted_slow_drift_is_rolled_back_before_it_costs_a_point(small_model: 
     print("today's monitor, gains per window:", [round(g, 2) for g in unguarded])
     assert min(unguarded[1:]) < -1.0, f"the planted drift must really hurt today's monitor: {unguarded}"
     gains, ad = _drift_run(small_model, True, tiny_specs["source_train"])
+    print("guarded monitor, gains per window:", [round(g, 2) for g in gains], ad.rollback_frames, ad.rollback_reasons)
     slow = [r for r in ad.rollback_reasons if set(r) & {"shares", "source"}]
     assert slow, f"a slow signal must call the drift: rollbacks {ad.rollback_frames} {ad.rollback_reasons}"
     assert min(gains[1:]) >= -1.0, f"a window of the drift fell more than 1 mIoU below frozen: {gains} (today's: {unguarded})"

@@ -81,12 +81,12 @@ from ..io import atomic_path
 from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from ..models.registry import build_model
 from .replay import ReplayBuffer
-from .safety import HealthMonitor, SafetyConfig, frame_signals
+from .safety import SLOW_REASONS, HealthMonitor, SafetyConfig, frame_signals
 from .source import SourceAnchor, SourceCheck
 
 STATE_VERSION = 2  # 2: the shipped weights (stochastic restore) are part of the state
 MODEL_FAILURES = frozenset({"shipped", "agreement", "shares", "source"})  # reasons that blame the model, not the input
-SLOW_FAILURES = frozenset({"shares", "source"})  # slow drifts: roll back to the last "safe" weights, not the last good
+SLOW_FAILURES = SLOW_REASONS  # slow drifts: roll back to the last "safe" weights, not the last good
 CROP_LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)  # update crop area, as fractions of `crop`
 BUDGET_DEVIATIONS = 2.0  # planned update cost = mean + this many mean absolute deviations
 BUDGET_MARGIN = 0.05  # share of the budget kept free (timer jitter, allocator)
@@ -126,6 +126,14 @@ class OnlineConfig(DigaConfig):
     # a budget close to the prediction cost: when nothing was measured yet and the prior says no crop fits,
     # one probe update (smallest crop, one frame) measures the real cost; that frame may overrun
     budget_probe: bool = True
+    # probation: after a rollback that a slow signal (shares, source) called, the output comes from the weights
+    # rolled back to (a frozen copy, `served`) while the teacher learns again beside it; the teacher serves again
+    # only once the slow signals have scored it within half their bounds (a full held-out cycle). So a stream
+    # that keeps teaching the model the same wrong thing never reaches the output again. `probation_at_start`:
+    # the shipped model serves until the teacher first passes that check. Costs one more forward per frame
+    # while in probation (under a budget the teacher's forward and update wait for a frame with room)
+    probation: bool = True
+    probation_at_start: bool = False
     # stochastic restore (CoTTA): after each update every student weight returns to its shipped value with
     # this probability, so knowledge the stream does not exercise is never lost for good; 0 = off
     restore_prob: float = Field(0.0, ge=0.0, le=1.0)
@@ -247,6 +255,10 @@ class OnlineAdapter:
             with torch.no_grad():
                 self.source_check.calibrate(lambda x: self._predict(self.shipped, x)[2])
         self.probed = False
+        self.served: EMATeacher | None = None  # in probation: the confirmed weights that predict (None = teacher)
+        self.clear_since: int | None = None  # in probation: first frame of the current run of clear slow signals
+        if self.cfg.probation_at_start and self.source_check is not None:
+            self.served = EMATeacher(self.shipped.module)
         self.frame_index = 0
         self.counters = {"frames": 0, "updates": 0, "skip_budget": 0, "skip_unhealthy": 0, "rollbacks": 0,
                          "snapshots": 0, "over_budget": 0}
@@ -266,9 +278,20 @@ class OnlineAdapter:
         t0 = time.perf_counter()
         i = self.frame_index
         x = to_tensor(image)[None]
+        if self.served is not None:  # probation: the output comes from the confirmed weights
+            served_pred = self._predict(self.served, x)[2]
+            predict_ms = (time.perf_counter() - t0) * 1e3
+            if not self._room_for_forward(t0, predict_ms):  # the teacher's forward and update wait
+                self.counters["skip_budget"] += 1
+                return self._finish(t0, FrameResult(i, served_pred[0].to(torch.uint8).numpy(), "skip-budget", 0.0,
+                                                    predict_ms), None)
         t_logits, t_feats, pred = self._predict(self.teacher, x)
-        predict_ms = (time.perf_counter() - t0) * 1e3
-        pred_np = pred[0].to(torch.uint8).numpy()
+        if self.served is None:
+            predict_ms = (time.perf_counter() - t0) * 1e3
+            pred_np = pred[0].to(torch.uint8).numpy()
+        else:
+            pred_np = served_pred[0].to(torch.uint8).numpy()
+            self.counters["probation_frames"] = self.counters.get("probation_frames", 0) + 1
 
         ready = bool(self.seen.any())
         pl_sel = kernels.consensus_select(pred, t_feats, self.centroids) if ready else pred
@@ -291,6 +314,8 @@ class OnlineAdapter:
         result = FrameResult(i, pred_np, "update", 0.0, predict_ms, reasons=list(self.monitor.last_reasons))
         if sig is not None and (sig.get("source_drop") is not None or sig.get("hist_shipped") is not None):
             self._maybe_safe_snapshot()
+            if self.served is not None:
+                self._maybe_promote()
 
         if self.frame_index < self.cfg.safety.calib_frames:
             self._calibrate_centroids(t_feats, pred)
@@ -322,11 +347,14 @@ class OnlineAdapter:
                     else:
                         result.update_ms = self._update(i, scale, frames)
                         result.crop_scale = scale
-        t_tail = time.perf_counter()
+        return self._finish(t0, result, time.perf_counter())
+
+    def _finish(self, t0: float, result: FrameResult, t_tail: float | None) -> FrameResult:
+        """The end of every frame: counters, the cost of the work after an update, a due state save."""
         self.frame_index += 1
         self.counters["frames"] += 1
         result.signals = self.monitor.signals()
-        if result.update_ms:  # the work after an update (signals, bookkeeping), kept as a running max-ish
+        if result.update_ms and t_tail is not None:  # the work after an update (signals, bookkeeping), kept as a running max-ish
             tail = (time.perf_counter() - t_tail) * 1e3
             self.cost["tail_ms"] = max(tail, 0.9 * float(self.cost.get("tail_ms") or 0.0))
         if self._checkpoint_due():
@@ -351,6 +379,10 @@ class OnlineAdapter:
         n = self.cfg.safety.shadow_every
         if not n or self.shipped_centroids is None or self.frame_index - self.last_shadow < n:
             return False
+        return self._room_for_forward(t0, predict_ms)
+
+    def _room_for_forward(self, t0: float, predict_ms: float) -> bool:
+        """Whether one more forward (1.2 x this frame's prediction time) fits what is left of the budget."""
         if self.cfg.budget_ms is None:
             return True
         left = self.cfg.budget_ms * (1.0 - BUDGET_MARGIN) - (time.perf_counter() - t0) * 1e3
@@ -372,10 +404,7 @@ class OnlineAdapter:
             return False
         if self.frame_index - self.last_source_check < self.cfg.source_check_every:
             return False
-        if self.cfg.budget_ms is None:
-            return True
-        left = self.cfg.budget_ms * (1.0 - BUDGET_MARGIN) - (time.perf_counter() - t0) * 1e3
-        return 1.2 * predict_ms <= left
+        return self._room_for_forward(t0, predict_ms)
 
     def _slow_signals_clear(self) -> bool:
         """Both slow signals (shares, source_drop) within half their bounds (a bound that is off counts as clear)."""
@@ -403,6 +432,23 @@ class OnlineAdapter:
         elif self.frame_index - cand["frame"] >= span:
             self._safe, self._safe_candidate = cand, self._snapshot()
             self.counters["safe_snapshots"] = self.counters.get("safe_snapshots", 0) + 1
+
+    def _promote_span(self) -> int:
+        """Frames the slow signals must stay clear in probation before the teacher serves again: two full
+        held-out cycles (50 frames without a source check), so the check has scored weights that kept learning."""
+        return 2 * (self.cfg.source_check_every * len(self.source_check) if self.source_check else 25)
+
+    def _maybe_promote(self) -> None:
+        """In probation: the teacher serves again once the slow signals have stayed within half their bounds
+        for `_promote_span` frames in a row (measured on the teacher, while it kept learning)."""
+        if not self._slow_signals_clear():
+            self.clear_since = None
+            return
+        if self.clear_since is None:
+            self.clear_since = self.frame_index
+        elif self.frame_index - self.clear_since >= self._promote_span():
+            self.served, self.clear_since = None, None
+            self.counters["promotions"] = self.counters.get("promotions", 0) + 1
 
     def _checkpoint_due(self) -> bool:
         """Whether the frame being finished (frame_index already advanced) ends with a state save."""
@@ -585,6 +631,10 @@ class OnlineAdapter:
             self.source_check.reset()
         self.student.load_state_dict(self._good["student"])
         self.teacher.module.load_state_dict(self._good["teacher"])
+        if set(reasons or ()) & SLOW_FAILURES and self.cfg.probation and self.served is None:
+            self.served = EMATeacher(self.teacher.module)  # probation: these weights serve until the teacher passes
+            self.counters["probations"] = self.counters.get("probations", 0) + 1
+        self.clear_since = None
         self.centroids, self.seen = self._good["centroids"].clone(), self._good["seen"].clone()
         self.optimizer.state.clear()
         self.replay.clear()
@@ -670,6 +720,8 @@ class OnlineAdapter:
                             "safecand.seen": self._safe_candidate["seen"].to(torch.uint8)})
         if self.source_check is not None:
             tensors.update(self.source_check.tensors())
+        if self.served is not None:
+            tensors.update({f"served.{k}": v.detach().cpu().contiguous() for k, v in self.served.module.state_dict().items()})
         if self._candidate is not None:
             for part in ("student", "teacher"):
                 tensors.update({f"cand.{part}.{k}": v.contiguous() for k, v in self._candidate[part].items()})
@@ -681,7 +733,8 @@ class OnlineAdapter:
                 "rollback_frames": self.rollback_frames, "rollback_reasons": self.rollback_reasons, "good_frame": self._good["frame"],
                 "last_shadow": self.last_shadow, "lr_backoff": self.lr_backoff, "safe_frame": self._safe["frame"], "safe_is_good": safe_is_good,
                 "safe_candidate_frame": None if self._safe_candidate is None else self._safe_candidate["frame"],
-                "last_source_check": self.last_source_check, "probed": self.probed,
+                "last_source_check": self.last_source_check, "probed": self.probed, "probation": self.served is not None,
+                "clear_since": self.clear_since,
                 "source_check_next": self.source_check.next if self.source_check is not None else 0,
                 "candidate_frame": None if self._candidate is None else self._candidate["frame"],
                 "monitor": self.monitor.state(), "replay_frames": self.replay.frame_ids,
@@ -736,6 +789,10 @@ class OnlineAdapter:
                                     "frame": info["safe_candidate_frame"]}
         self.last_source_check = info.get("last_source_check", -(10**9))
         self.probed = info.get("probed", False)
+        self.served, self.clear_since = None, info.get("clear_since")
+        if info.get("probation"):
+            self.served = EMATeacher(self.teacher.module)
+            self.served.module.load_state_dict({k[7:]: v for k, v in t.items() if k.startswith("served.")})
         if self.source_check is not None:
             self.source_check.load(t, info.get("source_check_next", 0))
         self._candidate = None

@@ -34,6 +34,8 @@ import torch
 
 from ..config import DigaConfig
 
+SLOW_REASONS = frozenset({"shares", "source"})  # the slow signals' violations (`online.SLOW_FAILURES`)
+
 
 class SafetyConfig(DigaConfig):
     """Bounds of the health monitor (relative to the reference unless named absolute)."""
@@ -196,7 +198,9 @@ class HealthMonitor:
             w = self.cfg.distance_tracking
             if w > 0 and self.rebase_left == 0 and sig["distance"] > 0 and self.ref.get("distance", 0) > 0:
                 self.ref["distance"] = (1 - w) * self.ref["distance"] + w * sig["distance"]
-        return self.bad_streak >= self.cfg.patience
+        # the slow signals call at once: each is already an aggregate (the whole held-out slice; class shares
+        # smoothed over many shadow frames), and every frame of patience is a frame served by drifted weights
+        return self.bad_streak >= self.cfg.patience or bool(set(reasons) & SLOW_REASONS)
 
     def signals(self) -> dict[str, float]:
         """The smoothed signals as numbers (for logs and JSON)."""
