@@ -316,6 +316,9 @@ class OnlineAdapter:
             self._maybe_safe_snapshot()
             if self.served is not None:
                 self._maybe_promote()
+            elif self._serving_drop_too_high():
+                self.served, self.clear_since = EMATeacher(self.shipped.module), None  # the output goes back to shipped
+                self.counters["demotions"] = self.counters.get("demotions", 0) + 1
 
         if self.frame_index < self.cfg.safety.calib_frames:
             self._calibrate_centroids(t_feats, pred)
@@ -406,16 +409,23 @@ class OnlineAdapter:
             return False
         return self._room_for_forward(t0, predict_ms)
 
-    def _slow_signals_clear(self) -> bool:
-        """Both slow signals (shares, source_drop) within half their bounds (a bound that is off counts as clear)."""
+    def _slow_signals_clear(self, max_drop: float | None = None) -> bool:
+        """Both slow signals (shares, source_drop) within half their bounds (a bound that is off counts as clear);
+        with `max_drop`, the held-out drop within that instead."""
         c, v = self.cfg.safety, self.monitor.signals()
         if c.max_share_divergence is not None and v.get("share_divergence", 0.0) > 0.5 * c.max_share_divergence:
             return False
         if c.max_source_drop is not None:
             drop = v.get("source_drop")
-            if drop is None or drop > 0.5 * c.max_source_drop:
+            if drop is None or drop > (0.5 * c.max_source_drop if max_drop is None else max_drop):
                 return False
         return not self.monitor.last_reasons
+
+    def _serving_drop_too_high(self) -> bool:
+        """While the teacher serves: its held-out drop is above `safety.serve_max_source_drop`."""
+        bound = self.cfg.safety.serve_max_source_drop
+        drop = self.monitor.signals().get("source_drop")
+        return bound is not None and self.cfg.probation and drop is not None and drop > bound
 
     def _maybe_safe_snapshot(self) -> None:
         """The "safe" weights a slow drift rolls back to, in two stages like the good ones: a candidate is
@@ -439,9 +449,10 @@ class OnlineAdapter:
         return 2 * (self.cfg.source_check_every * len(self.source_check) if self.source_check else 25)
 
     def _maybe_promote(self) -> None:
-        """In probation: the teacher serves again once the slow signals have stayed within half their bounds
-        for `_promote_span` frames in a row (measured on the teacher, while it kept learning)."""
-        if not self._slow_signals_clear():
+        """In probation: the teacher serves again once the held-out drop stayed at most
+        `safety.promote_max_source_drop` and the share divergence within half its bound for `_promote_span`
+        frames in a row (measured on the teacher, while it kept learning)."""
+        if not self._slow_signals_clear(self.cfg.safety.promote_max_source_drop):
             self.clear_since = None
             return
         if self.clear_since is None:

@@ -80,6 +80,14 @@ class SafetyConfig(DigaConfig):
     share_smoothing: float = 0.1  # EMA weight of each shadow frame in both smoothed share vectors
     # held-out source slice: shipped mIoU - adapted mIoU on it (points); above it = "source". None = off
     max_source_drop: float | None = None
+    # probation (`online.OnlineConfig.probation`): the teacher serves again only when its held-out drop is at
+    # most this (points; 0 = at least as good as the shipped model on the held-out slice) and the share
+    # divergence within half its bound, for two full held-out cycles in a row
+    promote_max_source_drop: float = 0.0
+    # while the teacher serves: a held-out drop above this (points) hands the output back to the shipped model
+    # (probation) without rolling the teacher back; the teacher learns on and serves again once it passes the
+    # promotion rule. None = off (only the rollback bound max_source_drop acts)
+    serve_max_source_drop: float | None = None
 
 
 def frame_signals(t_logits: torch.Tensor, kept: float, features: torch.Tensor | None = None,
