@@ -102,6 +102,9 @@ def summarise(res: dict) -> dict:
             "worst_window": min(w["gain"] for w in ws), "windows_below_minus_1": sum(w["gain"] < -1.0 for w in ws),
             "last_third_mean_gain": float(np.mean(last)) if last else None,
             "overall_adapted": res["overall"]["adapted_miou"], "overall_frozen": res["overall"]["frozen_miou"],
+            "overall_gain": res["overall"]["adapted_miou"] - res["overall"]["frozen_miou"],
+            "probations": res["adapter"].get("probations", 0), "probation_frames": res["adapter"].get("probation_frames", 0),
+            "promotions": res["adapter"].get("promotions", 0),
             "rollbacks": res["adapter"]["rollbacks"], "rollback_reasons": reasons,
             "rollback_frames": res["adapter"]["rollback_frames"], "updates": res["adapter"]["updates"],
             "lr_backoff": res["adapter"]["lr_backoff"], "cost_ms": res["cost_ms"]}
@@ -126,25 +129,15 @@ def summary(out: Path, json_path: Path) -> dict:
                                "worst_window": min(gains), "windows_below_minus_1": sum(g < -1.0 for g in gains),
                                "last_third_mean_gain": None, "rollback_frames": r["rollback_frames"],
                                "rollback_reasons_each": r["rollback_reasons"]}
-    order = [k for k in STREAMS if k in runs]
-    result = {"window": WINDOW, "runs": {k: runs[k] for k in order}}
+    order = [k for k in STREAMS if k in runs] + sorted(k for k in runs if k not in STREAMS)  # + earlier passes
+    result = {"window": WINDOW, "runs": {k: runs[k] for k in order},
+              "describe": {k: StreamSpec(**runs[k]["spec"]).describe() for k in order}}
     atomic_write_json(json_path, result)
-    lines = ["| stream | set | stream spec | worst window | windows < -1 | last third mean | overall adapted vs frozen "
-             "| rollbacks (reasons) | cost median / p99 ms |", "|---|---|---|---|---|---|---|---|---|"]
-    for k in order:
-        r = runs[k]
-        s = StreamSpec(**r["spec"])
-        if r.get("partial"):
-            lines.append(f"| {k} | {s.role} | {s.describe()} | {r['worst_window']:+.2f} | {r['windows_below_minus_1']} | "
-                         f"unfinished: frames 0-{r['frames_scored']} scored | - | {len(r['rollback_frames'])} | - |")
-            continue
-        rs = ", ".join(f"{a} {b}" for a, b in sorted(r["rollback_reasons"].items())) or "-"
-        lt = "-" if r["last_third_mean_gain"] is None else f"{r['last_third_mean_gain']:+.2f}"
-        lines.append(f"| {k} | {s.role} | {s.describe()} | {r['worst_window']:+.2f} | {r['windows_below_minus_1']} | "
-                     f"{lt} | {r['overall_adapted']:.2f} vs {r['overall_frozen']:.2f} | {r['rollbacks']} ({rs}) | "
-                     f"{r['cost_ms']['median']:.0f} / {r['cost_ms']['p99']:.0f} |")
-    atomic_write_bytes(json_path.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
-    print("\n".join(lines))
+    from diga_sdk.bench.docs import protocol_table
+
+    table = protocol_table(result)
+    atomic_write_bytes(json_path.with_suffix(".md"), table.encode())
+    print(table)
     return result
 
 

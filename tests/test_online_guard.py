@@ -231,7 +231,9 @@ def _drift_run(model: Path, guarded: bool, source_spec: str, seed: int = 8,
         extra = {"source": source_spec, "source_samples": 4, "source_holdout": 4, "source_check_every": 1,
                  "safety": {"calib_frames": 3, "shadow_every": 1, "min_agreement": None,
                             "max_share_divergence": 0.08, "max_source_drop": 3.0}}
-    ad = open_adapter(model, _cfg(lr=0.05, ema_decay=0.7, bn_momentum=0.1, probation=probation, **extra))
+    if guarded and not probation:  # the slow signals alone: a rolled-back teacher serves again at once
+        extra["probation"] = False
+    ad = open_adapter(model, _cfg(lr=0.05, ema_decay=0.7, bn_momentum=0.1, **extra))
     frozen, _ = load_checkpoint(model)
     frozen.eval()
     gains, cm_a, cm_f = [], ConfusionMatrix(19), ConfusionMatrix(19)
