@@ -50,7 +50,9 @@ def run_train(data: Path, out: Path, steps: int) -> dict:
     th.join()
     if proc.returncode != 0:
         raise SystemExit(f"diga train failed ({proc.returncode}):\n{log}")
-    skipped = [line for line in log.splitlines() if "have no label" in line]
+    flat = " ".join(log.split())  # the console handler wraps long lines
+    at = flat.find("have no label")
+    skipped = [flat[max(0, flat.rfind("WARNING", 0, at)):flat.find("skipped", at) + 7]] if at >= 0 else []
     return {"peak_rss_tree_mb": round(peak["tree"] / 2**20), "peak_rss_main_mb": round(peak["main"] / 2**20),
             "seconds": round(time.time() - t0, 1), "missing_label_warning": skipped[0].strip() if skipped else None}
 

@@ -48,6 +48,9 @@ class ModelConfig(_Strict):
     # the Cityscapes train IDs the model's outputs stand for, in order (None: all 19); SYNTHIA's
     # 16-class head leaves out terrain, truck and train, which its labels never show
     classes: list[int] | None = None
+    # recompute each backbone block in the backward pass (DeepLabV2 at the authors' crops: ~30 GB of
+    # activations per step otherwise); training only, the weights and outputs are the same
+    activation_checkpointing: bool = False
 
     @model_validator(mode="after")
     def _classes_fit(self) -> ModelConfig:
@@ -74,7 +77,7 @@ class ViewConfig(_Strict):
 class DataConfig(_Strict):
     """How training data is read: worker processes, an optional decoded-sample cache, strictness."""
 
-    workers: int | None = Field(0, ge=0)  # None: the cores, at most 4; 0 (default until Ctrl-C with workers is fixed): in the training process
+    workers: int | None = Field(None, ge=0)  # None: the cores, at most 4; 0: decode in the training process
     cache_mb: int = Field(0, ge=0)  # per process; 0 keeps memory flat whatever the dataset's size
     strict: bool = False  # refuse images without a label file instead of skipping them
 

@@ -220,9 +220,15 @@ def test_learned_translator_trains_and_drives_a_warmup(tiny_specs, tiny_checkpoi
     cfg = cfg.model_copy(update={"translator": cfg.translator.model_copy(update={
         "kind": "learned", "steps": 2, "width": 4, "res_blocks": 1, "batch_size": 1})})
     cfg_path = _yaml(cfg, tmp_path / "cfg.yaml")
-    assert main(["adapt", "translator", "--config", str(cfg_path), "--out", str(tmp_path / "t")]) == 0
+    assert main(["adapt", "translator", "--config", str(cfg_path), "--out", str(tmp_path / "t"), "--workers", "2"]) == 0
     gen = tmp_path / "t" / "translator.safetensors"
     assert gen.is_file()
+    assert main(["adapt", "translator", "--config", str(cfg_path), "--out", str(tmp_path / "t0"), "--workers", "0"]) == 0
+    from safetensors.torch import load_file
+
+    with_workers, in_process = load_file(gen), load_file(tmp_path / "t0" / "translator.safetensors")
+    assert with_workers.keys() == in_process.keys()
+    assert all(torch.equal(with_workers[k], in_process[k]) for k in with_workers)  # the same batches either way
     learned = cfg.model_copy(update={"translator": cfg.translator.model_copy(update={"checkpoint": str(gen)})})
     rec = stage_train("warmup", learned, learned.warmup, tiny_checkpoint, tmp_path / "w", resume=False)
     assert Path(rec["checkpoint"]).is_file()

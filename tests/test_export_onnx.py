@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +289,43 @@ def test_fast_model_exports_with_parity_to_onnx_int8_and_openvino(tiny_specs: di
     out = open_runtime(q, "onnxruntime").logits(imgs)
     assert np.abs(out - ref).mean() / np.abs(ref).mean() < 0.25
     assert (out.argmax(1) == ref.argmax(1)).mean() > 0.8
+
+
+def test_openvino_runtimes_replaced_out_of_order_leave_signals_deliverable(plain: tuple[Path, dict]) -> None:
+    """OpenVINO's CPU plugin leaves the compiling thread a dangling alternate signal stack when compiled
+    models are released out of order; the next Python-handled signal (a DataLoader's SIGCHLD) then killed
+    the process with SIGSEGV. Runtimes replacing each other (hot-swap, `auto`) must leave it as it was."""
+    code = f"""
+import signal, subprocess
+from diga_sdk.runtime.runtimes import open_runtime
+from diga_sdk.runtime.signal_stack import current_signal_stack
+before = current_signal_stack()
+rt = open_runtime({str(plain[0])!r}, "openvino", precision="fp32")
+rt = open_runtime({str(plain[0])!r}, "openvino", precision="fp32")
+rt = open_runtime({str(plain[0])!r}, "openvino", precision="fp32")
+del rt
+assert current_signal_stack() == before, (current_signal_stack(), before)
+signal.signal(signal.SIGCHLD, lambda *_: None)
+subprocess.run(["true"], check=True)
+print("alive")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "alive", (out.returncode, out.stderr[-2000:])
+
+
+def test_onnxruntime_labels_come_from_the_coarse_graph_with_the_fused_upsample(plain: tuple[Path, dict],
+                                                                              tiny_specs: dict[str, str]) -> None:
+    """On CPU the labels skip the graph's full-size Resize (the fused kernel upsamples and takes the
+    argmax); they must be the argmax of the full graph's logits wherever the top two are not tied."""
+    from diga_sdk.runtime.runtimes import OnnxRuntime, open_runtime
+
+    imgs = _images(tiny_specs)[:, :60, :100]
+    fused = open_runtime(plain[0], "onnxruntime")
+    assert fused.fused_labels
+    labels, logits = fused.predict(imgs), fused.logits(imgs)
+    assert labels.dtype == np.uint8 and labels.shape == (2, 60, 100)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    differ = labels != logits.argmax(1)
+    assert differ.mean() <= 1e-3 and np.all((top2[:, 1] - top2[:, 0])[differ] < 1e-4)
+    unfused = OnnxRuntime(plain[0], fused_labels=False)
+    assert not unfused.fused_labels and (unfused.predict(imgs) == labels).mean() >= 0.999

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,35 @@ def test_fast_two_branch_shapes_and_a_fifth_of_lights_flops() -> None:
     parts = flops_by_part(fast, (256, 512))
     assert {"stem", "detail", "context", "head", "classifier"} <= set(parts)
     assert sum(parts.values()) == pytest.approx(g_fast, rel=1e-6)
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_batchnorm_statistics() -> None:
+    """Recomputed blocks must change memory only: same loss, same gradients, BatchNorm statistics
+    moved once per step (a recomputation that moved them again would drift every running mean)."""
+    from diga_sdk.models.deeplabv2 import DeepLabV2
+    from diga_sdk.models.recompute import enable_activation_checkpointing
+
+    torch.manual_seed(0)
+    plain = DeepLabV2(19, layers=(1, 2, 2, 1)).train()  # ResNet-101's blocks, fewer of them: a quick test
+    recomputed = copy.deepcopy(plain)
+    assert enable_activation_checkpointing(recomputed) == 6
+    assert enable_activation_checkpointing(recomputed) == 0  # nothing wrapped twice
+    x = torch.randn(2, 3, 32, 48)
+    for model in (plain, recomputed):
+        torch.manual_seed(1)  # the same dropout mask in the head
+        logits, feats = model(x)
+        (logits.square().mean() + feats.mean()).backward()
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, a), b in zip(plain.named_buffers(), recomputed.buffers(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    with torch.no_grad():  # evaluation runs the plain forward
+        torch.testing.assert_close(plain.eval()(x)[0], recomputed.eval()(x)[0])
+
+
+def test_activation_checkpointing_on_a_model_without_blocks_is_a_clear_error() -> None:
+    from diga_sdk.models.recompute import enable_activation_checkpointing
+
+    with pytest.raises(DigaError, match="activation_checkpointing=false"):
+        enable_activation_checkpointing(torch.nn.Conv2d(3, 3, 1))

@@ -4,6 +4,7 @@ with the Mapillary v1.2 -> Cityscapes table checked class by class."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ def test_bdd100k_layouts_hold_train_ids(tmp_path: Path, writer) -> None:
     assert not open_dataset(f"bdd100k:{root}@val", labelled=False).has_labels
 
 
-def test_bdd100k_errors_name_the_problem(tmp_path: Path) -> None:
+def test_bdd100k_errors_name_the_problem(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "bdd100k"
     with pytest.raises(DigaError, match="does not exist"):
         open_dataset(f"bdd100k:{root}@val")
@@ -113,8 +114,12 @@ def test_bdd100k_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(DigaError, match="BDD100K train images folder"):
         open_dataset(f"bdd100k:{root}@train")
     (root / "labels" / "sem_seg" / "masks" / "val" / f"{BDD_NAMES[1]}.png").unlink()
-    with pytest.raises(DigaError, match=f"1 of 3 val images have no label.*{BDD_NAMES[1]}.png"):
-        open_dataset(f"bdd100k:{root}@val")
+    with pytest.raises(DigaError, match=f"1 of 3 images have no label.*{BDD_NAMES[1]}.jpg.*drop --strict"):
+        open_dataset(f"bdd100k:{root}@val", strict=True)
+    with caplog.at_level(logging.WARNING, logger="diga"):  # as the other readers: skipped, counted once
+        assert len(open_dataset(f"bdd100k:{root}@val")) == 2
+    assert [r.getMessage() for r in caplog.records if "have no label" in r.getMessage()] == [
+        f"{root}: 1 of 3 images have no label in {root}/labels/sem_seg/masks/val and are skipped ({BDD_NAMES[1]}.jpg)"]
 
 
 def _vistas_label(i: int) -> np.ndarray:
@@ -170,8 +175,9 @@ def test_mapillary_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(DigaError, match="@dev does not exist"):  # not a split name: part of the path
         open_dataset(f"mapillary:{root}@dev")
     (root / "training" / "labels" / f"{VISTAS_KEYS[2]}.png").unlink()
-    with pytest.raises(DigaError, match=f"no label.*{VISTAS_KEYS[2]}.png"):
-        open_dataset(f"mapillary:{root}@train")
+    with pytest.raises(DigaError, match=f"no label.*{VISTAS_KEYS[2]}.jpg"):
+        open_dataset(f"mapillary:{root}@train", strict=True)
+    assert len(open_dataset(f"mapillary:{root}@train")) == len(VISTAS_KEYS) - 1
     v20 = tmp_path / "vistas2"
     _jpg(v20 / "validation" / "images" / f"{VISTAS_KEYS[0]}.jpg")
     _mask(v20 / "validation" / "v2.0" / "labels" / f"{VISTAS_KEYS[0]}.png", np.zeros((6, 11)))

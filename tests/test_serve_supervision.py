@@ -20,6 +20,7 @@ import httpx
 import psutil
 import pytest
 from PIL import Image
+from serving_fixtures import write_perturbed_models
 
 from diga_sdk.cli import main
 from diga_sdk.serving.launch import free_port
@@ -31,20 +32,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
     """a.safetensors, b.safetensors (perturbed weights: different answers), corrupt.safetensors."""
-    import torch
-
-    from diga_sdk.models.checkpoint import load_checkpoint, save_checkpoint
-
-    d = tmp_path_factory.mktemp("supervised-models")
-    for name, seed in (("a", 1), ("b", 2)):
-        model, meta = load_checkpoint(tiny_checkpoint)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * p.std().clamp_min(1e-3))
-        save_checkpoint(model, d / f"{name}.safetensors", meta)
-    (d / "corrupt.safetensors").write_bytes(b"\x00" * 64)
-    return d
+    return write_perturbed_models(tmp_path_factory.mktemp("supervised-models"), tiny_checkpoint)
 
 
 def _serve(model: Path, port: int, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

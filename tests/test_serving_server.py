@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from serving_fixtures import write_perturbed_models
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -37,22 +38,8 @@ def _decode_png(data: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
-    """a.safetensors and b.safetensors (the tiny checkpoint's weights perturbed two ways, so their label maps
-    vary across an image and differ from each other), and a corrupt file."""
-    import torch
-
-    from diga_sdk.models.checkpoint import load_checkpoint, save_checkpoint
-
-    d = tmp_path_factory.mktemp("models")
-    for name, seed in (("a", 1), ("b", 2)):
-        model, meta = load_checkpoint(tiny_checkpoint)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * p.std().clamp_min(1e-3))
-        save_checkpoint(model, d / f"{name}.safetensors", meta)
-    (d / "corrupt.safetensors").write_bytes(b"\x00" * 64)
-    return d
+    """a.safetensors, b.safetensors (perturbed weights: different answers), corrupt.safetensors."""
+    return write_perturbed_models(tmp_path_factory.mktemp("models"), tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")

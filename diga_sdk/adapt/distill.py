@@ -34,6 +34,7 @@ from ..errors import DigaError
 from ..interrupt import interrupt_at_step_boundary, stopped
 from ..io import file_sha256
 from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.recompute import enable_activation_checkpointing
 from ..models.registry import channels_last
 from ..progress import log, progress_bar
 from .augment import StrongView
@@ -185,6 +186,9 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
             raise DigaError(f"{stage}: the source batch has {src.batch_size} images but the target batch "
                             f"{tgt.batch_size}; give both views the same number of slots")
     channels_last(student).train()
+    if cfg.model.activation_checkpointing:
+        log.info("activation checkpointing: %d student blocks recomputed in the backward pass",
+                 enable_activation_checkpointing(student))
     num_classes = meta.num_classes
     teacher = EMATeacher(student) if (scfg.distil or selftrain is not None) else None
     optimizer = make_optimizer(student, scfg.optim)

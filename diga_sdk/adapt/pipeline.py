@@ -135,7 +135,7 @@ def stage_translator(cfg: AdaptConfig, folder: Path, resume: bool) -> dict[str, 
     from .translator_train import train_translator
 
     ckpt = train_translator(cfg.translator, cfg.source, cfg.target, folder, tuple(cfg.crop), tuple(cfg.scale),
-                            cfg.seed, cfg.checkpoint_every, resume, cfg.device)
+                            cfg.seed, cfg.checkpoint_every, resume, cfg.device, cfg.data)
     return {"checkpoint": str(ckpt)}
 
 

@@ -17,6 +17,7 @@ from ..data.transforms import normalize
 from ..errors import DigaError
 from ..interrupt import interrupt_at_step_boundary, stopped
 from ..models.checkpoint import ModelMeta, save_checkpoint
+from ..models.recompute import enable_activation_checkpointing
 from ..models.registry import build_model, channels_last
 from ..progress import log, progress_bar
 from .optim import make_optimizer, set_poly_lr
@@ -107,6 +108,9 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
     model = build_model(cfg.model.name, cfg.model.num_classes, backbone_weights=cfg.model.backbone_weights,
                         **cfg.model.options).to(cfg.device)
     channels_last(model)
+    if cfg.model.activation_checkpointing:
+        log.info("activation checkpointing: %d blocks recomputed in the backward pass",
+                 enable_activation_checkpointing(model))
     optimizer = make_optimizer(model, cfg.optim)
     start = 0
     state_dir = out / "state"

@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import TranslatorConfig
+from ..config import DataConfig, TranslatorConfig
 from ..data.datasets import open_dataset
 from ..data.labels import IGNORE_INDEX
-from ..data.loader import StepBatches
+from ..data.loader import BatchStream, StepBatches, default_workers
 from ..data.transforms import step_rng
 from ..errors import DigaError
 from ..interrupt import interrupt_at_step_boundary, stopped
@@ -85,13 +85,17 @@ def load_vgg(path: str, device: str) -> VGGFeatures:
 
 def train_translator(cfg: TranslatorConfig, source: str, target: str, out_dir: str | Path,
                      crop: tuple[int, int] = (128, 256), scale: tuple[float, float] = (0.5, 1.0), seed: int = 0,
-                     checkpoint_every: int = 100, resume: bool = False, device: str = "cpu") -> Path:
-    """Train G: source->target (and F: target->source for the cycle); returns the generator checkpoint."""
+                     checkpoint_every: int = 100, resume: bool = False, device: str = "cpu",
+                     data: DataConfig | None = None) -> Path:
+    """Train G: source->target (and F: target->source for the cycle); returns the generator checkpoint.
+    `data`: loader workers per stream and strictness, as the other stages read them."""
+    data = data or DataConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    src = StepBatches(open_dataset(source), cfg.batch_size, crop, scale, seed, stream="translator-src")
-    tgt = StepBatches(open_dataset(target, labelled=False), cfg.batch_size, crop, scale, seed,
+    src = StepBatches(open_dataset(source, strict=data.strict), cfg.batch_size, crop, scale, seed,
+                      stream="translator-src")
+    tgt = StepBatches(open_dataset(target, labelled=False, strict=data.strict), cfg.batch_size, crop, scale, seed,
                       stream="translator-tgt")
     g_st, g_ts = Generator(cfg.width, cfg.res_blocks).to(device), Generator(cfg.width, cfg.res_blocks).to(device)
     d_t = MultiScaleDiscriminator(cfg.width, cfg.disc_scales).to(device)
@@ -107,10 +111,11 @@ def train_translator(cfg: TranslatorConfig, source: str, target: str, out_dir: s
         start = int(info["step"])
         log.info("resuming translator from step %d", start)
     t0 = time.time()
+    workers = default_workers() if data.workers is None else data.workers
+    streams = BatchStream(src, start, cfg.steps, workers, device), BatchStream(tgt, start, cfg.steps, workers, device)
     with interrupt_at_step_boundary() as interrupt, progress_bar("translator", cfg.steps, completed=start) as bar:
-        for step in range(start, cfg.steps):
+        for step, b_s, b_t in zip(range(start, cfg.steps), *streams, strict=True):
             torch.manual_seed(int(step_rng(seed, step, "translator").integers(2**62)))
-            b_s, b_t = src[step], tgt[step]
             x_s, y_s, x_t = b_s.images, b_s.labels, b_t.images
             x_s, y_s, x_t = x_s.to(device), y_s.to(device), x_t.to(device)
             fake_t, fake_s = g_st(x_s), g_ts(x_t)

@@ -40,7 +40,12 @@ def _machine(env: dict[str, Any] | None) -> str:
         return ""
     load = env.get("load_average") or env.get("loadavg")
     tail = f", load average at start {', '.join(f'{x:.1f}' for x in load)}" if load else ""
-    return f"\n_Machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, torch {env.get('torch', '?')}{tail}._\n"
+    parts = [str(env.get("cpu", "?"))]
+    if "cores" in env:
+        parts.append(f"{env['cores']} cores")
+    if "torch" in env:
+        parts.append(f"torch {env['torch']}")
+    return f"\n_Machine: {', '.join(parts)}{tail}._\n"
 
 
 def stages_table(res: dict[str, Any]) -> str:
@@ -144,6 +149,43 @@ def _kernels(res: dict[str, Any]) -> str:
     return markdown(res)
 
 
+def loader_table(res: dict[str, Any]) -> str:
+    """Training batches per second with 0 and N loader workers (real-size PNGs, the authors' crops)."""
+    st = res["setting"]
+    lines = ["| loader workers | batches/s (median) | x 0 workers |", "|---:|---:|---:|"]
+    base = res["median_batches_per_s"]["0"]
+    for w, v in res["median_batches_per_s"].items():
+        lines.append(f"| {w} | {v:.2f} | {v / base:.2f} |")
+    return (f"Batches of {st['batch']} crops of {st['crop'][0]}x{st['crop'][1]} from {st['images']} PNGs of "
+            f"{st['image_size'][1]}x{st['image_size'][0]} ({st['png_mb_per_image']} MB each), median of "
+            f"{st['repeats']} interleaved repeats.\n\n" + "\n".join(lines) + "\n")
+
+
+def train_memory_table(res: dict[str, Any]) -> str:
+    """Peak RSS of the same `diga train` on a small and a ten-times larger real-size dataset."""
+    st = res["setting"]
+    lines = ["| dataset | images | peak RSS, process tree (MB) | peak RSS, training process (MB) |",
+             "|---|---:|---:|---:|"]
+    for name in ("small", "large"):
+        r = res["runs"][name]
+        lines.append(f"| {name} | {st['images'][name]} | {r['peak_rss_tree_mb']} | {r['peak_rss_main_mb']} |")
+    return (f"{st['steps']} steps of `diga train`, batch {st['batch']}, {st['crop'][0]}x{st['crop'][1]} crops, "
+            f"{st['model']} model, GTA5 layout at {st['image_size'][1]}x{st['image_size'][0]} with "
+            f"{st['without_label']} frames lacking a label in the large set.\n\n" + "\n".join(lines)
+            + f"\n\nGrowth from the small to the large set: {res['growth_mb']} MB.\n")
+
+
+def smoke_table(res: dict[str, Any]) -> str:
+    """The preset's every stage at 2 steps on full-size data: wall time, peak RSS, exit code."""
+    d = res["data"]
+    lines = ["| stage | target-val mIoU | seconds |", "|---|---:|---:|"]
+    lines += [f"| {s['name']} | {_f(s.get('target_val_miou'))} | {_f(s.get('seconds'), 0)} |" for s in res["stages"]]
+    return (f"`diga adapt --preset {res['preset']}` with every stage at 2 steps, {d['source_images']} source, "
+            f"{d['target_train']} target-train and {d['target_val']} target-val images at full size; exit code "
+            f"{res['exit_code']}, {res['seconds']:.0f} s, peak RSS of the process tree {res['peak_rss_mb']} MB."
+            "\n\n" + "\n".join(lines) + "\n")
+
+
 def _precision(res: dict[str, Any]) -> str:
     from .precision import precision_table
 
@@ -157,6 +199,13 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
      stages_table),
     ("ablation_results.json", "Ablation (`make ablation`)",
      "Every DiGA step and the baselines on the embedded benchmark, light model.", stages_table),
+    ("loader.json", "Training data path at real size (`benchmarks/bench_loader.py`)",
+     "Loader worker processes against decoding in the training process.", loader_table),
+    ("train_memory.json", "Training memory against dataset size (`benchmarks/bench_train_memory.py`)",
+     "Nothing is cached unless `data.cache_mb` asks for it, so memory must not grow with the dataset.",
+     train_memory_table),
+    ("smoke_gta5-cityscapes.json", "The gta5-cityscapes preset at full size (`benchmarks/smoke_real_scale.py`)",
+     "DeepLabV2-ResNet101 with the authors' head, real download layouts, activation checkpointing.", smoke_table),
     ("bench_steps.json", "Cost of one training step (`diga bench steps`)",
      "Median wall time of one optimiser step per stage.", steps_table),
     ("kernels.json", "Fused kernels (`diga bench kernels`)",

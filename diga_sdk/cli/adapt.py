@@ -186,12 +186,13 @@ def translator_cmd(
     vgg_weights: str | None = typer.Option(None, "--vgg-weights", help="VGG16 safetensors: adds the perceptual loss"),
     resume: bool = typer.Option(False, "--resume", help="continue the training in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a translator already in --out"),
+    workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Train the learned source->target translator (CycleGAN-style)."""
     from ..adapt.pipeline import stage_translator
 
     cfg = _config(config, {"source": source, "target": target, "translator.steps": steps,
-                           "translator.vgg_weights": vgg_weights}, sets=sets)
+                           "translator.vgg_weights": vgg_weights, "data.workers": workers}, sets=sets)
     claim_run_folder(out, resume=resume, overwrite=overwrite, what="translator")
     rec = stage_translator(cfg, out, resume)
     console.print(f"translator written to {rec['checkpoint']}")

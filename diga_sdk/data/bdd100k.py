@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DigaError
-from .datasets import SegDataset, _images_in, _need_dir
+from .datasets import SegDataset, _images_in, _need_dir, pair_by_stem
 
 BDD_SPLITS = ("train", "val", "test")
 
@@ -31,7 +31,7 @@ class BDD100KDataset(SegDataset):
 
     dataset = "bdd100k"
 
-    def __init__(self, root: str | Path, split: str = "train", labelled: bool = True) -> None:
+    def __init__(self, root: str | Path, split: str = "train", labelled: bool = True, strict: bool = False) -> None:
         root = Path(root)
         if split not in BDD_SPLITS:
             raise DigaError(f"bad BDD100K split {split!r}; use one of {', '.join(BDD_SPLITS)}")
@@ -40,9 +40,6 @@ class BDD100KDataset(SegDataset):
         pairs: list[tuple[Path, Path | None]] = [(p, None) for p in images]
         if labelled and lab_dir.parent.is_dir() and split != "test":
             _need_dir(lab_dir, f"BDD100K {split} labels")
-            pairs = [(p, lab_dir / f"{p.stem}{suffix}") for p in images]
-            missing = [lab.name for _, lab in pairs if not lab.is_file()]
-            if missing:
-                raise DigaError(f"{root}: {len(missing)} of {len(images)} {split} images have no label in {lab_dir} "
-                                f"(first: {missing[0]}); every NAME.jpg needs NAME{suffix}")
+            labels = {p.name[:-len(suffix)]: p for p in lab_dir.iterdir() if p.name.endswith(suffix)}
+            pairs = pair_by_stem(images, labels, root, str(lab_dir), strict)
         super().__init__(pairs, img_dir)

@@ -259,11 +259,11 @@ def open_dataset(spec: str, labelled: bool = True, strict: bool = False) -> SegD
     if kind == "bdd100k":
         from .bdd100k import BDD100KDataset
 
-        return BDD100KDataset(path, split or "train", labelled=labelled)
+        return BDD100KDataset(path, split or "train", labelled=labelled, strict=strict)
     if kind == "mapillary":
         from .mapillary import MapillaryDataset
 
-        return MapillaryDataset(path, split or "training", labelled=labelled)
+        return MapillaryDataset(path, split or "training", labelled=labelled, strict=strict)
     if kind == "split":
         from .split import open_split
 

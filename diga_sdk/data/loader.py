@@ -12,7 +12,7 @@ logged and counted; `BatchStream` stops the run once more than 1 % of the drawn 
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -166,6 +166,10 @@ class StepBatches(torch.utils.data.Dataset):
                         "check the dataset files")
 
     def __getitem__(self, step: int) -> Batch:
+        with one_thread():
+            return self._batch(step)
+
+    def _batch(self, step: int) -> Batch:
         rng = step_rng(self.seed, step, f"aug{self.stream}")
         images, labels, used, skipped, resized = [], [], [], [], 0
         for i, size in zip(self.indices(step), self.sizes, strict=True):
@@ -201,12 +205,10 @@ class BatchStream:
         else:
             # a generator of its own: the loader's worker seeds must not draw from the global RNG that
             # dropout uses, or a resumed run (which restores that RNG) would diverge
-            # workers augment with this process's thread count: bilinear resizing differs in the last bit
-            # between thread counts, and a batch must not depend on where it was made
             source = iter(torch.utils.data.DataLoader(
                 self.batches, batch_size=None, sampler=steps, num_workers=self.workers,
                 pin_memory=self.device.startswith("cuda"), prefetch_factor=2, generator=torch.Generator(),
-                worker_init_fn=functools.partial(_set_threads, torch.get_num_threads())))
+                worker_init_fn=_worker_init))
         for batch in source:
             self._account(batch)
             yield batch
@@ -230,13 +232,29 @@ class BatchStream:
                         what, self.resized_labels)
 
 
-def _set_threads(n: int, _worker_id: int) -> None:
-    """Worker start-up: the training process's thread count, and Ctrl-C left to the training process (it
-    finishes the step and saves the state; a worker killed by the same SIGINT would leave it waiting)."""
+def _worker_init(_worker_id: int) -> None:
+    """Worker start-up: Ctrl-C is left to the training process (it finishes the step and saves the state;
+    a worker killed by the same SIGINT would leave it waiting), and one thread (an OpenMP pool forked
+    from a parent that already used it deadlocks in its first parallel region)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(n)
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Augment on one thread wherever the batch is made: bilinear resizing differs in the last bit
+    between thread counts, and a batch must not depend on whether a worker or this process made it."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def to_device(x: torch.Tensor | None, device: str) -> torch.Tensor | None:

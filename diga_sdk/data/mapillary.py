@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DigaError
-from .datasets import SegDataset, _images_in, _need_dir
+from .datasets import SegDataset, _images_in, _need_dir, pair_by_stem
 
 SPLIT_NAMES = {"train": "training", "training": "training", "val": "validation", "validation": "validation",
                "test": "testing", "testing": "testing"}
@@ -32,7 +32,7 @@ class MapillaryDataset(SegDataset):
 
     dataset = "mapillary"
 
-    def __init__(self, root: str | Path, split: str = "training", labelled: bool = True) -> None:
+    def __init__(self, root: str | Path, split: str = "training", labelled: bool = True, strict: bool = False) -> None:
         root = Path(root)
         if split not in SPLIT_NAMES:
             raise DigaError(f"bad Mapillary split {split!r}; use training (train), validation (val) or testing")
@@ -43,9 +43,6 @@ class MapillaryDataset(SegDataset):
         pairs: list[tuple[Path, Path | None]] = [(p, None) for p in images]
         lab_dir = _label_dir(split_dir) if labelled and split != "testing" else None
         if lab_dir is not None:
-            pairs = [(p, lab_dir / f"{p.stem}.png") for p in images]
-            missing = [lab.name for _, lab in pairs if not lab.is_file()]
-            if missing:
-                raise DigaError(f"{root}: {len(missing)} of {len(images)} {split} images have no label in {lab_dir} "
-                                f"(first: {missing[0]}); every KEY.jpg needs KEY.png")
+            labels = {p.stem: p for p in lab_dir.glob("*.png")}
+            pairs = pair_by_stem(images, labels, root, str(lab_dir), strict)
         super().__init__(pairs, split_dir)

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import DigaError
 from ..runtime.metadata import GRAPH_KEY, RT_SECTION, GraphInfo, read_rt_info
+from ..runtime.signal_stack import preserved_signal_stack
 
 
 def _write_rt_info(model: Any, props: dict[str, str]) -> None:
@@ -67,8 +68,9 @@ def quantize_ir_int8(ir_xml: str | Path, out_xml: str | Path, calib_images: list
 
     dataset = nncf.Dataset(calib_images, transform)
     try:
-        qmodel = nncf.quantize(model, dataset, subset_size=len(calib_images), preset=nncf.QuantizationPreset.MIXED,
-                               model_type=None)
+        with preserved_signal_stack():  # NNCF compiles the model to collect statistics (runtime/signal_stack.py)
+            qmodel = nncf.quantize(model, dataset, subset_size=len(calib_images), preset=nncf.QuantizationPreset.MIXED,
+                                   model_type=None)
     except Exception as exc:
         raise DigaError(f"NNCF INT8 quantization of {ir_xml} failed: {str(exc).splitlines()[0]}") from None
     props["diga.graph"] = graph.model_copy(update={"precision": "int8"}).model_dump_json()

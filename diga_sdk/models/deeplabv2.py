@@ -71,6 +71,10 @@ class DilatedResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
+    def recompute_units(self) -> list[nn.Module]:
+        """The bottlenecks: what activation checkpointing recomputes."""
+        return [b for layer in (self.layer1, self.layer2, self.layer3, self.layer4) for b in layer]
+
 
 class ASPPV2(nn.Module):
     """DeepLabV2's atrous spatial pyramid: parallel dilated 3x3 convs, summed, to a 256-d feature map."""
@@ -149,6 +153,10 @@ class DeepLabV2(nn.Module):
                 if isinstance(m, nn.BatchNorm2d):
                     m.weight.requires_grad_(False)
                     m.bias.requires_grad_(False)
+
+    def recompute_units(self) -> list[nn.Module]:
+        """What activation checkpointing recomputes: the backbone's bottlenecks."""
+        return self.backbone.recompute_units()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.head(self.backbone(x))

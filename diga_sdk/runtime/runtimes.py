@@ -34,6 +34,7 @@ from ..models.checkpoint import ModelMeta
 from ..progress import log
 from .cache import cache_dir
 from .checked import DEFAULT_MAX_MIOU_DROP
+from .signal_stack import preserved_signal_stack
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
 CHECKPOINT_SUFFIXES = (".safetensors",)
@@ -204,7 +205,7 @@ class OnnxRuntime(Runtime):
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, fused_labels: bool = True) -> None:
         import onnxruntime as ort
 
         from .metadata import parse_metadata
@@ -228,6 +229,34 @@ class OnnxRuntime(Runtime):
         meta, graph, source_hash = parse_metadata(props, str(path))
         super().__init__(meta, source_hash, device, graph.embed_pre, graph.labels_name is not None)
         self.graph, self.precision = graph, graph.precision
+        # on CPU: labels from the coarse graph + the fused upsample-argmax kernel (the full graph serves logits)
+        self._coarse = self._coarse_session(path, opts, providers) if fused_labels and device == "cpu" else None
+        self.fused_labels = self._coarse is not None
+
+    def _coarse_session(self, path: Path, opts: Any, providers: list[str]) -> tuple[Any, str] | None:
+        """The graph up to its final Resize (coarse_graph.py), or None where it does not end in one."""
+        import onnx
+        import onnxruntime as ort
+
+        from .coarse_graph import coarse_logits_graph
+
+        cut = coarse_logits_graph(onnx.load(str(path)), self.graph.logits_name)
+        if cut is None:
+            return None
+        return ort.InferenceSession(cut[0].SerializeToString(), opts, providers=providers), cut[1]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """(B,H,W,3) uint8 RGB -> (B,H,W) uint8 labels; with the coarse graph, upsample and argmax fused."""
+        images = check_images(images)
+        if self._coarse is None:
+            return super().predict(images)
+        import torch
+
+        from ..kernels import upsample_argmax
+
+        session, name = self._coarse
+        coarse = session.run([name], {self.graph.input_name: self.graph_input(images)})[0]
+        return upsample_argmax(torch.from_numpy(coarse), images.shape[1:3], dtype=torch.uint8).numpy()
 
     def _logits(self, images: np.ndarray) -> np.ndarray:
         return self.session.run([self.graph.logits_name], {self.graph.input_name: self.graph_input(images)})[0]
@@ -269,7 +298,8 @@ class OpenVinoRuntime(Runtime):
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
-            self.compiled = core.compile_model(model, ov_device, config)
+            with preserved_signal_stack():  # see signal_stack.py: OpenVINO leaves a dangling one otherwise
+                self.compiled = core.compile_model(model, ov_device, config)
         except Exception as exc:
             raise DigaError(f"OpenVINO cannot compile {path} for {ov_device}: {str(exc).splitlines()[0]}") from None
         super().__init__(meta, source_hash, device, graph.embed_pre, graph.labels_name is not None)
@@ -278,7 +308,8 @@ class OpenVinoRuntime(Runtime):
         hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         actual = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(hint, hint)
         self.precision = actual if graph.precision == "fp32" else f"{graph.precision}+{actual}"
-        self.request = self.compiled.create_infer_request()
+        with preserved_signal_stack():
+            self.request = self.compiled.create_infer_request()
 
     def _run(self, images: np.ndarray, output: str) -> np.ndarray:
         res = self.request.infer({self.graph.input_name: self.graph_input(images)})
