@@ -41,6 +41,6 @@ def test_readme_is_short_and_links_every_docs_page():
 
 
 def test_docs_hold_no_ticket_language():
-    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         for n, line in enumerate(page.read_text().splitlines(), 1):
             assert not TICKET_WORDS.search(line), f"{page.name}:{n}: {line.strip()}"

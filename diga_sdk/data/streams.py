@@ -3,7 +3,14 @@ by the embedded benchmark's generator, optionally with a condition change midway
 corrupted segment (blank or noise frames) to provoke a collapse.
 
 Scenario frames are `render_item("target", "stream", i, seed, size)`: the target style, frames no
-training split contains. Conditions are post-processing of those renders, defined here (the frozen
+training split contains (`scenario:target`). `scenario:camera2` renders the same scene generator's
+target scenes through another camera, written for judging online adaptation on a domain the benchmark
+was never calibrated on: a more natural palette (a different colour drift from the source), another
+white balance, exposure range, blur, sensor noise and vignette (`CAMERA2_RENDER`).
+
+The `swap` condition is a planted slow drift: over its segment the road's colour is pushed, a little
+more each frame, toward the cars' colour of the same frame (up to `SWAP_MAX`), so a self-training model
+slowly learns that car-coloured asphalt is car; the labels do not change. Conditions are post-processing of those renders, defined here (the frozen
 generator is untouched), and every frame is a pure function of (seed, index), so a stream can be
 re-opened and skipped ahead after a restart.
 
@@ -26,7 +33,30 @@ from ..errors import DigaError
 from .datasets import open_dataset
 from .labels import IGNORE_INDEX, to_train_ids
 
-CONDITIONS = ("clear", "fog", "dusk", "blank", "noise")
+CONDITIONS = ("clear", "fog", "dusk", "blank", "noise", "swap")
+SCENARIOS = ("target", "camera2")
+SWAP_MAX = 0.9  # share of the car-minus-road colour difference added to road pixels at the end of a swap segment
+ROAD, CAR = 0, 13  # train IDs
+
+
+def camera2_render():  # noqa: ANN201 - a RenderStyle; imported lazily with the generator
+    """The `scenario:camera2` camera: the target scenes through other colour drift and camera settings."""
+    from .synthetic_render import _SOURCE_BASE, _TARGET_BASE, RenderStyle, _lut
+
+    return RenderStyle(base=0.45 * _lut(_SOURCE_BASE) + 0.55 * _lut(_TARGET_BASE), instance_jitter=18.0,
+                       texture=0.12, exposure=(0.75, 1.2), gradient=0.35, shadows=1.0, white_balance=0.1,
+                       blur_sigma=(0.3, 0.8), noise_sigma=(5.0, 9.0), vignette=0.4)
+
+
+def swap_colours(image: np.ndarray, label: np.ndarray, strength: float) -> np.ndarray:
+    """Road pixels moved by `strength` x (mean car colour - mean road colour) of this frame (texture kept)."""
+    road, car = label == ROAD, label == CAR
+    if strength <= 0 or not road.any():
+        return image
+    x = image.astype(np.float32)
+    car_col = x[car].mean(0) if car.sum() >= 16 else np.array([40.0, 40.0, 120.0], np.float32)
+    x[road] += strength * (car_col - x[road].mean(0))
+    return (np.clip(x, 0, 255) + 0.5).astype(np.uint8)
 
 
 @dataclass
@@ -50,7 +80,7 @@ def _rng(seed: int, index: int, what: str) -> np.random.Generator:
 def apply_condition(image: np.ndarray, condition: str, seed: int = 0, index: int = 0) -> np.ndarray:
     """The frame as seen under `condition`: fog (depth-graded haze toward a grey airlight), dusk (dim,
     gamma-darkened, bluish, noisier sensor), blank (flat grey), noise (uniform random pixels)."""
-    if condition == "clear":
+    if condition in ("clear", "swap"):  # swap needs the label: FrameStream.frame applies it
         return image
     h, w = image.shape[:2]
     rng = _rng(seed, index, condition)
@@ -117,10 +147,13 @@ class FrameStream:
         self.spec, self.seed, self.size = source, seed, tuple(size)
         cache_dir = cache_dir or os.environ.get("DIGA_STREAM_CACHE") or None
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.scenario = None
         if source.startswith("scenario:"):
             name = source.split(":", 1)[1] or "target"
-            if name != "target":
-                raise DigaError(f"unknown scenario {name!r}; use scenario:target (add conditions with segments)")
+            if name not in SCENARIOS:
+                raise DigaError(f"unknown scenario {name!r}; use scenario:target or scenario:camera2 "
+                                "(add conditions with segments)")
+            self.scenario = name
             self._dataset = None
             self.n = int(n_frames or 200)
             self.offset = 0
@@ -151,6 +184,9 @@ class FrameStream:
             s = self._dataset[i]
             image, label, name = s.image, s.label, s.name
         cond = self.condition(i)
+        if cond == "swap" and label is not None:
+            seg = next(s for s in reversed(self.segments) if s.start <= i < s.stop)
+            image = swap_colours(image, label, SWAP_MAX * (i - seg.start + 1) / (seg.stop - seg.start))
         if cond in ("blank", "noise") and label is not None:
             label = np.full_like(label, IGNORE_INDEX)  # nothing to score on a frame with no scene
         return Frame(i, apply_condition(image, cond, self.seed, i), label, cond, name)
@@ -160,15 +196,25 @@ class FrameStream:
         from .synthetic import render_item
 
         path = None
+        prefix = "target" if self.scenario == "target" else self.scenario
         if self.cache_dir is not None:
-            path = self.cache_dir / f"target_stream_s{self.seed}_{self.size[0]}x{self.size[1]}_{i:06d}.npz"
+            path = self.cache_dir / f"{prefix}_stream_s{self.seed}_{self.size[0]}x{self.size[1]}_{i:06d}.npz"
             if path.is_file():
                 try:
                     with np.load(path) as z:
                         return z["image"], z["label"]
                 except (OSError, ValueError, KeyError):
                     pass  # a torn or foreign file: render again and overwrite it
-        image, label_ids = render_item("target", "stream", i, self.seed, self.size)
+        if self.scenario == "camera2":
+            from .synthetic import _item_seed
+            from .synthetic_render import render
+            from .synthetic_scene import TARGET_SCENE, make_scene
+
+            rng = np.random.default_rng(_item_seed(self.seed, "camera2", "stream", i))
+            scene = make_scene(self.size[0], self.size[1], TARGET_SCENE, rng)
+            image, label_ids = render(scene, camera2_render(), rng), scene.label
+        else:
+            image, label_ids = render_item("target", "stream", i, self.seed, self.size)
         label = to_train_ids(label_ids, "cityscapes")
         if path is not None:
             from ..io import atomic_path

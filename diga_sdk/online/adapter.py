@@ -81,11 +81,12 @@ from ..io import atomic_path
 from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from ..models.registry import build_model
 from .replay import ReplayBuffer
-from .safety import HealthMonitor, SafetyConfig, frame_signals
-from .source import SourceAnchor
+from .safety import SLOW_REASONS, HealthMonitor, SafetyConfig, frame_signals
+from .source import SourceAnchor, SourceCheck
 
 STATE_VERSION = 2  # 2: the shipped weights (stochastic restore) are part of the state
-MODEL_FAILURES = frozenset({"shipped", "agreement"})  # health reasons that blame the adapted model, not the input
+MODEL_FAILURES = frozenset({"shipped", "agreement", "shares", "source"})  # reasons that blame the model, not the input
+SLOW_FAILURES = SLOW_REASONS  # slow drifts: roll back to the last "safe" weights, not the last good
 CROP_LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)  # update crop area, as fractions of `crop`
 BUDGET_DEVIATIONS = 2.0  # planned update cost = mean + this many mean absolute deviations
 BUDGET_MARGIN = 0.05  # share of the budget kept free (timer jitter, allocator)
@@ -116,6 +117,23 @@ class OnlineConfig(DigaConfig):
     # half of a source crop's classes onto every target crop (DiGA's source->target ClassMix)
     source: str | None = None  # dataset spec, e.g. gta5:PATH or synthetic:source@train; None = target only
     source_samples: int = Field(64, ge=1)
+    # held-out source slice (`online_source.SourceCheck`): this many more carried images, never trained on;
+    # every `source_check_every` frames the teacher predicts one of them and the slice's shipped-minus-adapted
+    # mIoU is the safety signal `source_drop` (bound: safety.max_source_drop). 0 = off
+    source_holdout: int = Field(0, ge=0)
+    source_check_every: int = Field(5, ge=1)
+    source_scale: float = Field(1.0, gt=0.0, le=4.0)  # resize the carried images to the camera's object scale
+    # a budget close to the prediction cost: when nothing was measured yet and the prior says no crop fits,
+    # one probe update (smallest crop, one frame) measures the real cost; that frame may overrun
+    budget_probe: bool = True
+    # probation: after a rollback that a slow signal (shares, source) called, the output comes from the weights
+    # rolled back to (a frozen copy, `served`) while the teacher learns again beside it; the teacher serves again
+    # only once the slow signals have scored it within half their bounds (a full held-out cycle). So a stream
+    # that keeps teaching the model the same wrong thing never reaches the output again. `probation_at_start`:
+    # the shipped model serves until the teacher first passes that check. Costs one more forward per frame
+    # while in probation (under a budget the teacher's forward and update wait for a frame with room)
+    probation: bool = True
+    probation_at_start: bool = False
     # stochastic restore (CoTTA): after each update every student weight returns to its shipped value with
     # this probability, so knowledge the stream does not exercise is never lost for good; 0 = off
     restore_prob: float = Field(0.0, ge=0.0, le=1.0)
@@ -227,8 +245,20 @@ class OnlineAdapter:
         self.strong = StrongView()
         self.source = None
         if self.cfg.source:
-            self.source = SourceAnchor(self.cfg.source, self.cfg.source_samples, self.cfg.seed)
+            self.source = SourceAnchor(self.cfg.source, self.cfg.source_samples, self.cfg.seed,
+                                       self.cfg.source_holdout, self.cfg.source_scale)
             self.source.check_crop(self.cfg.crop)
+        self.source_check: SourceCheck | None = None
+        self.last_source_check = -(10**9)
+        if self.source is not None and self.cfg.source_holdout:
+            self.source_check = SourceCheck(self.source, self.num_classes)
+            with torch.no_grad():
+                self.source_check.calibrate(lambda x: self._predict(self.shipped, x)[2])
+        self.probed = False
+        self.served: EMATeacher | None = None  # in probation: the confirmed weights that predict (None = teacher)
+        self.clear_since: int | None = None  # in probation: first frame of the current run of clear slow signals
+        if self.cfg.probation_at_start and self.source_check is not None:
+            self.served = EMATeacher(self.shipped.module)
         self.frame_index = 0
         self.counters = {"frames": 0, "updates": 0, "skip_budget": 0, "skip_unhealthy": 0, "rollbacks": 0,
                          "snapshots": 0, "over_budget": 0}
@@ -237,6 +267,7 @@ class OnlineAdapter:
         self.cost: dict[str, float | None] = {"ms_per_kpx": None, "overhead_ms": None, "dev_per_kpx": 0.0,
                                               "dev_overhead": 0.0, "tail_ms": 0.0, "save_ms": 0.0}
         self.rollback_frames: list[int] = []
+        self.rollback_reasons: list[list[str]] = []  # the monitor's reasons of each rollback
         self.state_path = Path(state_path) if state_path else None
         self._candidate = None
         self._take_snapshot(confirmed=True)  # the shipped model is the first good state
@@ -247,21 +278,47 @@ class OnlineAdapter:
         t0 = time.perf_counter()
         i = self.frame_index
         x = to_tensor(image)[None]
+        if self.served is not None:  # probation: the output comes from the confirmed weights
+            served_pred = self._predict(self.served, x)[2]
+            predict_ms = (time.perf_counter() - t0) * 1e3
+            if not self._room_for_forward(t0, predict_ms):  # the teacher's forward and update wait
+                self.counters["skip_budget"] += 1
+                return self._finish(t0, FrameResult(i, served_pred[0].to(torch.uint8).numpy(), "skip-budget", 0.0,
+                                                    predict_ms), None)
         t_logits, t_feats, pred = self._predict(self.teacher, x)
-        predict_ms = (time.perf_counter() - t0) * 1e3
-        pred_np = pred[0].to(torch.uint8).numpy()
+        if self.served is None:
+            predict_ms = (time.perf_counter() - t0) * 1e3
+            pred_np = pred[0].to(torch.uint8).numpy()
+        else:
+            pred_np = served_pred[0].to(torch.uint8).numpy()
+            self.counters["probation_frames"] = self.counters.get("probation_frames", 0) + 1
 
         ready = bool(self.seen.any())
         pl_sel = kernels.consensus_select(pred, t_feats, self.centroids) if ready else pred
         kept = float((pl_sel != IGNORE_INDEX).float().mean())
         sig = frame_signals(t_logits, kept, t_feats, self.centroids, self.seen) if self.cfg.safety.enabled else None
         if sig is not None and self._shadow_due(t0, predict_ms):
-            sig["kept_shipped"] = self._shipped_kept(x)
+            sig["kept_shipped"], sig["hist_shipped"] = self._shipped_kept(x)
             self.last_shadow = i
             self.counters["shadow_checks"] = self.counters.get("shadow_checks", 0) + 1
+        # not on a shadow frame (it waits a frame): one extra forward per frame at most, so the p99 frame cost
+        # stays where it was; with a shadow check on every frame both run
+        apart = self.last_shadow != i or self.cfg.safety.shadow_every <= 1
+        if sig is not None and apart and self._source_check_due(t0, predict_ms):
+            with torch.no_grad():
+                sig["source_drop"] = self.source_check.score(lambda img: self._predict(self.teacher, img)[2])
+            self.last_source_check = i
+            self.counters["source_checks"] = self.counters.get("source_checks", 0) + 1
         collapse = sig is not None and self.monitor.observe(sig, self.last_agreement)
         self.last_agreement = None
         result = FrameResult(i, pred_np, "update", 0.0, predict_ms, reasons=list(self.monitor.last_reasons))
+        if sig is not None and (sig.get("source_drop") is not None or sig.get("hist_shipped") is not None):
+            self._maybe_safe_snapshot()
+            if self.served is not None:
+                self._maybe_promote()
+            elif self._serving_drop_too_high():
+                self.served, self.clear_since = EMATeacher(self.shipped.module), None  # the output goes back to shipped
+                self.counters["demotions"] = self.counters.get("demotions", 0) + 1
 
         if self.frame_index < self.cfg.safety.calib_frames:
             self._calibrate_centroids(t_feats, pred)
@@ -286,18 +343,21 @@ class OnlineAdapter:
                 if i % self.cfg.update_every:
                     result.action = "skip-schedule"
                 else:
-                    scale = self._crop_scale(t0, predict_ms, x.shape[-2] * x.shape[-1])
+                    scale, frames = self._crop_scale(t0, predict_ms, x.shape[-2] * x.shape[-1])
                     if scale == 0.0:
                         self.counters["skip_budget"] += 1
                         result.action = "skip-budget"
                     else:
-                        result.update_ms = self._update(i, scale)
+                        result.update_ms = self._update(i, scale, frames)
                         result.crop_scale = scale
-        t_tail = time.perf_counter()
+        return self._finish(t0, result, time.perf_counter())
+
+    def _finish(self, t0: float, result: FrameResult, t_tail: float | None) -> FrameResult:
+        """The end of every frame: counters, the cost of the work after an update, a due state save."""
         self.frame_index += 1
         self.counters["frames"] += 1
         result.signals = self.monitor.signals()
-        if result.update_ms:  # the work after an update (signals, bookkeeping), kept as a running max-ish
+        if result.update_ms and t_tail is not None:  # the work after an update (signals, bookkeeping), kept as a running max-ish
             tail = (time.perf_counter() - t_tail) * 1e3
             self.cost["tail_ms"] = max(tail, 0.9 * float(self.cost.get("tail_ms") or 0.0))
         if self._checkpoint_due():
@@ -322,17 +382,84 @@ class OnlineAdapter:
         n = self.cfg.safety.shadow_every
         if not n or self.shipped_centroids is None or self.frame_index - self.last_shadow < n:
             return False
+        return self._room_for_forward(t0, predict_ms)
+
+    def _room_for_forward(self, t0: float, predict_ms: float) -> bool:
+        """Whether one more forward (1.2 x this frame's prediction time) fits what is left of the budget."""
         if self.cfg.budget_ms is None:
             return True
         left = self.cfg.budget_ms * (1.0 - BUDGET_MARGIN) - (time.perf_counter() - t0) * 1e3
         return 1.2 * predict_ms <= left
 
-    def _shipped_kept(self, x: torch.Tensor) -> float:
-        """The shipped model's consensus-kept share on this frame, with the centroids it calibrated: the
-        reference the adapted teacher's own kept share is compared with (same frame, same conditions)."""
-        _, feats, pred = self._predict(self.shipped, x)
+    def _shipped_kept(self, x: torch.Tensor) -> tuple[float, list[float]]:
+        """The shipped model's consensus-kept share on this frame, with the centroids it calibrated (the
+        reference the adapted teacher's own kept share is compared with: same frame, same conditions), and
+        its predicted class shares at feature resolution (the class-share divergence's reference)."""
+        logits, feats, pred = self._predict(self.shipped, x)
         sel = kernels.consensus_select(pred, feats, self.shipped_centroids)
-        return float((sel != IGNORE_INDEX).float().mean())
+        hist = torch.bincount(logits.argmax(1).reshape(-1), minlength=self.num_classes).double()
+        return float((sel != IGNORE_INDEX).float().mean()), (hist / hist.sum().clamp_min(1)).tolist()
+
+    def _source_check_due(self, t0: float, predict_ms: float) -> bool:
+        """Every `source_check_every` frames after calibration; under a budget, postponed to the next frame
+        with room for one more forward (the held-out images are the stream's size)."""
+        if self.source_check is None or self.shipped_centroids is None:
+            return False
+        if self.frame_index - self.last_source_check < self.cfg.source_check_every:
+            return False
+        return self._room_for_forward(t0, predict_ms)
+
+    def _slow_signals_clear(self, max_drop: float | None = None) -> bool:
+        """Both slow signals (shares, source_drop) within half their bounds (a bound that is off counts as clear);
+        with `max_drop`, the held-out drop within that instead."""
+        c, v = self.cfg.safety, self.monitor.signals()
+        if c.max_share_divergence is not None and v.get("share_divergence", 0.0) > 0.5 * c.max_share_divergence:
+            return False
+        if c.max_source_drop is not None:
+            drop = v.get("source_drop")
+            if drop is None or drop > (0.5 * c.max_source_drop if max_drop is None else max_drop):
+                return False
+        return not self.monitor.last_reasons
+
+    def _serving_drop_too_high(self) -> bool:
+        """While the teacher serves: its held-out drop is above `safety.serve_max_source_drop`."""
+        bound = self.cfg.safety.serve_max_source_drop
+        drop = self.monitor.signals().get("source_drop")
+        return bound is not None and self.cfg.probation and drop is not None and drop > bound
+
+    def _maybe_safe_snapshot(self) -> None:
+        """The "safe" weights a slow drift rolls back to, in two stages like the good ones: a candidate is
+        taken when the slow signals are well inside their bounds, and becomes safe only when they still are
+        a full source-check cycle (or 50 frames) later, so the lag of the slow signals cannot make drifted
+        weights safe."""
+        span = self.cfg.source_check_every * len(self.source_check) if self.source_check else 50
+        if not self._slow_signals_clear():
+            self._safe_candidate = None
+            return
+        cand = self._safe_candidate
+        if cand is None:
+            self._safe_candidate = self._snapshot()
+        elif self.frame_index - cand["frame"] >= span:
+            self._safe, self._safe_candidate = cand, self._snapshot()
+            self.counters["safe_snapshots"] = self.counters.get("safe_snapshots", 0) + 1
+
+    def _promote_span(self) -> int:
+        """Frames the slow signals must stay clear in probation before the teacher serves again: two full
+        held-out cycles (50 frames without a source check), so the check has scored weights that kept learning."""
+        return 2 * (self.cfg.source_check_every * len(self.source_check) if self.source_check else 25)
+
+    def _maybe_promote(self) -> None:
+        """In probation: the teacher serves again once the held-out drop stayed at most
+        `safety.promote_max_source_drop` and the share divergence within half its bound for `_promote_span`
+        frames in a row (measured on the teacher, while it kept learning)."""
+        if not self._slow_signals_clear(self.cfg.safety.promote_max_source_drop):
+            self.clear_since = None
+            return
+        if self.clear_since is None:
+            self.clear_since = self.frame_index
+        elif self.frame_index - self.clear_since >= self._promote_span():
+            self.served, self.clear_since = None, None
+            self.counters["promotions"] = self.counters.get("promotions", 0) + 1
 
     def _checkpoint_due(self) -> bool:
         """Whether the frame being finished (frame_index already advanced) ends with a state save."""
@@ -363,17 +490,25 @@ class OnlineAdapter:
         f = scale ** 0.5
         return max(8, int(ch * f) // 8 * 8), max(8, int(cw * f) // 8 * 8)
 
-    def _crop_scale(self, t0: float, predict_ms: float, frame_px: int) -> float:
-        """The largest crop of the ladder whose planned update cost fits the rest of the budget (0 = skip)."""
+    def _crop_scale(self, t0: float, predict_ms: float, frame_px: int) -> tuple[float, int]:
+        """(crop scale, frames): the largest crop of the ladder whose planned update cost fits the rest of the
+        budget (scale 0 = skip), or, with nothing measured yet and no crop fitting the prior, one probe update
+        (smallest crop, the current frame only) that measures the real cost."""
         budget = self.cfg.budget_ms
         if budget is None:
-            return 1.0
+            return 1.0, self.cfg.batch_frames
         left = budget * (1.0 - BUDGET_MARGIN) - (time.perf_counter() - t0) * 1e3 - float(self.cost.get("tail_ms") or 0.0)
         if self.state_path and self.cfg.checkpoint_every and (self.frame_index + 1) % self.cfg.checkpoint_every == 0:
             left -= float(self.cost.get("save_ms") or 0.0)  # this frame also saves the state
         h, w = self.replay.images[-1].shape[-2:]
         b = min(self.cfg.batch_frames, len(self.replay))
-        return self.plan_crop(left, h, w, b, prior_ms_per_kpx=PRIOR_FB_FACTOR * predict_ms / (frame_px / 1e3))
+        scale = self.plan_crop(left, h, w, b, prior_ms_per_kpx=PRIOR_FB_FACTOR * predict_ms / (frame_px / 1e3))
+        if scale == 0.0 and self.cfg.budget_probe and self.cost["ms_per_kpx"] is None and not self.probed \
+                and left > 0.0:
+            self.probed = True
+            self.counters["probes"] = self.counters.get("probes", 0) + 1
+            return CROP_LADDER[-1], 1
+        return scale, self.cfg.batch_frames
 
     def plan_crop(self, left_ms: float, h: int, w: int, b: int, prior_ms_per_kpx: float) -> float:
         """Pure planning step (tested on its own): the largest ladder scale whose planned cost <= left_ms."""
@@ -389,13 +524,14 @@ class OnlineAdapter:
                 return s
         return 0.0
 
-    def _update(self, i: int, scale: float) -> float:
-        """One optimizer step on the current frame + replayed ones; returns its wall time (ms)."""
+    def _update(self, i: int, scale: float, frames: int | None = None) -> float:
+        """One optimizer step on the current frame + replayed ones (`frames` in all, default
+        `batch_frames`); returns its wall time (ms)."""
         t0 = time.perf_counter()
         seed = int(step_rng(self.cfg.seed, i, "online").integers(2**62))
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed + 1)  # dropout
-        idx = [len(self.replay) - 1] + self.replay.sample(self.cfg.batch_frames - 1, gen)
+        idx = [len(self.replay) - 1] + self.replay.sample((frames or self.cfg.batch_frames) - 1, gen)
         h, w = self.replay.images[-1].shape[-2:]
         ch, cw = self._crop_hw(scale, h, w)
         rng = step_rng(self.cfg.seed, i, "online-crop")
@@ -475,13 +611,17 @@ class OnlineAdapter:
             keep = torch.rand(p.shape, generator=gen) >= self.cfg.restore_prob
             p.copy_(torch.where(keep, p, shipped[name]))
 
+    def _snapshot(self) -> dict[str, Any]:
+        return {"student": _state(self.student), "teacher": _state(self.teacher.module),
+                "centroids": self.centroids.clone(), "seen": self.seen.clone(), "frame": self.frame_index}
+
     def _take_snapshot(self, confirmed: bool = False) -> None:
         """Two stages: a snapshot becomes the "last good" weights only after a further `snapshot_every`
         frames passed healthy (a collapse shows in the signals a few frames after it starts)."""
-        snap = {"student": _state(self.student), "teacher": _state(self.teacher.module),
-                "centroids": self.centroids.clone(), "seen": self.seen.clone(), "frame": self.frame_index}
+        snap = self._snapshot()
         if confirmed:
             self._good, self._candidate = snap, None
+            self._safe, self._safe_candidate = snap, None
             return
         if self._candidate is not None:
             self._good = self._candidate
@@ -489,13 +629,23 @@ class OnlineAdapter:
         self._candidate = snap
 
     def _rollback(self, reasons: list[str] | None = None) -> None:
-        """Restore the last good weights and centroids, forget the replay buffer and optimizer momentum;
-        when the model itself went wrong (not the input), learn more slowly from here on."""
+        """Restore the last good weights and centroids (the last safe ones when a slow signal called it),
+        forget the replay buffer and optimizer momentum; when the model itself went wrong (not the input),
+        learn more slowly from here on."""
         if set(reasons or ()) & MODEL_FAILURES:
             self.lr_backoff *= self.cfg.rollback_lr_factor
             self._set_lr()
+        if set(reasons or ()) & SLOW_FAILURES:
+            self._good, self._safe_candidate = self._safe, None
+            self.counters["safe_rollbacks"] = self.counters.get("safe_rollbacks", 0) + 1
+        if self.source_check is not None:
+            self.source_check.reset()
         self.student.load_state_dict(self._good["student"])
         self.teacher.module.load_state_dict(self._good["teacher"])
+        if set(reasons or ()) & SLOW_FAILURES and self.cfg.probation and self.served is None:
+            self.served = EMATeacher(self.teacher.module)  # probation: these weights serve until the teacher passes
+            self.counters["probations"] = self.counters.get("probations", 0) + 1
+        self.clear_since = None
         self.centroids, self.seen = self._good["centroids"].clone(), self._good["seen"].clone()
         self.optimizer.state.clear()
         self.replay.clear()
@@ -504,6 +654,7 @@ class OnlineAdapter:
         self.suspended = True
         self.counters["rollbacks"] += 1
         self.rollback_frames.append(self.frame_index)
+        self.rollback_reasons.append(sorted(reasons or ()))
 
     # ---- the adapted model ----------------------------------------------------------------------
     @property
@@ -520,6 +671,7 @@ class OnlineAdapter:
 
     def summary(self) -> dict[str, Any]:
         return {**self.counters, "frame_index": self.frame_index, "rollback_frames": list(self.rollback_frames),
+                "rollback_reasons": [list(r) for r in self.rollback_reasons],
                 "lr_backoff": self.lr_backoff, "lr_gate": self.lr_gate(),
                 "cost_model": dict(self.cost), "centroid_pixels": self.pixel_counts.tolist()}
 
@@ -564,8 +716,23 @@ class OnlineAdapter:
                         "good.centroids": self._good["centroids"].contiguous(),
                         "good.seen": self._good["seen"].to(torch.uint8), "pixel_counts": self.pixel_counts,
                         "calib_sums": self._calib_sums})
+        safe_is_good = self._safe is self._good  # one set of tensors (safetensors refuses shared memory)
+        if not safe_is_good:
+            for part in ("student", "teacher"):
+                tensors.update({f"safe.{part}.{k}": v.contiguous() for k, v in self._safe[part].items()})
+            tensors.update({"safe.centroids": self._safe["centroids"].contiguous(),
+                            "safe.seen": self._safe["seen"].to(torch.uint8)})
         if self.shipped_centroids is not None:
             tensors["shipped_centroids"] = self.shipped_centroids.contiguous()
+        if self._safe_candidate is not None:
+            for part in ("student", "teacher"):
+                tensors.update({f"safecand.{part}.{k}": v.contiguous() for k, v in self._safe_candidate[part].items()})
+            tensors.update({"safecand.centroids": self._safe_candidate["centroids"].contiguous(),
+                            "safecand.seen": self._safe_candidate["seen"].to(torch.uint8)})
+        if self.source_check is not None:
+            tensors.update(self.source_check.tensors())
+        if self.served is not None:
+            tensors.update({f"served.{k}": v.detach().cpu().contiguous() for k, v in self.served.module.state_dict().items()})
         if self._candidate is not None:
             for part in ("student", "teacher"):
                 tensors.update({f"cand.{part}.{k}": v.contiguous() for k, v in self._candidate[part].items()})
@@ -574,8 +741,12 @@ class OnlineAdapter:
         tensors.update(self.replay.tensors())
         info = {"version": STATE_VERSION, "frame_index": self.frame_index, "counters": self.counters,
                 "suspended": self.suspended, "last_agreement": self.last_agreement, "cost": self.cost,
-                "rollback_frames": self.rollback_frames, "good_frame": self._good["frame"],
-                "last_shadow": self.last_shadow, "lr_backoff": self.lr_backoff,
+                "rollback_frames": self.rollback_frames, "rollback_reasons": self.rollback_reasons, "good_frame": self._good["frame"],
+                "last_shadow": self.last_shadow, "lr_backoff": self.lr_backoff, "safe_frame": self._safe["frame"], "safe_is_good": safe_is_good,
+                "safe_candidate_frame": None if self._safe_candidate is None else self._safe_candidate["frame"],
+                "last_source_check": self.last_source_check, "probed": self.probed, "probation": self.served is not None,
+                "clear_since": self.clear_since,
+                "source_check_next": self.source_check.next if self.source_check is not None else 0,
                 "candidate_frame": None if self._candidate is None else self._candidate["frame"],
                 "monitor": self.monitor.state(), "replay_frames": self.replay.frame_ids,
                 "optim_param_groups": opt["param_groups"], "config": self.cfg.model_dump(mode="json"),
@@ -616,6 +787,25 @@ class OnlineAdapter:
         self._good = {"student": {k[13:]: v for k, v in t.items() if k.startswith("good.student.")},
                       "teacher": {k[13:]: v for k, v in t.items() if k.startswith("good.teacher.")},
                       "centroids": t["good.centroids"], "seen": t["good.seen"].bool(), "frame": info["good_frame"]}
+        self._safe = self._good
+        if "safe_frame" in info and not info.get("safe_is_good"):
+            self._safe = {"student": {k[13:]: v for k, v in t.items() if k.startswith("safe.student.")},
+                          "teacher": {k[13:]: v for k, v in t.items() if k.startswith("safe.teacher.")},
+                          "centroids": t["safe.centroids"], "seen": t["safe.seen"].bool(), "frame": info["safe_frame"]}
+        self._safe_candidate = None
+        if info.get("safe_candidate_frame") is not None:
+            self._safe_candidate = {"student": {k[17:]: v for k, v in t.items() if k.startswith("safecand.student.")},
+                                    "teacher": {k[17:]: v for k, v in t.items() if k.startswith("safecand.teacher.")},
+                                    "centroids": t["safecand.centroids"], "seen": t["safecand.seen"].bool(),
+                                    "frame": info["safe_candidate_frame"]}
+        self.last_source_check = info.get("last_source_check", -(10**9))
+        self.probed = info.get("probed", False)
+        self.served, self.clear_since = None, info.get("clear_since")
+        if info.get("probation"):
+            self.served = EMATeacher(self.teacher.module)
+            self.served.module.load_state_dict({k[7:]: v for k, v in t.items() if k.startswith("served.")})
+        if self.source_check is not None:
+            self.source_check.load(t, info.get("source_check_next", 0))
         self._candidate = None
         if info.get("candidate_frame") is not None:
             self._candidate = {"student": {k[13:]: v for k, v in t.items() if k.startswith("cand.student.")},
@@ -627,6 +817,7 @@ class OnlineAdapter:
         self.frame_index, self.counters = info["frame_index"], info["counters"]
         self.suspended, self.last_agreement = info["suspended"], info["last_agreement"]
         self.cost, self.rollback_frames = info["cost"], info["rollback_frames"]
+        self.rollback_reasons = info.get("rollback_reasons", [[] for _ in self.rollback_frames])
         self.last_shadow = info["last_shadow"]
         group = info["optim_param_groups"][0]  # files without the key kept the back-off in the lr itself
         self.lr_backoff = float(info.get("lr_backoff", group["lr"] / (self.cfg.lr * group.get("lr_mult", 1.0))))

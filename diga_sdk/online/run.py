@@ -28,8 +28,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def run_stream(adapter: OnlineAdapter, frames: Iterable[Frame], total: int, frozen: nn.Module | None = None,
-               window: int = 20, on_frame: Callable[[Frame, FrameResult], None] | None = None) -> dict[str, Any]:
-    """Feed every frame to `adapter`; score windows of `window` frames if frames carry labels."""
+               window: int = 20, on_frame: Callable[[Frame, FrameResult], None] | None = None,
+               on_window: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
+    """Feed every frame to `adapter`; score windows of `window` frames if frames carry labels (`on_window`
+    sees the windows so far after each one: partial results of a long run)."""
     c = adapter.num_classes
     windows: list[dict[str, Any]] = []
     cm_a, cm_f = ConfusionMatrix(c), ConfusionMatrix(c)
@@ -62,6 +64,8 @@ def run_stream(adapter: OnlineAdapter, frames: Iterable[Frame], total: int, froz
                 if w["adapted_miou"] is not None and w["frozen_miou"] is not None:
                     w["gain"] = w["adapted_miou"] - w["frozen_miou"]
                 windows.append(w)
+                if on_window:
+                    on_window(windows)
                 cm_a, cm_f, conds = ConfusionMatrix(c), ConfusionMatrix(c), {}
             bar.advance(text=f"{res.action} {res.total_ms:.0f} ms")
     wall = time.perf_counter() - t0

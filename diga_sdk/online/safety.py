@@ -10,6 +10,14 @@ Per frame, from the teacher's prediction (no labels anywhere):
 - distance: mean distance of each pixel's feature to its nearest class centroid (input or features
   unlike anything the model knows: blank, noise, a covered lens).
 
+Two slow signals compare the adapted teacher with the frozen shipped model on the same input, so a
+weather or camera change (which moves both alike) does not read as a failure:
+- shares (label-free, on the shadow frames): total-variation distance between the smoothed predicted
+  class shares of the adapted teacher and of the shipped model on the same frames; one class
+  swallowing another (cars eating the road) grows it while a fixed error of the shipped model does not;
+- source_drop (labelled, `online.SourceCheck`): mIoU of the shipped model minus that of the adapted
+  teacher on a held-out slice of the carried source images that no update ever sees.
+
 The first `calib_frames` frames set the reference. Each signal is smoothed (EMA) and a frame is
 "bad" when any smoothed signal crosses its bound; `patience` bad frames in a row call a collapse.
 Collapse-shaped failures (one class everywhere, blank or noise input, a student drifting away from
@@ -25,6 +33,8 @@ from typing import Any
 import torch
 
 from ..config import DigaConfig
+
+SLOW_REASONS = frozenset({"shares", "source"})  # the slow signals' violations (`online.SLOW_FAILURES`)
 
 
 class SafetyConfig(DigaConfig):
@@ -54,7 +64,7 @@ class SafetyConfig(DigaConfig):
     # absolute share of pixels. Measured on the clean 256x512 target stream (docs/online.md):
     # 0.4 let a slow self-training drift through (-9 mIoU by frame 150, no other signal crossed its bound);
     # 0.6 stops the student once it moved that far from its teacher
-    min_agreement: float = 0.6
+    min_agreement: float | None = 0.6  # None = off (it only false-alarmed under fog: the recipe turns it off)
     # shadow check: every `shadow_every` frames the frozen shipped model also predicts the frame, and the
     # adapted teacher's consensus-kept share is compared with the shipped model's on that same frame.
     # A teacher drifting into its own mistakes loses the agreement between its classifier and its
@@ -64,6 +74,20 @@ class SafetyConfig(DigaConfig):
     min_kept_vs_shipped: float = 0.85  # smoothed adapted / shipped kept share on the shadow frames
     shadow_smoothing: float = 0.3
     recover_frames: int = 3  # healthy frames in a row before updates resume after a rollback
+    # class-share divergence (shadow frames): smoothed TV distance between the adapted teacher's and the
+    # shipped model's predicted class shares on the same frames; above it = "shares". None = off
+    max_share_divergence: float | None = None
+    share_smoothing: float = 0.1  # EMA weight of each shadow frame in both smoothed share vectors
+    # held-out source slice: shipped mIoU - adapted mIoU on it (points); above it = "source". None = off
+    max_source_drop: float | None = None
+    # probation (`online.OnlineConfig.probation`): the teacher serves again only when its held-out drop is at
+    # most this (points; 0 = at least as good as the shipped model on the held-out slice) and the share
+    # divergence within half its bound, for two full held-out cycles in a row
+    promote_max_source_drop: float = 0.0
+    # while the teacher serves: a held-out drop above this (points) hands the output back to the shipped model
+    # (probation) without rolling the teacher back; the teacher learns on and serves again once it passes the
+    # promotion rule. None = off (only the rollback bound max_source_drop acts)
+    serve_max_source_drop: float | None = None
 
 
 def frame_signals(t_logits: torch.Tensor, kept: float, features: torch.Tensor | None = None,
@@ -79,6 +103,13 @@ def frame_signals(t_logits: torch.Tensor, kept: float, features: torch.Tensor | 
         f = features[0].float().flatten(1).T  # (h*w, D)
         dist = float(torch.cdist(f, centroids[seen].float()).min(1).values.mean())
     return {"kept": kept, "entropy": ent, "hist": (hist / hist.sum().clamp_min(1)).tolist(), "distance": dist}
+
+
+def share_divergence(adapted: list[float] | None, shipped: list[float] | None) -> float:
+    """Total-variation distance between two class-share vectors (0 when either is missing)."""
+    if not adapted or not shipped:
+        return 0.0
+    return 0.5 * sum(abs(a - b) for a, b in zip(adapted, shipped, strict=True))
 
 
 def _diversity(hist: list[float]) -> float:
@@ -154,6 +185,13 @@ class HealthMonitor:
         if sig.get("kept_shipped"):
             w = self.cfg.shadow_smoothing
             s["kept_vs_shipped"] = (1 - w) * s.get("kept_vs_shipped", 1.0) + w * sig["kept"] / sig["kept_shipped"]
+        if sig.get("hist_shipped") is not None:
+            w = self.cfg.share_smoothing
+            for key, h in (("share_adapted", sig["hist"]), ("share_shipped", sig["hist_shipped"])):
+                old = s.get(key) or h
+                s[key] = [(1 - w) * o + w * x for o, x in zip(old, h, strict=True)]
+        if sig.get("source_drop") is not None:
+            s["source_drop"] = float(sig["source_drop"])
         if agreement is not None:
             w = self.cfg.agreement_smoothing
             s["agreement"] = (1 - w) * s["agreement"] + w * agreement
@@ -168,16 +206,22 @@ class HealthMonitor:
             w = self.cfg.distance_tracking
             if w > 0 and self.rebase_left == 0 and sig["distance"] > 0 and self.ref.get("distance", 0) > 0:
                 self.ref["distance"] = (1 - w) * self.ref["distance"] + w * sig["distance"]
-        return self.bad_streak >= self.cfg.patience
+        # the slow signals call at once: each is already an aggregate (the whole held-out slice; class shares
+        # smoothed over many shadow frames), and every frame of patience is a frame served by drifted weights
+        return self.bad_streak >= self.cfg.patience or bool(set(reasons) & SLOW_REASONS)
 
     def signals(self) -> dict[str, float]:
         """The smoothed signals as numbers (for logs and JSON)."""
         if not self.calibrated:
             return {}
         s, r = self.smooth, self.ref
-        return {"kept": s["kept"], "entropy": s["entropy"], "agreement": s["agreement"], "distance": s["distance"],
-                "drift": 0.5 * sum(abs(x - y) for x, y in zip(s["hist"], r["hist"], strict=True)),
-                "diversity": _diversity(s["hist"]), "kept_vs_shipped": s.get("kept_vs_shipped", 1.0)}
+        out = {"kept": s["kept"], "entropy": s["entropy"], "agreement": s["agreement"], "distance": s["distance"],
+               "drift": 0.5 * sum(abs(x - y) for x, y in zip(s["hist"], r["hist"], strict=True)),
+               "diversity": _diversity(s["hist"]), "kept_vs_shipped": s.get("kept_vs_shipped", 1.0),
+               "share_divergence": share_divergence(s.get("share_adapted"), s.get("share_shipped"))}
+        if s.get("source_drop") is not None:
+            out["source_drop"] = s["source_drop"]
+        return out
 
     def violations(self) -> list[str]:
         c, r, v = self.cfg, self.ref, self.signals()
@@ -190,10 +234,14 @@ class HealthMonitor:
             out.append("diversity")
         if not c.min_entropy_ratio * r["entropy"] <= v["entropy"] <= c.max_entropy_ratio * r["entropy"]:
             out.append("entropy")
-        if v["agreement"] < c.min_agreement:
+        if c.min_agreement is not None and v["agreement"] < c.min_agreement:
             out.append("agreement")
         if v["kept_vs_shipped"] < c.min_kept_vs_shipped:
             out.append("shipped")
+        if c.max_share_divergence is not None and v["share_divergence"] > c.max_share_divergence:
+            out.append("shares")
+        if c.max_source_drop is not None and v.get("source_drop", 0.0) > c.max_source_drop:
+            out.append("source")
         ratio = c.max_distance_ratio
         # one-sided: input unlike anything the model knows moves features AWAY from every centroid
         if ratio is not None and r["distance"] > 0 and self.rebase_left == 0 and v["distance"] > ratio * r["distance"]:
@@ -204,7 +252,8 @@ class HealthMonitor:
         """Start the model's smoothed signals again from the reference; the bad streak is spent. The
         feature distance keeps its smoothed value: it reads the input (noise, a covered lens), which a
         rollback does not change, and reset to the reference it let the next two noise frames pass as
-        healthy and be learned from (256x512 noise run)."""
+        healthy and be learned from (256x512 noise run). The slow signals (shares, source_drop) start
+        again from nothing: they described the weights that were just thrown away."""
         distance = self.smooth.get("distance")
         self._reset_smooth()
         if distance is not None:

@@ -1,0 +1,106 @@
+"""Per-frame cost of two online-adaptation setups side by side: each side is (code checkout, recipe YAML);
+the sides run in alternating 1-thread child processes, `--rounds` times each, on the same frames, so a
+shared machine's load falls on both alike. Median and p99 ms per frame (prediction + update + checks)
+per side and their ratio; JSON + a markdown table.
+
+    python benchmarks/bench_online_ab.py --model CKPT --a /work/main:docs/online/anchored.yaml \\
+        --b .:docs/online/guarded.yaml --size 128x256 --frames 60 --rounds 3 --json benchmarks/results/online_ab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def child(model: str, config: str, size: tuple[int, int], frames: int, warmup: int, budget: float | None) -> dict:
+    """Runs in the child: adapt on `frames` frames after `warmup` untimed ones; per-frame ms."""
+    os.environ.setdefault("DIGA_NO_PROGRESS", "1")
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    import diga_sdk
+    from diga_sdk.config import load_config
+    from diga_sdk.data.streams import FrameStream
+    from diga_sdk.online.adapter import OnlineConfig, open_adapter
+
+    images = [f.image for f in FrameStream("scenario:target", frames + warmup, size, seed=5)]
+    cfg = load_config(config, OnlineConfig, {"budget_ms": budget})
+    ad = open_adapter(model, cfg)
+    times, actions = [], []
+    for img in images:
+        r = ad.process(img)
+        times.append(r.total_ms)
+        actions.append(r.action)
+    t = np.asarray(times[warmup:])
+    return {"code": str(Path(diga_sdk.__file__).parent.parent), "config": config, "frames": int(t.size),
+            "times_ms": t.tolist(), "actions": actions[warmup:]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--a", default=None, help="CODE_DIR:CONFIG of the first side (today's)")
+    p.add_argument("--b", default=None, help="CODE_DIR:CONFIG of the second side (the new one)")
+    p.add_argument("--size", default="128x256")
+    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--warmup", type=int, default=12)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--budget-ms", type=float, default=None)
+    p.add_argument("--json", default="runs/bench/online_ab.json")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    h, w = (int(v) for v in a.size.lower().split("x"))
+    if a.child is not None:
+        print(json.dumps(child(a.model, a.child, (h, w), a.frames, a.warmup, a.budget_ms)))
+        return 0
+    if a.a is None or a.b is None:
+        p.error("--a and --b are required")
+    import numpy as np
+
+    sides = {"a": a.a.split(":", 1), "b": a.b.split(":", 1)}
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    runs: dict[str, list[dict]] = {"a": [], "b": []}
+    for _ in range(a.rounds):
+        for side, (code, config) in sides.items():
+            env = {**os.environ, "PYTHONPATH": str(Path(code).resolve()), "OMP_NUM_THREADS": "1"}
+            cmd = [sys.executable, __file__, "--model", a.model, "--size", a.size, "--frames", str(a.frames),
+                   "--warmup", str(a.warmup), "--child", str(Path(config).resolve())]
+            if a.budget_ms is not None:
+                cmd += ["--budget-ms", str(a.budget_ms)]
+            out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            times[side] += r["times_ms"]
+            runs[side].append({"code": r["code"], "config": config, "median_ms": float(np.median(r["times_ms"])),
+                               "updates": r["actions"].count("update")})
+            print(side, runs[side][-1], file=sys.stderr)
+    rows = {}
+    for side in ("a", "b"):
+        t = np.asarray(times[side])
+        rows[side] = {"code": runs[side][0]["code"], "config": sides[side][1], "frames": int(t.size),
+                      "median_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "runs": runs[side]}
+    ratio = {"median": rows["b"]["median_ms"] / rows["a"]["median_ms"], "p99": rows["b"]["p99_ms"] / rows["a"]["p99_ms"]}
+    from diga_sdk.io import atomic_write_bytes, atomic_write_json
+    from diga_sdk.results import env_info
+
+    result = {"size": [h, w], "model": a.model, "rounds": a.rounds, "sides": rows, "b_over_a": ratio,
+              "env": env_info(), "loadavg": os.getloadavg(),
+              "note": "1 thread per child, sides alternate; a shared machine: compare the ratio, not the ms"}
+    atomic_write_json(a.json, result)
+    md = (f"Per-frame cost, {h}x{w}, 1 thread, {a.rounds} alternating rounds of {a.frames} frames, "
+          f"load avg {os.getloadavg()[0]:.1f}\n\n| side | code | config | median ms | p99 ms |\n|---|---|---|---|---|\n"
+          + "".join(f"| {s} | {r['code']} | {r['config']} | {r['median_ms']:.1f} | {r['p99_ms']:.1f} |\n"
+                    for s, r in rows.items())
+          + f"\nb / a: median {ratio['median']:.3f}, p99 {ratio['p99']:.3f}\n")
+    atomic_write_bytes(Path(a.json).with_suffix(".md"), md.encode())
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
