@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=2)
     ap.add_argument("--keep", type=Path, default=None, help="keep the data and run folder here")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run kept in --keep (its data are reused; finished stages are skipped)")
     args = ap.parse_args()
     from diga_sdk.data.layouts import (
         GTA5_MISSING_LABELS,
@@ -43,21 +45,27 @@ def main() -> None:
     )
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="diga-smoke-"))
-    if args.preset == "gta5-cityscapes":
+    if args.resume and not (work / "run").is_dir():
+        raise SystemExit(f"--resume: no run in {work / 'run'}")
+    if args.resume:
+        source = f"gta5:{work / 'gta5'}" if args.preset == "gta5-cityscapes" else f"synthia:{work / 'synthia'}"
+        cs = work / "cityscapes"
+    elif args.preset == "gta5-cityscapes":
         src = write_gta5(work / "gta5", args.source_images, GTA5_SIZE, first_id=GTA5_MISSING_LABELS[0] - 1,
                          without_label=GTA5_MISSING_LABELS[:1])
         source = f"gta5:{src}"
     else:
         source = f"synthia:{write_synthia(work / 'synthia', args.source_images)}"
-    cs = write_cityscapes(work / "cityscapes", "train", args.target_images)
-    write_cityscapes(work / "cityscapes", "val", args.val_images)
+    if not args.resume:
+        cs = write_cityscapes(work / "cityscapes", "train", args.target_images)
+        write_cityscapes(work / "cityscapes", "val", args.val_images)
     run = work / "run"
     # activation checkpointing: without it the first warm-up step of DeepLabV2-ResNet101 on three
     # 512x896 crops (two views) kept 34.9 GB of activations and was killed on this 24 GiB host
     steps = ["warmup.steps=2", "selftrain.steps=2", "translator.steps=2", "checkpoint_every=1",
              "model.activation_checkpointing=true"]
     cmd = [sys.executable, "-m", "diga_sdk.cli", "adapt", "--preset", args.preset, "--source", source,
-           "--target", f"cityscapes:{cs}@train", "--out", str(run), "--json", str(work / "stages.json")]
+           "--target", f"cityscapes:{cs}@train", "--out", str(run), "--json", str(work / "stages.json")] + ["--resume"] * args.resume
     for s in steps:
         cmd += ["--set", s]
     t0 = time.time()
@@ -83,7 +91,7 @@ def main() -> None:
     proc.wait()
     th.join()
     stages = json.loads((work / "stages.json").read_text())["stages"] if proc.returncode == 0 else []
-    result = {"machine": {"cpu": cpu_line()}, "preset": args.preset, "command": " ".join(cmd[1:]),
+    result = {"machine": {"cpu": cpu_line()}, "preset": args.preset, "command": " ".join(cmd[1:]), "resumed": args.resume,
               "exit_code": proc.returncode, "seconds": round(time.time() - t0, 1), "peak_rss_mb": round(peak[0] / 2**20),
               "data": {"source_images": args.source_images, "target_train": args.target_images,
                        "target_val": args.val_images},
