@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 
 from diga_sdk.bench.ablation import demo_adapt_config
-from diga_sdk.config import AdaptConfig, DGConfig, SemiConfig, TrainConfig
+from diga_sdk.config import AdaptConfig, DGConfig, SemiConfig, TrainConfig, semi_selftrain
 from diga_sdk.io import atomic_write_json
 from diga_sdk.results import env_info
 
@@ -43,9 +43,11 @@ def bench_dg(out: Path) -> dict:
 
 
 def semi_config(fraction: float = 0.125) -> SemiConfig:
+    """The demo's warm-up (200 steps, photometric view); self-training as the authors' semi-supervised
+    scripts run it: the warm-up's steps, lambda 0.5 and beta 0.4 in every round (`config.semi_selftrain`)."""
     demo = demo_adapt_config("unused")
-    adapt = AdaptConfig(source_val=None, warmup=demo.warmup.model_copy(update={"mix": False}),
-                        selftrain=demo.selftrain)
+    warmup = demo.warmup.model_copy(update={"mix": False})
+    adapt = AdaptConfig(source_val=None, warmup=warmup, selftrain=semi_selftrain(warmup))
     return SemiConfig(target=TARGET_TRAIN, target_val=TARGET_VAL, labelled_fraction=fraction, split_seed=0,
                       supervised=TrainConfig(val_data=[]), adapt=adapt)
 

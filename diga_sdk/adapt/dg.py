@@ -17,7 +17,7 @@ from ..data.datasets import open_dataset
 from ..errors import DigaError
 from ..results import StageEval, print_eval_table, write_results
 from .distill import train_distil_stage
-from .pipeline import _check_fresh, run_stage
+from .pipeline import _check_fresh, run_stage, stage_init
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def _check_specs(cfg: DGConfig) -> None:
 def _evaluated(ckpt: Path, cfg: DGConfig) -> dict[str, Any]:
     from ..evaluate_specs import evaluate_specs
 
-    res = evaluate_specs(ckpt, cfg.eval, device=cfg.device)
+    res = evaluate_specs(ckpt, cfg.eval, device=cfg.device, scales=tuple(cfg.eval_scales))
     return {"checkpoint": str(ckpt), "eval": {spec: r["miou"] for spec, r in res.items()},
             "per_class": {spec: r["per_class"] for spec, r in res.items()}}
 
@@ -88,11 +88,15 @@ def run_dg(cfg: DGConfig, out: str | Path, resume: bool = False, show: bool = Tr
         return _evaluated(ckpt, cfg)
 
     src = run_stage("source_only", out / "source_only", source_only, resume)
+    acfg, scfg = dg_stage_configs(cfg)
+    if cfg.dg_init == "backbone":  # the authors': DG trains from the (ImageNet) backbone, not from source-only
+        init = run_stage("init", out / "init", lambda: stage_init(acfg, out / "init"), resume)["checkpoint"]
+    else:
+        init = src["checkpoint"]
 
     def dg() -> dict[str, Any]:
-        acfg, scfg = dg_stage_configs(cfg)
-        ckpt = train_distil_stage("dg", acfg, scfg, src["checkpoint"], out / "dg", resume=resume)
-        return {"init": src["checkpoint"], **_evaluated(ckpt, cfg)}
+        ckpt = train_distil_stage("dg", acfg, scfg, init, out / "dg", resume=resume)
+        return {"init": init, **_evaluated(ckpt, cfg)}
 
     records = [src, run_stage("dg", out / "dg", dg, resume)]
     result = DGResult([StageEval.from_record(r) for r in records], list(cfg.eval))
