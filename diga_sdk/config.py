@@ -119,6 +119,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     checkpoint_every: Count = 100
     device: str = "cpu"
+    init_checkpoint: str | None = None  # start from this checkpoint's weights (its model) instead of a fresh model
 
     @model_validator(mode="after")
     def _derive_val(self) -> TrainConfig:
@@ -357,6 +358,9 @@ class DGConfig(_Strict):
     # where the DG stage starts: the source-only model ("source_only"), or the freshly built model with its
     # model.backbone_weights ("backbone", the authors' recipe: ImageNet weights, source-only kept as the baseline)
     dg_init: Literal["source_only", "backbone"] = "source_only"
+    # a trained source model: the DG stage starts from it and it is the baseline (stage "init"), no source-only
+    # training runs (`Segmenter.adapt(mode="dg")` passes its checkpoint here)
+    init_checkpoint: str | None = None
     eval_scales: Annotated[tuple[Positive, ...], Field(min_length=1)] = (1.0,)  # max-fused, as EvalConfig.scales
     crop: Crop = (128, 256)
     scale: ScaleRange = (0.75, 1.25)
