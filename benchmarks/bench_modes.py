@@ -72,6 +72,39 @@ def bench_oracle(out: Path) -> float:
     return run_stage("oracle", out / "oracle", oracle, resume=True)["target_val_miou"]
 
 
+def selection_split(out: Path) -> str:
+    """A dataset spec of the unlabelled share WITH its ground truth (OUT/semi/selection.txt): the split on which
+    any choice about the semi-supervised recipe is judged, so that target-val stays untouched by choices.
+    Its labels never enter training (the images do, unlabelled)."""
+    from diga_sdk.data.datasets import open_dataset
+    from diga_sdk.data.split import match_list, read_split, split_text, write_split
+
+    spec, lines = read_split(out / "semi" / "split.txt")
+    data = open_dataset(spec)
+    labelled = set(match_list(lines, data, "split.txt"))
+    rest = [i for i in range(len(data)) if i not in labelled]
+    path = write_split(out / "semi" / "selection.txt",
+                       split_text(spec, data, rest, "the unlabelled share, ground truth for selection only"))
+    return f"split:{path.resolve()}@labelled"
+
+
+def selection_scores(out: Path) -> dict[str, float]:
+    """mIoU of every finished semi stage on the selection split (cached in OUT/semi/selection.json)."""
+    import json
+
+    from diga_sdk.evaluate_specs import evaluate_specs
+
+    cache_file = out / "semi" / "selection.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    spec = selection_split(out)
+    for name in ("supervised", "warmup", "selftrain", "selftrain_round2"):
+        ckpt = out / "semi" / name / "model.safetensors"
+        if name not in cache and (out / "semi" / name / "stage.json").is_file():
+            cache[name] = evaluate_specs(ckpt, [spec])[spec]["miou"]
+            atomic_write_json(cache_file, cache)
+    return cache
+
+
 def collect_semi(out: Path) -> dict:
     """modes_semi.json from the stages finished so far in OUT/semi (a run stopped early reports what it has);
     the oracle is OUT/oracle when trained, else the ablation's oracle (same TrainConfig schedule)."""
@@ -95,6 +128,9 @@ def collect_semi(out: Path) -> dict:
     last = stages[-1]["name"] if stages else None
     split = (out / "semi" / "split.txt").read_text().splitlines()[:3] if (out / "semi" / "split.txt").is_file() else []
     report = {"stages": stages, "finished": [s["name"] for s in stages], "split_header": split,
+              "selection_split_miou": selection_scores(out) if stages else {},
+              "selection_split": "the 350 unlabelled target-train images with their ground truth (never trained "
+                                 "on as labels); recipe choices are judged here, target-val is reported only",
               "labelled_fraction": semi_config().labelled_fraction, "oracle_target_val_miou": orc,
               "oracle_from": orc_from, "last_finished_stage": last,
               "last_minus_supervised": by[last] - by["supervised"] if last and "supervised" in by else None,
