@@ -42,21 +42,22 @@ def bench_dg(out: Path) -> dict:
     return report
 
 
-def semi_config(fraction: float = 0.125) -> SemiConfig:
+def semi_config(fraction: float = 0.125, target_bn: bool = True) -> SemiConfig:
     """The demo's warm-up (200 steps, photometric view); self-training as the authors' semi-supervised
-    scripts run it: the warm-up's steps, lambda 0.5 and beta 0.4 in every round (`config.semi_selftrain`)."""
+    scripts run it: the warm-up's steps, lambda 0.5 and beta 0.4 in every round (`config.semi_selftrain`).
+    `target_bn`: the warm-up's no-grad student forward of the unlabelled images (BatchNorm statistics)."""
     demo = demo_adapt_config("unused")
-    warmup = demo.warmup.model_copy(update={"mix": False})
+    warmup = demo.warmup.model_copy(update={"mix": False, "target_bn": target_bn})
     adapt = AdaptConfig(source_val=None, warmup=warmup, selftrain=semi_selftrain(warmup))
     return SemiConfig(target=TARGET_TRAIN, target_val=TARGET_VAL, labelled_fraction=fraction, split_seed=0,
                       supervised=TrainConfig(val_data=[]), adapt=adapt)
 
 
-def bench_semi(out: Path) -> dict:
+def bench_semi(out: Path, target_bn: bool = True, name: str = "modes_semi.json") -> dict:
     from diga_sdk.adapt.semi import run_semi
 
-    run_semi(semi_config(), out / "semi", resume=True)
-    return collect_semi(out)
+    run_semi(semi_config(target_bn=target_bn), out / "semi", resume=True)
+    return collect_semi(out, target_bn, name)
 
 
 def bench_oracle(out: Path) -> float:
@@ -105,7 +106,7 @@ def selection_scores(out: Path) -> dict[str, float]:
     return cache
 
 
-def collect_semi(out: Path) -> dict:
+def collect_semi(out: Path, target_bn: bool = True, json_name: str = "modes_semi.json") -> dict:
     """modes_semi.json from the stages finished so far in OUT/semi (a run stopped early reports what it has);
     the oracle is OUT/oracle when trained, else the ablation's oracle (same TrainConfig schedule)."""
     import json
@@ -135,8 +136,8 @@ def collect_semi(out: Path) -> dict:
               "oracle_from": orc_from, "last_finished_stage": last,
               "last_minus_supervised": by[last] - by["supervised"] if last and "supervised" in by else None,
               "last_minus_oracle": by[last] - orc if last else None,
-              "config": semi_config().model_dump(mode="json"), "env": env_info()}
-    atomic_write_json(RESULTS / "modes_semi.json", report)
+              "config": semi_config(target_bn=target_bn).model_dump(mode="json"), "env": env_info()}
+    atomic_write_json(RESULTS / json_name, report)
     return report
 
 
@@ -144,12 +145,16 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--mode", choices=("dg", "semi", "oracle", "all", "collect-semi"), default="all")
     ap.add_argument("--out", type=Path, default=Path("runs/modes"))
+    ap.add_argument("--semi-target-bn", choices=("on", "off"), default="on",
+                    help="the semi warm-up's no-grad forward of the unlabelled images (BatchNorm statistics)")
+    ap.add_argument("--semi-json", default="modes_semi.json", help="results file name of the semi run")
     args = ap.parse_args()
+    bn = args.semi_target_bn == "on"
     if args.mode in ("dg", "all"):
         bench_dg(args.out)
     if args.mode in ("semi", "all"):
-        bench_semi(args.out)
+        bench_semi(args.out, bn, args.semi_json)
     if args.mode == "oracle":
         bench_oracle(args.out)
     if args.mode in ("oracle", "collect-semi"):
-        collect_semi(args.out)
+        collect_semi(args.out, bn, args.semi_json)
