@@ -5,8 +5,11 @@ schedules (TrainConfig defaults for supervised training; demo_adapt_config's war
         evaluated on source-val and target-val, a domain the DG model never saw.
         -> benchmarks/results/modes_dg.json
 - semi: 1/8 of target-train labelled (seed 0), the rest unlabelled: supervised -> warmup -> selftrain ->
-        selftrain_round2, compared with the oracle trained on every target-train label (same schedule).
-        -> benchmarks/results/modes_semi.json
+        selftrain_round2 (self-training 200 steps a round, lambda 0.5, beta 0.4: the authors' semi values),
+        compared with the oracle trained on every target-train label (the supervised stage's schedule).
+        Every stage is also scored on the selection split (the unlabelled share's ground truth, never a
+        training label): a choice between recipe variants is made there, target-val is only reported.
+        -> benchmarks/results/modes_semi.json (a variant: --semi-json NAME)
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/bench_modes.py [--mode dg|semi|oracle|all|collect-semi] [--out runs/modes]
 (`oracle` retrains the target oracle; without it the semi report cites the ablation's oracle; `collect-semi`

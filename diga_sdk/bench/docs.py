@@ -145,12 +145,14 @@ def semi_table(res: dict[str, Any]) -> str:
     supervised stage, and the oracle trained on every label."""
     by = {s["name"]: s["target_val_miou"] for s in res["stages"]}
     sup, orc = by.get("supervised"), res.get("oracle_target_val_miou")
-    lines = ["| stage | target-val mIoU | vs supervised | vs oracle |", "|---|---:|---:|---:|"]
+    sel = res.get("selection_split_miou") or {}
+    lines = ["| stage | target-val mIoU | vs supervised | vs oracle | selection split mIoU |",
+             "|---|---:|---:|---:|---:|"]
     for name, v in by.items():
         lines.append(f"| {name} | {_f(v)} | {'-' if sup is None else f'{v - sup:+.1f}'} | "
-                     f"{'-' if orc is None else f'{v - orc:+.1f}'} |")
+                     f"{'-' if orc is None else f'{v - orc:+.1f}'} | {_f(sel.get(name))} |")
     if orc is not None:
-        lines.append(f"| oracle (every label) | {_f(orc)} | {'-' if sup is None else f'{orc - sup:+.1f}'} | - |")
+        lines.append(f"| oracle (every label) | {_f(orc)} | {'-' if sup is None else f'{orc - sup:+.1f}'} | - | - |")
     return "\n".join(lines) + "\n"
 
 
