@@ -122,6 +122,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     checkpoint_every: Count = 100
     device: str = "cpu"
+    init_checkpoint: str | None = None  # start from this checkpoint's weights (its model) instead of a fresh model
 
     @model_validator(mode="after")
     def _derive_val(self) -> TrainConfig:
@@ -157,7 +158,7 @@ def load_config(path: str | Path | None, cls: type[T], overrides: dict[str, Any]
     if preset is not None:
         from .presets import preset_config
 
-        data = preset_config(preset, "train" if cls.__name__ == "TrainConfig" else "adapt")
+        data = preset_config(preset, {"TrainConfig": "train", "DGConfig": "dg"}.get(cls.__name__, "adapt"))
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -357,16 +358,36 @@ class DGConfig(_Strict):
     eval: list[str] = Field(default_factory=lambda: ["synthetic:source@val", "synthetic:target@val"])
     source_only: TrainConfig = Field(default_factory=lambda: TrainConfig(val_data=[]))  # its schedule
     dg: DistilConfig = Field(default_factory=lambda: DistilConfig(mix=False))  # steps, lambda_distil, aug_beta, ...
-    crop: tuple[int, int] = (128, 256)
-    scale: tuple[float, float] = (0.75, 1.25)
+    # where the DG stage starts: the source-only model ("source_only"), or the freshly built model with its
+    # model.backbone_weights ("backbone", the authors' recipe: ImageNet weights, source-only kept as the baseline)
+    dg_init: Literal["source_only", "backbone"] = "source_only"
+    # a trained source model: the DG stage starts from it and it is the baseline (stage "init"), no source-only
+    # training runs (`Segmenter.adapt(mode="dg")` passes its checkpoint here)
+    init_checkpoint: str | None = None
+    eval_scales: Annotated[tuple[Positive, ...], Field(min_length=1)] = (1.0,)  # max-fused, as EvalConfig.scales
+    crop: Crop = (128, 256)
+    scale: ScaleRange = (0.75, 1.25)
     seed: int = 0
-    checkpoint_every: int = 50
+    checkpoint_every: Count = 50
     device: str = "cpu"
+
+
+# The authors' semi-supervised scripts (fy-vision/DiGA, semi-supervised_segmentation) train self-training
+# with the warm-up's loss weights (lambda 0.5, beta 0.4) and for as many steps as the warm-up, where their
+# domain-adaptation self-training uses lambda 0.25, beta 0.3.
+SEMI_LAMBDA_DISTIL, SEMI_AUG_BETA = 0.5, 0.4
+
+
+def semi_selftrain(warmup: DistilConfig, **update: object) -> DistilConfig:
+    """The semi-supervised self-training stage of a warm-up: the same steps, lambda and beta (the authors')."""
+    return DistilConfig(steps=warmup.steps, batch_size=warmup.batch_size, optim=warmup.optim,
+                        lambda_distil=SEMI_LAMBDA_DISTIL, aug_beta=SEMI_AUG_BETA).model_copy(update=update)
 
 
 def _semi_adapt_default() -> AdaptConfig:
     # one domain: the warm-up's second view is the photometric one (nothing to translate); no source-val
-    return AdaptConfig(source_val=None, warmup=DistilConfig(mix=False))
+    warmup = DistilConfig(mix=False, target_bn=True, lambda_distil=SEMI_LAMBDA_DISTIL, aug_beta=SEMI_AUG_BETA)
+    return AdaptConfig(source_val=None, warmup=warmup, selftrain=semi_selftrain(warmup))
 
 
 class SemiConfig(_Strict):

@@ -6,7 +6,7 @@ SGD 2.5e-4 / momentum 0.9 / weight decay 5e-4 / poly 0.9 with the whole head at 
 crops from a batch that mixes one downscaled and two full-size images per domain, EMA teacher,
 symmetric distillation (the mixed view's pair at 0.25), evaluation at scales 1.0 + 0.5 max-fused.
 Where the scripts differ between stages (warm-up 1 small + 2 full images, self-training 2 + 1), each
-stage carries its own views.
+stage carries its own views. `gta5-dg` is the authors' domain generalisation (`diga adapt dg`).
 """
 
 from __future__ import annotations
@@ -82,8 +82,42 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+def _dg_recipe() -> dict[str, dict[str, Any]]:
+    """The authors' domain generalisation (domain_generalization/train_DiGA_DG.py): GTA5 only, per step two
+    frames rescaled to 720x1280 and two at full size, each resized per axis by 0.7-1.0 and cropped to 512x896;
+    80k steps of CE + 0.5 * symmetric distillation between the clean and the photometric view
+    (0.4 * aug(x) + 0.6 * x; the pair whose teacher sees the photometric view at 0.5, their loss's default);
+    SGD as in adaptation; trained from the ImageNet backbone, evaluated at scales 1.0 + 0.5 max-fused.
+    Their script also runs a no-grad forward of Cityscapes train images each step, which moves BatchNorm
+    statistics towards the target; here the DG stage opens no target image at all (target_bn off)."""
+    model = {"name": "deeplabv2_r101", "num_classes": 19, "classes": None}
+    view = _view([[720, 1280], [720, 1280], None, None], _SCALE, True)
+    source_only = {"model": model, "optim": _SGD, "steps": 80_000, "batch_size": 4, "crop": _CROP, "scale": _SCALE,
+                   "view": view, "val_data": [], "checkpoint_every": 1000}  # the baseline: same schedule and views, CE only
+    dg = {"steps": 80_000, "batch_size": 4, "optim": _SGD, "lambda_distil": 0.5, "mixed_scale": 0.5,
+          "aug_beta": 0.4, "ema_max": 0.999, "mix": False, "target_bn": False, "source_view": view}
+    return {"dg": {"model": model, "source_only": source_only, "dg": dg, "dg_init": "backbone", "crop": _CROP,
+                   "scale": _SCALE, "eval_scales": [1.0, 0.5], "checkpoint_every": 1000}}
+
+
+PRESETS["gta5-dg"] = _dg_recipe()
+
+# the command each kind of preset settings belongs to (for messages)
+KIND_COMMAND = {"adapt": "diga adapt", "train": "diga train", "dg": "diga adapt dg"}
+
+
 def preset_config(name: str, kind: str) -> dict[str, Any]:
-    """The nested settings of preset `name` for a config of `kind` ("adapt" or "train")."""
+    """The nested settings of preset `name` for a config of `kind` ("adapt", "train" or "dg")."""
     if name not in PRESETS:
         raise DigaError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    if kind not in PRESETS[name]:
+        uses = " or ".join(f"`{KIND_COMMAND[k]}`" for k in PRESETS[name])
+        raise DigaError(f"preset {name!r} is a recipe for {uses}, not `{KIND_COMMAND[kind]}`")
     return copy.deepcopy(PRESETS[name][kind])
+
+
+def preset_kinds(name: str) -> list[str]:
+    """The config kinds preset `name` has settings for, the first being its main use."""
+    if name not in PRESETS:
+        raise DigaError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return list(PRESETS[name])

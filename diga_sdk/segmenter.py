@@ -156,22 +156,62 @@ class Segmenter:
 
     # --------------------------------------------------------------------------------------- adapt
     def adapt(self, source: str | None = None, target: str | None = None, target_val: str | None = None,
-              preset: str | None = None, config: AdaptConfig | dict[str, Any] | str | Path | None = None, *,
-              out: str | Path = "runs/adapt", seeds: int = 1, resume: bool = False) -> AdaptRun:
-        """Adapt this checkpoint from labelled `source` data to unlabelled `target` data with DiGA
-        (warm-up, pseudo-labels, self-training rounds), evaluating each stage on `target_val`.
+              preset: str | None = None, config: Any = None, *, mode: str = "uda",
+              eval_sets: Sequence[str] | None = None, labelled_fraction: float | None = None,
+              labelled_list: str | Path | None = None, out: str | Path = "runs/adapt", seeds: int = 1,
+              resume: bool = False) -> AdaptRun:
+        """Train from this checkpoint with DiGA in one of its three uses, evaluating every stage.
 
-        `config` is an AdaptConfig, a dict of its settings or a YAML file; `preset` a named setting ('demo',
-        or the authors' recipes 'gta5-cityscapes' / 'synthia-cityscapes');
-        source/target/target_val override both. Results and checkpoints go to `out`."""
-        from .adapt.pipeline import run_seeds
+        - mode="uda" (`diga adapt`): labelled `source`, unlabelled `target`; warm-up starts from this model,
+          then pseudo-labels and self-training rounds; stages evaluated on `target_val`.
+        - mode="dg" (`diga adapt dg`): labelled `source` only, no target image; this model is the baseline
+          (stage `init`) and the DG stage starts from it; stages evaluated on `eval_sets` (default [target_val]).
+        - mode="semi" (`diga adapt semi`): `target` is one labelled dataset, of which `labelled_fraction` (or
+          the images in `labelled_list`) stay labelled; the supervised stage fine-tunes this model on them,
+          then warm-up and self-training use the unlabelled rest; stages evaluated on `target_val`.
 
-        updates = {k: v for k, v in (("source", source), ("target", target), ("target_val", target_val)) if v}
-        cfg = _adapt_config(preset, config, str(self._need_checkpoint("adapt")),
-                            {**updates, "init_checkpoint": str(self.path)})
-        stages = run_seeds(cfg, out, seeds, resume)
-        return AdaptRun(Path(out), stages, seeds,
-                        "best_target_val_uses_target_labels" if cfg.select_best else "last")
+        `config` is the mode's config (AdaptConfig, DGConfig or SemiConfig), a dict of its settings or a YAML
+        file; `preset` a named setting ('demo', 'gta5-cityscapes', 'synthia-cityscapes' for uda; 'gta5-dg'
+        for dg). The arguments given override both. Results and checkpoints go to `out`; `.final` is the
+        last stage's model."""
+        ckpt = self._need_checkpoint("adapt")
+        if mode == "uda":
+            from .adapt.pipeline import run_seeds
+
+            updates = {k: v for k, v in (("source", source), ("target", target), ("target_val", target_val)) if v}
+            cfg = _adapt_config(preset, config, str(ckpt), {**updates, "init_checkpoint": str(self.path)})
+            stages = run_seeds(cfg, out, seeds, resume)
+            return AdaptRun(Path(out), stages, seeds,
+                            "best_target_val_uses_target_labels" if cfg.select_best else "last")
+        if mode not in ("dg", "semi"):
+            raise DigaError(f"unknown adaptation mode {mode!r}; choose uda, dg or semi")
+        if seeds != 1:
+            raise DigaError(f"seeds={seeds}: several seeds are run by mode='uda' only; run the {mode} mode per seed")
+        meta = self.meta
+        model = {"model.name": meta.model_name, "model.num_classes": meta.num_classes, "model.classes": meta.classes,
+                 "model.options": meta.model_options}
+        if mode == "dg":
+            from .adapt.dg import run_dg
+            from .config import DGConfig
+
+            _refuse(mode, target=target, labelled_fraction=labelled_fraction, labelled_list=labelled_list)
+            specs = list(eval_sets) if eval_sets else ([target_val] if target_val else None)
+            cfg = _mode_config(DGConfig, preset, config, {**model, "source": source, "eval": specs,
+                                                          "init_checkpoint": str(ckpt)})
+            dg = run_dg(cfg, out, resume)
+            js = dg.to_json()
+            return AdaptRun(Path(out), js.pop("stages"), mode="dg", details=js)
+        from .adapt.semi import run_semi
+        from .config import SemiConfig
+
+        _refuse(mode, source=source, eval_sets=eval_sets, preset=preset)
+        adapt_model = {f"adapt.{k}": v for k, v in model.items()}
+        cfg = _mode_config(SemiConfig, None, config, {
+            **adapt_model, **{f"supervised.{k}": v for k, v in model.items()}, "target": target,
+            "target_val": target_val, "labelled_fraction": labelled_fraction,
+            "labelled_list": str(labelled_list) if labelled_list else None, "supervised.init_checkpoint": str(ckpt)})
+        js = run_semi(cfg, out, resume).to_json()
+        return AdaptRun(Path(out), js.pop("stages"), mode="semi", details=js)
 
     # -------------------------------------------------------------------------------------- online
     def online(self, config: OnlineConfig | dict[str, Any] | str | Path | None = None, *,
@@ -217,6 +257,32 @@ class Segmenter:
                       "batches": list(batches), "runs": runs, "warmup": warmup, "threads": threads, "rows": rows,
                       "machine": machine_info()}
         return LatencyReport(result["rows"], result["machine"], result)
+
+
+def _refuse(mode: str, **given: Any) -> None:
+    """Arguments that mean nothing in this mode raise instead of being ignored."""
+    wrong = [k for k, v in given.items() if v is not None]
+    if wrong:
+        raise DigaError(f"mode={mode!r} takes no {', '.join(wrong)} (see Segmenter.adapt's docstring)")
+
+
+def _mode_config(cls: type, preset: str | None, config: Any, updates: dict[str, Any]) -> Any:
+    """A DGConfig / SemiConfig from a preset or a config (instance, dict or YAML), `updates` on top."""
+    from .config import load_config
+
+    if preset is not None and config is not None:
+        raise DigaError("pass either preset= or config=, not both (a config holds every setting a preset sets)")
+    if preset is not None:
+        return load_config(None, cls, updates, preset=preset)
+    if config is None or isinstance(config, dict):
+        base = config or {}
+    elif isinstance(config, cls):
+        base = config.model_dump(exclude_unset=True)
+    elif isinstance(config, (str, Path)):
+        base = load_config(config, cls).model_dump(exclude_unset=True)
+    else:
+        raise DigaError(f"config must be a {cls.__name__}, a dict or a YAML path, got {type(config).__name__}")
+    return load_config(None, cls, {**_flatten(base), **updates})
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -130,6 +130,17 @@ class AdaptRun(_Result):
     stages: list[dict[str, Any]]
     seeds: int = 1
     checkpoint_selection: str = "last"
+    mode: str = "uda"  # uda, dg or semi
+    details: dict[str, Any] = field(default_factory=dict)  # the mode's extras: dg margins, semi split sizes
+
+    def miou(self, stage: str, spec: str | None = None) -> float | None:
+        """A stage's mIoU (%): on target-val (uda, semi) or on the evaluation set `spec` (dg; default the first)."""
+        entry = next((s for s in self.stages if s["name"] == stage), None)
+        if entry is None:
+            raise DigaError(f"no stage {stage!r} in this run; stages: {', '.join(s['name'] for s in self.stages)}")
+        if "eval" in entry:
+            return entry["eval"][spec] if spec is not None else next(iter(entry["eval"].values()))
+        return entry.get("target_val_miou")
 
     @property
     def final_checkpoint(self) -> Path:
@@ -149,7 +160,9 @@ class AdaptRun(_Result):
         return Segmenter(self.final_checkpoint)
 
     def to_dict(self) -> dict[str, Any]:
-        """What `diga adapt --json` writes."""
+        """What `diga adapt --json` (`diga adapt dg|semi --json`) writes."""
+        if self.mode != "uda":
+            return {"stages": self.stages, **self.details}
         return {"stages": self.stages, "seeds": self.seeds, "checkpoint_selection": self.checkpoint_selection}
 
 

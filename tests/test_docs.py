@@ -33,6 +33,21 @@ def test_a_changed_measurement_makes_the_docs_stale(tmp_path):
     assert render_results(tmp_path / "benchmarks" / "results") == (tmp_path / "docs" / "results.md").read_text()
 
 
+def test_the_modes_page_tables_follow_their_json(tmp_path):
+    for part in ("benchmarks/results", "docs"):
+        shutil.copytree(ROOT / part, tmp_path / part)
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    semi = tmp_path / "benchmarks" / "results" / "modes_semi.json"
+    res = json.loads(semi.read_text())
+    res["stages"][-1]["target_val_miou"] += 7.0
+    semi.write_text(json.dumps(res))
+    assert main(["--root", str(tmp_path), "--check"]) == 1
+    assert main(["--root", str(tmp_path)]) == 0 and main(["--root", str(tmp_path), "--check"]) == 0
+    gain = res["stages"][-1]["target_val_miou"] - res["stages"][0]["target_val_miou"]
+    assert f"| {res['stages'][-1]['name']} | {res['stages'][-1]['target_val_miou']:.1f} | {gain:+.1f} |" in (
+        tmp_path / "docs" / "modes.md").read_text()
+
+
 def test_readme_is_short_and_links_every_docs_page():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 250

@@ -69,3 +69,32 @@ def test_synthia_classes_are_the_16_class_protocol() -> None:
     from diga_sdk.presets import SYNTHIA_CLASSES
 
     assert tuple(SYNTHIA_CLASSES) == SUBSETS[16]
+
+
+def test_gta5_dg_preset_is_the_authors_dg_recipe(capsys) -> None:
+    cfg = _show(capsys, "--preset", "gta5-dg")  # `--for` follows the preset: a DGConfig
+    sgd = {"lr": 2.5e-4, "momentum": 0.9, "weight_decay": 5e-4, "poly_power": 0.9, "head_lr_mult": 10.0,
+           "head_scope": "head"}
+    assert cfg["model"]["name"] == "deeplabv2_r101" and cfg["model"]["num_classes"] == 19
+    dg = cfg["dg"]
+    assert dg["steps"] == 80_000 and dg["lambda_distil"] == 0.5 and dg["aug_beta"] == 0.4
+    assert dg["mixed_scale"] == 0.5 and dg["mix"] is False and dg["target_bn"] is False and dg["optim"] == sgd
+    # batch 2 + 2: two GTA5 frames rescaled to 720x1280 and two at full size, per-axis 0.7-1.0, 512x896 crops
+    assert dg["batch_size"] == 4 and dg["source_view"]["sizes"] == [[720, 1280], [720, 1280], None, None]
+    assert dg["source_view"]["scale"] == [0.7, 1.0] and dg["source_view"]["per_axis"] is True
+    assert cfg["crop"] == [512, 896] and cfg["eval_scales"] == [1.0, 0.5] and cfg["dg_init"] == "backbone"
+    base = cfg["source_only"]  # the baseline: same data, views and schedule, CE only
+    assert base["steps"] == 80_000 and base["optim"] == sgd and base["view"] == dg["source_view"]
+    cfg = _show(capsys, "--preset", "gta5-dg", "--set", "dg.steps=3")
+    assert cfg["dg"]["steps"] == 3
+
+
+def test_gta5_dg_preset_belongs_to_adapt_dg(tmp_path, capsys) -> None:
+    with pytest.raises(DigaError, match="recipe for `diga adapt dg`"):
+        load_config(None, AdaptConfig, preset="gta5-dg")
+    assert main(["adapt", "dg", "--preset", "gta5-dg", "--out", str(tmp_path / "r")]) == 1
+    assert "give --source gta5:PATH" in "".join(capsys.readouterr())
+    assert main(["adapt", "dg", "--preset", "gta5-dg", "--source", f"gta5:{tmp_path / 'nowhere'}", "--eval",
+                 "cityscapes:/data/cs@val", "--set", "dg.steps=2", "--out", str(tmp_path / "r")]) == 1
+    # the preset is taken; the data is checked before any training
+    assert "GTA5 images folder" in "".join(capsys.readouterr()) and not (tmp_path / "r").exists()

@@ -176,6 +176,37 @@ def test_adapt_returns_stages_and_the_final_segmenter(small_model, tiny_specs, t
     assert json.loads(run.to_json())["stages"][0]["name"] == "warmup"
 
 
+@pytest.mark.slow  # two short runs: dg (source model + 2 steps) and semi (2 steps per stage)
+def test_adapt_modes_dg_and_semi_from_the_segmenter(tiny_checkpoint, tiny_specs, tmp_path):
+    """The same verb runs the method's other two uses: a few steps each, typed results like mode="uda"."""
+    seg = diga.Segmenter(tiny_checkpoint)
+    small = {"crop": [64, 128], "scale": [0.75, 1.0], "checkpoint_every": 2}
+    dg = seg.adapt(source=tiny_specs["source_train"], eval_sets=[tiny_specs["target_val"], tiny_specs["source_val"]],
+                   config={**small, "dg": {"steps": 2, "batch_size": 2, "mix": False}}, mode="dg", out=tmp_path / "dg")
+    assert dg.mode == "dg" and [s["name"] for s in dg.stages] == ["init", "dg"]
+    assert dg.stages[0]["checkpoint"] == str(tiny_checkpoint)  # this model is the baseline and DG's start
+    margin = dg.details["margin_dg_minus_init"][tiny_specs["target_val"]]
+    assert margin == pytest.approx(dg.miou("dg") - dg.miou("init"))
+    assert dg.final.path == tmp_path / "dg" / "dg" / "model.safetensors"
+    assert json.loads(dg.to_json())["stages"][1]["name"] == "dg"
+
+    distil = {"steps": 2, "batch_size": 2}
+    semi = seg.adapt(target=tiny_specs["target_train"], target_val=tiny_specs["target_val"], labelled_fraction=0.25,
+                     config={"supervised": {"steps": 2, "batch_size": 2, "crop": [64, 128], "val_data": []},
+                             "adapt": {**small, "warmup": distil, "selftrain": distil, "rounds": 0}},
+                     mode="semi", out=tmp_path / "semi")
+    assert semi.mode == "semi" and [s["name"] for s in semi.stages] == ["supervised", "warmup", "selftrain"]
+    assert semi.details["labelled"] == 3 and semi.details["unlabelled"] == 9
+    assert all(0.0 <= semi.miou(s["name"]) <= 100.0 for s in semi.stages)
+    sup = diga.Segmenter(semi.stages[0]["checkpoint"])
+    assert sup.meta.model_name == seg.meta.model_name  # the supervised stage fine-tuned this model
+    assert semi.final.val(tiny_specs["target_val"]).miou == pytest.approx(semi.miou("selftrain"))
+    with pytest.raises(DigaError, match="takes no source"):
+        seg.adapt(source=tiny_specs["source_train"], mode="semi", out=tmp_path / "x")
+    with pytest.raises(DigaError, match="unknown adaptation mode"):
+        seg.adapt(mode="ssl", out=tmp_path / "x")
+
+
 def test_importing_diga_sdk_loads_no_optional_extra():
     code = ("import sys, diga_sdk; heavy = ('torch', 'onnx', 'onnxruntime', 'openvino', 'bentoml', 'triton', 'flwr', "
             "'tensorrt', 'numba', 'kornia'); print([m for m in heavy if m in sys.modules])")

@@ -17,7 +17,7 @@ from ..data.datasets import open_dataset
 from ..errors import DigaError
 from ..results import StageEval, print_eval_table, write_results
 from .distill import train_distil_stage
-from .pipeline import _check_fresh, run_stage
+from .pipeline import _check_fresh, run_stage, stage_init
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,18 @@ class DGResult:
     def stage(self, name: str) -> StageEval:
         return next(s for s in self.stages if s.name == name)
 
+    @property
+    def baseline(self) -> str:
+        """The stage DG is measured against: `source_only`, or `init` (a given source model)."""
+        return self.stages[0].name
+
     def margin(self, spec: str) -> float:
-        return self.stage("dg").eval[spec] - self.stage("source_only").eval[spec]
+        return self.stage("dg").eval[spec] - self.stage(self.baseline).eval[spec]
 
     def to_json(self) -> dict[str, Any]:
         return {"stages": [{"name": s.name, "eval": s.eval, "checkpoint": s.checkpoint, "seconds": s.seconds}
                            for s in self.stages],
-                "margin_dg_minus_source_only": {spec: self.margin(spec) for spec in self.eval_specs}}
+                f"margin_dg_minus_{self.baseline}": {spec: self.margin(spec) for spec in self.eval_specs}}
 
 
 def source_only_train_config(cfg: DGConfig) -> TrainConfig:
@@ -64,7 +69,7 @@ def _check_specs(cfg: DGConfig) -> None:
 def _evaluated(ckpt: Path, cfg: DGConfig) -> dict[str, Any]:
     from ..evaluate_specs import evaluate_specs
 
-    res = evaluate_specs(ckpt, cfg.eval, device=cfg.device)
+    res = evaluate_specs(ckpt, cfg.eval, device=cfg.device, scales=tuple(cfg.eval_scales))
     return {"checkpoint": str(ckpt), "eval": {spec: r["miou"] for spec, r in res.items()},
             "per_class": {spec: r["per_class"] for spec, r in res.items()}}
 
@@ -87,17 +92,25 @@ def run_dg(cfg: DGConfig, out: str | Path, resume: bool = False, show: bool = Tr
                                 resume=resume)
         return _evaluated(ckpt, cfg)
 
-    src = run_stage("source_only", out / "source_only", source_only, resume)
+    if cfg.init_checkpoint:  # a given source model is the baseline and the DG stage's start
+        src = run_stage("init", out / "init", lambda: _evaluated(Path(cfg.init_checkpoint), cfg), resume)
+    else:
+        src = run_stage("source_only", out / "source_only", source_only, resume)
+    acfg, scfg = dg_stage_configs(cfg)
+    if cfg.dg_init == "backbone" and not cfg.init_checkpoint:  # the authors': DG trains from the ImageNet backbone
+        init = run_stage("init", out / "init", lambda: stage_init(acfg, out / "init"), resume)["checkpoint"]
+    else:
+        init = src["checkpoint"]
 
     def dg() -> dict[str, Any]:
-        acfg, scfg = dg_stage_configs(cfg)
-        ckpt = train_distil_stage("dg", acfg, scfg, src["checkpoint"], out / "dg", resume=resume)
-        return {"init": src["checkpoint"], **_evaluated(ckpt, cfg)}
+        ckpt = train_distil_stage("dg", acfg, scfg, init, out / "dg", resume=resume)
+        return {"init": init, **_evaluated(ckpt, cfg)}
 
     records = [src, run_stage("dg", out / "dg", dg, resume)]
     result = DGResult([StageEval.from_record(r) for r in records], list(cfg.eval))
     js = result.to_json()
-    write_results(out / "results.json", js["stages"], margin_dg_minus_source_only=js["margin_dg_minus_source_only"],
+    margin_key = f"margin_dg_minus_{result.baseline}"
+    write_results(out / "results.json", js["stages"], **{margin_key: js[margin_key]},
                   config=cfg.model_dump(mode="json"))
     if show:
         print_eval_table([(s.name, s.eval) for s in result.stages], result.eval_specs,

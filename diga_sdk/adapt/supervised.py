@@ -16,7 +16,7 @@ from ..data.loader import BatchStream, StepBatches, default_workers, to_device
 from ..data.transforms import normalize
 from ..errors import DigaError
 from ..interrupt import interrupt_at_step_boundary, stopped
-from ..models.checkpoint import ModelMeta, save_checkpoint
+from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from ..models.recompute import enable_activation_checkpointing
 from ..models.registry import build_model, channels_last
 from ..progress import log, progress_bar
@@ -105,8 +105,16 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
     torch.manual_seed(cfg.seed)
     batches = step_batches(data, cfg.batch_size, tuple(cfg.crop), tuple(cfg.scale), cfg.view, cfg.seed, "", cfg.data,
                            cfg.model.classes)
-    model = build_model(cfg.model.name, cfg.model.num_classes, backbone_weights=cfg.model.backbone_weights,
-                        **cfg.model.options).to(cfg.device)
+    if cfg.init_checkpoint:  # fine-tune a trained model (its architecture and classes must be cfg.model's)
+        model, init_meta = load_checkpoint(cfg.init_checkpoint, cfg.device)
+        if (init_meta.model_name, init_meta.num_classes, init_meta.classes) != (
+                cfg.model.name, cfg.model.num_classes, cfg.model.classes):
+            raise DigaError(f"init checkpoint {cfg.init_checkpoint} is a {init_meta.model_name} with "
+                            f"{init_meta.num_classes} classes, the config a {cfg.model.name} with "
+                            f"{cfg.model.num_classes}; set model to match it")
+    else:
+        model = build_model(cfg.model.name, cfg.model.num_classes, backbone_weights=cfg.model.backbone_weights,
+                            **cfg.model.options).to(cfg.device)
     channels_last(model)
     if cfg.model.activation_checkpointing:
         log.info("activation checkpointing: %d blocks recomputed in the backward pass",

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..config import DGConfig, SemiConfig, load_config
+from ..config import DGConfig, SemiConfig, is_benchmark_spec, load_config
 from ..errors import DigaError
-from .adapt import adapt_app
+from .adapt import SET_HELP, adapt_app
 from .common import write_json
 
 
@@ -19,6 +19,8 @@ def dg(
     model: str | None = typer.Option(None, "--model", help="model name, e.g. light or deeplabv2_r101"),
     out: Path = typer.Option(..., "--out", help="run folder"),
     config: Path | None = typer.Option(None, "--config", help="YAML with any DGConfig setting"),
+    preset: str | None = typer.Option(None, "--preset", help="the authors' recipe: gta5-dg (see `diga config show`)"),
+    sets: list[str] = typer.Option([], "--set", help=SET_HELP),
     steps: int | None = typer.Option(None, "--steps", help="training steps of the DG stage"),
     seed: int | None = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="continue the run folder after a crash"),
@@ -29,7 +31,10 @@ def dg(
     from ..adapt.dg import run_dg
 
     cfg = load_config(config, DGConfig, {"source": source, "eval": eval_specs or None, "model.name": model,
-                                         "dg.steps": steps, "seed": seed})
+                                         "dg.steps": steps, "seed": seed}, preset=preset, sets=sets)
+    if preset is not None and (is_benchmark_spec(cfg.source) or any(is_benchmark_spec(e) for e in cfg.eval)):
+        raise DigaError(f"--preset {preset} is a recipe for the real datasets: give --source gta5:PATH and "
+                        "--eval cityscapes:PATH@val (and any other --eval set)")
     write_json(json_path, run_dg(cfg, out, resume).to_json())
 
 
