@@ -369,6 +369,7 @@ class DGConfig(_Strict):
     scale: ScaleRange = (0.75, 1.25)
     seed: int = 0
     checkpoint_every: Count = 50
+    data: DataConfig = Field(default_factory=DataConfig)  # loader workers, strictness (both stages)
     device: str = "cpu"
 
 

@@ -103,7 +103,8 @@ def test_adapt_dg_cli_json_table_and_crash_resume(tiny_specs, tmp_path, monkeypa
     cfg_path = tmp_path / "dg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     out, js = tmp_path / "run", tmp_path / "dg.json"
-    assert main(["adapt", "dg", "--config", str(cfg_path), "--out", str(out), "--json", str(js)]) == 0
+    assert main(["adapt", "dg", "--config", str(cfg_path), "--out", str(out), "--json", str(js), "--workers", "0"]) == 0
+    assert yaml.safe_load((out / "source_only" / "config.yaml").read_text())["data"]["workers"] == 0
     res = json.loads(js.read_text())
     assert [s["name"] for s in res["stages"]] == ["source_only", "dg"]
     for s in res["stages"]:
@@ -144,7 +145,7 @@ def test_adapt_semi_cli_stages_split_and_resume(tiny_specs, tmp_path) -> None:
     cfg_path = tmp_path / "semi.yaml"
     cfg_path.write_text(yaml.safe_dump(_semi_config(tiny_specs).model_dump(mode="json")))
     out, js = tmp_path / "run", tmp_path / "semi.json"
-    assert main(["adapt", "semi", "--config", str(cfg_path), "--out", str(out), "--json", str(js)]) == 0
+    assert main(["adapt", "semi", "--config", str(cfg_path), "--out", str(out), "--json", str(js), "--workers", "1"]) == 0
     res = json.loads(js.read_text())
     assert [s["name"] for s in res["stages"]] == ["supervised", "warmup", "selftrain", "selftrain_round2"]
     assert all(s["target_val_miou"] is not None and s["source_val_miou"] is None for s in res["stages"])
@@ -154,7 +155,7 @@ def test_adapt_semi_cli_stages_split_and_resume(tiny_specs, tmp_path) -> None:
     # warm-up starts from the supervised model, which learnt from the labelled share only
     assert json.loads((out / "warmup" / "stage.json").read_text())["init"] == res["stages"][0]["checkpoint"]
     sup_cfg = yaml.safe_load((out / "supervised" / "config.yaml").read_text())
-    assert sup_cfg["train_data"].endswith("split.txt@labelled")
+    assert sup_cfg["train_data"].endswith("split.txt@labelled") and sup_cfg["data"]["workers"] == 1
     # resuming a finished run recomputes nothing and reports the same numbers; another share is refused
     assert main(["adapt", "semi", "--config", str(cfg_path), "--out", str(out), "--resume",
                  "--json", str(tmp_path / "again.json")]) == 0

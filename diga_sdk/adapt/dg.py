@@ -47,13 +47,14 @@ class DGResult:
 def source_only_train_config(cfg: DGConfig) -> TrainConfig:
     return cfg.source_only.model_copy(update={"model": cfg.model, "train_data": cfg.source, "val_data": [],
                                               "crop": cfg.crop, "scale": cfg.scale, "seed": cfg.seed,
-                                              "device": cfg.device})
+                                              "device": cfg.device, "data": cfg.data})
 
 
 def dg_stage_configs(cfg: DGConfig) -> tuple[AdaptConfig, DistilConfig]:
     """The warm-up settings that make the DG stage: photometric second view, no mixture, no target."""
     acfg = AdaptConfig(model=cfg.model, source=cfg.source, target=None, source_val=None, crop=cfg.crop,
-                       scale=cfg.scale, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, device=cfg.device)
+                       scale=cfg.scale, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, device=cfg.device,
+                       data=cfg.data)
     return acfg, cfg.dg.model_copy(update={"mix": False})
 
 

@@ -89,7 +89,8 @@ def run_semi(cfg: SemiConfig, out: str | Path, resume: bool = False, show: bool 
     log.info("semi-supervised: %d labelled, %d unlabelled images (%s)", n_lab, n_unlab, split_file)
     labelled = f"split:{split_file.resolve()}@labelled"
     sup_cfg = cfg.supervised.model_copy(update={"model": cfg.adapt.model, "train_data": labelled, "val_data": [],
-                                                "seed": cfg.adapt.seed, "device": cfg.adapt.device})
+                                                "seed": cfg.adapt.seed, "device": cfg.adapt.device,
+                                                "data": cfg.adapt.data})
 
     def supervised() -> dict[str, Any]:
         ckpt = train_supervised(sup_cfg, out / "supervised", stage="supervised", resume=resume)

@@ -8,7 +8,7 @@ import typer
 
 from ..config import DGConfig, SemiConfig, is_benchmark_spec, load_config
 from ..errors import DigaError
-from .adapt import SET_HELP, adapt_app
+from .adapt import SET_HELP, WORKERS_HELP, adapt_app
 from .common import write_json
 
 
@@ -25,13 +25,15 @@ def dg(
     seed: int | None = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="continue the run folder after a crash"),
     json_path: Path | None = typer.Option(None, "--json", help='write {"stages": [{"name", "eval": {spec: miou}}]}'),
+    workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Domain generalisation: source-only, then DG from it (clean/photometric-view distillation, no target
     image); every stage evaluated on every --eval set."""
     from ..adapt.dg import run_dg
 
     cfg = load_config(config, DGConfig, {"source": source, "eval": eval_specs or None, "model.name": model,
-                                         "dg.steps": steps, "seed": seed}, preset=preset, sets=sets)
+                                         "dg.steps": steps, "seed": seed, "data.workers": workers},
+                      preset=preset, sets=sets)
     if preset is not None and (is_benchmark_spec(cfg.source) or any(is_benchmark_spec(e) for e in cfg.eval)):
         raise DigaError(f"--preset {preset} is a recipe for the real datasets: give --source gta5:PATH and "
                         "--eval cityscapes:PATH@val (and any other --eval set)")
@@ -54,6 +56,7 @@ def semi(
     seed: int | None = typer.Option(None, "--seed", help="training seed"),
     resume: bool = typer.Option(False, "--resume", help="continue the run folder after a crash"),
     json_path: Path | None = typer.Option(None, "--json", help="write one entry per stage here"),
+    workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Semi-supervised: supervised on the labelled share, then warm-up and consensus self-training with the
     unlabelled rest as the target; every stage evaluated on --target-val."""
@@ -64,5 +67,5 @@ def semi(
     cfg = load_config(config, SemiConfig, {
         "target": target, "target_val": target_val, "split_seed": split_seed,
         "labelled_fraction": labelled_fraction, "labelled_list": str(labelled_list) if labelled_list else None,
-        "adapt.model.name": model, "adapt.rounds": rounds, "adapt.seed": seed})
+        "adapt.model.name": model, "adapt.rounds": rounds, "adapt.seed": seed, "adapt.data.workers": workers})
     write_json(json_path, run_semi(cfg, out, resume).to_json())
