@@ -212,7 +212,9 @@ def smoke_table(res: dict[str, Any]) -> str:
     lines += [f"| {s['name']} | {_f(s.get('target_val_miou'))} | {_f(s.get('seconds'), 0)} |" for s in res["stages"]]
     return (f"`diga adapt --preset {res['preset']}` with every stage at 2 steps, {d['source_images']} source, "
             f"{d['target_train']} target-train and {d['target_val']} target-val images at full size; exit code "
-            f"{res['exit_code']}, {res['seconds']:.0f} s, peak RSS of the process tree {res['peak_rss_mb']} MB."
+            f"{res['exit_code']}, {res['seconds']:.0f} s, peak RSS of the process tree {res['peak_rss_mb']} MB"
+            + (" (of the resumed run: the stages it had not finished before its first process was stopped)"
+               if res.get("resumed") else "") + ". Stage seconds are each stage's own."
             "\n\n" + "\n".join(lines) + "\n")
 
 
