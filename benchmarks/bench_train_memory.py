@@ -71,8 +71,11 @@ def main() -> None:
         tmp = Path(tmp)
         small = write_gta5(tmp / "small", args.small, GTA5_SIZE)
         first = GTA5_MISSING_LABELS[0] - 2
-        large = write_gta5(tmp / "large", args.large, GTA5_SIZE, first_id=first,
-                           without_label=GTA5_MISSING_LABELS[:args.missing])
+        # the download's own gaps (2154-2158, ...) lie too far apart for 160 consecutive frames to hold 25 of
+        # them: spread `--missing` gaps evenly over the written ids instead
+        step = max(1, args.large // max(1, args.missing))
+        missing = [first + k * step for k in range(args.missing)]
+        large = write_gta5(tmp / "large", args.large, GTA5_SIZE, first_id=first, without_label=missing)
         gb = sum(p.stat().st_size for p in large.rglob("*.png")) / 2**30
         runs = {"small": run_train(small, tmp / "run_small", args.steps),
                 "large": run_train(large, tmp / "run_large", args.steps)}
