@@ -267,7 +267,7 @@ def _refuse(mode: str, **given: Any) -> None:
 
 
 def _mode_config(cls: type, preset: str | None, config: Any, updates: dict[str, Any]) -> Any:
-    """A DGConfig / SemiConfig from a preset or a config (instance, dict or YAML), `updates` on top."""
+    """A DGConfig / SemiConfig / AdaptConfig from a preset or a config (instance, dict or YAML), `updates` on top."""
     from .config import load_config
 
     if preset is not None and config is not None:
@@ -305,7 +305,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _adapt_config(preset: str | None, config: Any, init: str, updates: dict[str, Any]) -> AdaptConfig:
     """The run's AdaptConfig from a preset or a config, with `updates` (source, target, ...) on top; built by
     validation so that evaluation sets left unset derive from the data the user names."""
-    from .config import AdaptConfig, load_config
+    from .config import AdaptConfig
     from .presets import PRESETS as RECIPES
 
     if preset is not None and config is not None:
@@ -315,15 +315,5 @@ def _adapt_config(preset: str | None, config: Any, init: str, updates: dict[str,
     if preset == "demo":
         from .bench.ablation import demo_adapt_config
 
-        base = demo_adapt_config(init).model_dump(exclude_unset=True)
-    elif preset is not None:
-        return load_config(None, AdaptConfig, updates, preset=preset)
-    elif config is None or isinstance(config, dict):
-        base = config or {}
-    elif isinstance(config, AdaptConfig):
-        base = config.model_dump(exclude_unset=True)
-    elif isinstance(config, (str, Path)):
-        base = load_config(config, AdaptConfig).model_dump(exclude_unset=True)
-    else:
-        raise DigaError(f"config must be an AdaptConfig, a dict or a YAML path, got {type(config).__name__}")
-    return load_config(None, AdaptConfig, {**_flatten(base), **updates})
+        return _mode_config(AdaptConfig, None, demo_adapt_config(init), updates)
+    return _mode_config(AdaptConfig, preset, config, updates)
