@@ -93,8 +93,9 @@ def evaluate_cmd(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out"),
     quick: bool = typer.Option(False, "--quick", help="a tiny run for smoke tests (minutes -> seconds)"),
+    model: str = typer.Option("light", "--model", help="light (the default) or fast (the two-branch real-time model)"),
 ) -> None:
     """The main job on the embedded benchmark: baselines (and adaptation stages), table, results.json."""
     from ..demo import run_demo
 
-    run_demo(out, quick=quick)
+    run_demo(out, quick=quick, model=model)
