@@ -13,7 +13,7 @@ from PIL import Image
 from diga_sdk.data.datasets import CityscapesDataset, GTA5Dataset, SynthiaDataset, open_dataset
 from diga_sdk.data.labels import to_train_ids
 from diga_sdk.data.layouts import write_cityscapes, write_gta5, write_synthia
-from diga_sdk.data.loader import BatchStream, StepBatches
+from diga_sdk.data.loader import BatchStream, StepBatches, scale_crop_flip
 from diga_sdk.errors import DigaError
 
 SMALL = (60, 100)
@@ -117,3 +117,22 @@ def test_cache_is_bounded_by_its_byte_budget(tmp_path: Path) -> None:
     for s in range(6):
         batches[s]
     assert batches._cache.used <= 3 * per_sample and len(batches._cache._items) == 3
+
+
+def test_batches_cross_as_bytes_and_match_float_resizing(tmp_path: Path) -> None:
+    """Workers send uint8 images and labels (a quarter of the float traffic); resizing the bytes stays
+    within one grey level of resizing floats, and `on()` makes [0,1] floats and int64 labels."""
+    root = write_gta5(tmp_path / "gta5", 2, SMALL)
+    b = _batches(root, sizes=[(40, 70), None], per_axis=True)[0]
+    assert b.images.dtype == torch.uint8 and b.labels is not None and b.labels.dtype == torch.uint8
+    x, y = b.on("cpu")
+    assert x.dtype == torch.float32 and torch.equal(x, b.images.float() / 255.0)
+    assert y is not None and y.dtype == torch.int64 and torch.equal(y, b.labels.long())
+    s = GTA5Dataset(root)[0]
+    img = torch.from_numpy(s.image).permute(2, 0, 1)
+    lab = torch.from_numpy(s.label)
+    for seed in range(4):
+        got_i, got_l = scale_crop_flip(img, lab, (32, 48), (0.5, 0.9), np.random.default_rng(seed), per_axis=True)
+        ref_i, ref_l = scale_crop_flip(img.float(), lab, (32, 48), (0.5, 0.9), np.random.default_rng(seed),
+                                       per_axis=True)
+        assert (got_i.float() - ref_i).abs().max() <= 1.0 + 1e-3 and torch.equal(got_l, ref_l)

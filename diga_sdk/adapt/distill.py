@@ -28,7 +28,7 @@ import torch
 from .. import kernels
 from ..config import AdaptConfig, DistilConfig, SelectionConfig
 from ..data.datasets import open_dataset
-from ..data.loader import BatchStream, to_device
+from ..data.loader import BatchStream
 from ..data.transforms import normalize, step_rng
 from ..errors import DigaError
 from ..interrupt import interrupt_at_step_boundary, stopped
@@ -234,10 +234,9 @@ def train_distil_stage(stage: str, cfg: AdaptConfig, scfg: DistilConfig, init_ch
     targets = tgt_stream if tgt_stream is not None else (None for _ in range(start, scfg.steps))
     with interrupt_at_step_boundary() as interrupt, progress_bar(stage, scfg.steps, completed=start) as bar:
         for step, b_s, b_t in zip(range(start, scfg.steps), src_stream, targets, strict=True):
-            x_t = to_device(b_t.images, device) if b_t is not None else None
-            pl_t = to_device(b_t.labels, device) if b_t is not None else None
-            losses = diga_step(ctx, step, to_device(b_s.images, device), to_device(b_s.labels, device), x_t,
-                               pl_t if selftrain else None)
+            x_t, pl_t = b_t.on(device) if b_t is not None else (None, None)
+            x_s, y_s = b_s.on(device)
+            losses = diga_step(ctx, step, x_s, y_s, x_t, pl_t if selftrain else None)
             centroids, seen = ctx.centroids, ctx.seen
             bar.advance(text=" ".join(f"{k} {v:.3f}" for k, v in losses.items()))
             if cfg.select_best and (step + 1) % cfg.snapshot_every == 0 and world.is_main:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..config import DataConfig, ModelConfig, TrainConfig, ViewConfig, save_config
 from ..data.datasets import SegDataset, open_dataset
 from ..data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE
-from ..data.loader import BatchStream, StepBatches, default_workers, to_device
+from ..data.loader import BatchStream, StepBatches, default_workers
 from ..data.transforms import normalize
 from ..errors import DigaError
 from ..interrupt import interrupt_at_step_boundary, stopped
@@ -134,7 +134,7 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
     with interrupt_at_step_boundary() as interrupt, progress_bar(stage, cfg.steps, completed=start) as bar:
         for step, batch in enumerate(stream, start):
             lr = set_poly_lr(optimizer, cfg.optim, step, cfg.steps)
-            x, y = to_device(batch.images, cfg.device), to_device(batch.labels, cfg.device)
+            x, y = batch.on(cfg.device)
             logits, _ = model(normalize(x))
             loss = seg_loss(logits, y, cfg.seg_loss)
             optimizer.zero_grad(set_to_none=True)

@@ -116,8 +116,7 @@ def train_translator(cfg: TranslatorConfig, source: str, target: str, out_dir: s
     with interrupt_at_step_boundary() as interrupt, progress_bar("translator", cfg.steps, completed=start) as bar:
         for step, b_s, b_t in zip(range(start, cfg.steps), *streams, strict=True):
             torch.manual_seed(int(step_rng(seed, step, "translator").integers(2**62)))
-            x_s, y_s, x_t = b_s.images, b_s.labels, b_t.images
-            x_s, y_s, x_t = x_s.to(device), y_s.to(device), x_t.to(device)
+            (x_s, y_s), (x_t, _) = b_s.on(device), b_t.on(device)
             fake_t, fake_s = g_st(x_s), g_ts(x_t)
             loss_adv = lsgan_loss(d_t(fake_t), True) + lsgan_loss(d_s(fake_s), True)
             loss_cycle = (g_ts(fake_t) - x_s).abs().mean() + (g_st(fake_s) - x_t).abs().mean()
