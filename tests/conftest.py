@@ -42,3 +42,22 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_specs: dict[s
     cfg = TrainConfig(train_data=tiny_specs["source_train"], val_data=[], steps=3, batch_size=2, crop=(64, 128),
                       scale=(0.75, 1.0), checkpoint_every=2)
     return train_supervised(cfg, tmp_path_factory.mktemp("ckpt"), stage="source_only")
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory, tiny_specs: dict[str, str]) -> Path:
+    """The online tests' model: a light model trained a little on the tiny source split (one per module)."""
+    from online_fixtures import train_small_model
+
+    return train_small_model(tmp_path_factory.mktemp("online-model"), tiny_specs["source_train"])
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread (as the vehicle's adapter does), restoring the count after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,29 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from online_fixtures import ONLINE_SIZE, train_small_model
+from online_fixtures import ONLINE_SIZE, online_cfg
 
 from diga_sdk.data.streams import FrameStream
-from diga_sdk.online.adapter import OnlineAdapter, OnlineConfig, open_adapter
+from diga_sdk.online.adapter import OnlineAdapter, open_adapter
 
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory: pytest.TempPathFactory, tiny_specs: dict[str, str]) -> Path:
-    return train_small_model(tmp_path_factory.mktemp("online-model"), tiny_specs["source_train"])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _cfg(**kw) -> OnlineConfig:
-    base = {"crop": ONLINE_SIZE, "safety": {"calib_frames": 3}, "snapshot_every": 3}
-    base.update(kw)
-    return OnlineConfig.model_validate(base)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _miou(model, frames) -> float:
@@ -47,7 +30,7 @@ def _miou(model, frames) -> float:
 
 def test_adapter_updates_teacher_and_centroids(small_model: Path) -> None:
     stream = FrameStream("scenario:target", 6, ONLINE_SIZE, seed=1)
-    ad = open_adapter(small_model, _cfg())
+    ad = open_adapter(small_model, online_cfg())
     shipped = {k: v.clone() for k, v in ad.model.state_dict().items()}
     actions = [ad.process(f.image).action for f in stream]
     assert actions[:3] == ["calibrate"] * 3
@@ -59,7 +42,7 @@ def test_adapter_updates_teacher_and_centroids(small_model: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["adapt", "adapt-batch", "frozen"])
 def test_batchnorm_modes(small_model: Path, mode: str) -> None:
-    ad = open_adapter(small_model, _cfg(bn=mode, safety={"enabled": False, "calib_frames": 2}))
+    ad = open_adapter(small_model, online_cfg(bn=mode, safety={"enabled": False, "calib_frames": 2}))
     key = next(k for k in ad.student.state_dict() if k.endswith("running_mean"))
     before = ad.student.state_dict()[key].clone()
     for f in FrameStream("scenario:target", 4, ONLINE_SIZE, seed=2):
@@ -70,26 +53,26 @@ def test_batchnorm_modes(small_model: Path, mode: str) -> None:
 
 
 def test_budget_skips_updates_that_do_not_fit(small_model: Path) -> None:
-    ad = open_adapter(small_model, _cfg(budget_ms=0.01, safety={"enabled": False, "calib_frames": 1}))
+    ad = open_adapter(small_model, online_cfg(budget_ms=0.01, safety={"enabled": False, "calib_frames": 1}))
     results = [ad.process(f.image) for f in FrameStream("scenario:target", 5, ONLINE_SIZE, seed=3)]
     # nothing measured yet: the prior (scaled from the frame's own prediction time) already says no crop fits
     assert [r.action for r in results] == ["calibrate"] + ["skip-budget"] * 4
     # over_budget counts exactly the frames whose measured time exceeded the budget: here every frame
     assert ad.counters["updates"] == 0 and ad.counters["over_budget"] == sum(r.total_ms > 0.01 for r in results)
-    roomy = open_adapter(small_model, _cfg(budget_ms=1e7, safety={"enabled": False, "calib_frames": 1}))
+    roomy = open_adapter(small_model, online_cfg(budget_ms=1e7, safety={"enabled": False, "calib_frames": 1}))
     results = [roomy.process(f.image) for f in FrameStream("scenario:target", 4, ONLINE_SIZE, seed=3)]
     assert [r.action for r in results] == ["calibrate"] + ["update"] * 3
     assert all(r.crop_scale == 1.0 for r in results[1:]) and roomy.cost["ms_per_kpx"] > 0
     assert roomy.counters["over_budget"] == 0 and all(r.total_ms < 1e7 for r in results)  # none of these was over
     # a budget between the frames' measured times: the counter follows each frame's own time
     mid = float(np.median([r.total_ms for r in results]))
-    ad_mid = open_adapter(small_model, _cfg(budget_ms=mid, safety={"enabled": False, "calib_frames": 1}))
+    ad_mid = open_adapter(small_model, online_cfg(budget_ms=mid, safety={"enabled": False, "calib_frames": 1}))
     results = [ad_mid.process(f.image) for f in FrameStream("scenario:target", 4, ONLINE_SIZE, seed=3)]
     assert ad_mid.counters["over_budget"] == sum(r.total_ms > mid for r in results)
 
 
 def test_budget_plan_uses_a_high_estimate(small_model: Path) -> None:
-    ad = open_adapter(small_model, _cfg(crop=(128, 256)))
+    ad = open_adapter(small_model, online_cfg(crop=(128, 256)))
     h, w, b = 256, 512, 2
     full_kpx = 2 * b * 128 * 256 / 1e3
     # before any measurement: 1.5 x the prior
@@ -106,7 +89,7 @@ def test_budget_plan_uses_a_high_estimate(small_model: Path) -> None:
 
 def _collapse_run(model: Path, safety: bool):
     # aggressive settings (fast teacher, fast BN statistics, high lr) so that learning on noise frames hurts
-    cfg = _cfg(lr=0.05, ema_decay=0.5, bn_momentum=0.1,
+    cfg = online_cfg(lr=0.05, ema_decay=0.5, bn_momentum=0.1,
                safety={"enabled": safety, "calib_frames": 3})  # the default bounds
     stream = FrameStream("scenario:target", 15, ONLINE_SIZE, segments="noise@6:12", seed=4)
     held_out = list(FrameStream("scenario:target", 6, ONLINE_SIZE, seed=99))
@@ -145,12 +128,12 @@ def test_resume_after_restart_matches_uninterrupted_run(small_model: Path, tmp_p
     # thread count on their first launch (which made the first adapter ~1e-6 off every later one)
     extra = ({"source": tiny_specs["source_train"], "source_samples": 4, "lr_gate": (0.9, 1.0), "lr_warmup": 3}
              if anchored else {})
-    full = open_adapter(small_model, _cfg(**extra))
+    full = open_adapter(small_model, online_cfg(**extra))
     for f in frames:
         full.process(f.image)
 
     state = tmp_path / "state.safetensors"
-    first = open_adapter(small_model, _cfg(checkpoint_every=5, **extra), state=state)
+    first = open_adapter(small_model, online_cfg(checkpoint_every=5, **extra), state=state)
     for f in frames[:7]:  # "crashes" after frame 6; the last save was after frame 4
         first.process(f.image)
     del first
@@ -260,7 +243,7 @@ def test_distance_reference_follows_slow_adaptation_but_not_a_jump() -> None:
 @pytest.mark.parametrize("prob", [0.0, 0.3, 1.0])
 def test_stochastic_restore_returns_that_share_of_weights_to_shipped(small_model: Path, prob: float) -> None:
     stream = FrameStream("scenario:target", 5, ONLINE_SIZE, seed=2)
-    ad = open_adapter(small_model, _cfg(restore_prob=prob, safety={"calib_frames": 3, "enabled": False}))
+    ad = open_adapter(small_model, online_cfg(restore_prob=prob, safety={"calib_frames": 3, "enabled": False}))
     shipped = {k: v.clone() for k, v in ad.student.named_parameters()}
     for f in stream:
         ad.process(f.image)
@@ -295,7 +278,7 @@ def test_shadow_check_flags_drift_from_shipped_but_not_a_shared_condition_change
 
 
 def test_rollback_slows_learning_only_when_the_model_was_to_blame(small_model: Path) -> None:
-    ad = open_adapter(small_model, _cfg(lr=0.004, rollback_lr_factor=0.5))
+    ad = open_adapter(small_model, online_cfg(lr=0.004, rollback_lr_factor=0.5))
     for f in FrameStream("scenario:target", 4, ONLINE_SIZE, seed=6):  # calibrated, so a rollback has a reference
         ad.process(f.image)
     lr = lambda: {g["lr"] for g in ad.optimizer.param_groups}  # noqa: E731
@@ -309,7 +292,7 @@ def test_rollback_slows_learning_only_when_the_model_was_to_blame(small_model: P
 
 
 def test_lr_follows_the_shadow_gate_the_warm_up_and_the_back_off(small_model: Path) -> None:
-    ad = open_adapter(small_model, _cfg(lr=0.004, lr_gate=(0.9, 1.0), lr_warmup=4, rollback_lr_factor=0.5))
+    ad = open_adapter(small_model, online_cfg(lr=0.004, lr_gate=(0.9, 1.0), lr_warmup=4, rollback_lr_factor=0.5))
     mults = [g.get("lr_mult", 1.0) for g in ad.optimizer.param_groups]
     lrs = lambda: [g["lr"] / m for g, m in zip(ad.optimizer.param_groups, mults, strict=True)]  # noqa: E731
     ad.counters["updates"] = 0
@@ -330,7 +313,7 @@ def test_lr_follows_the_shadow_gate_the_warm_up_and_the_back_off(small_model: Pa
     ad._set_lr()
     assert lrs() == pytest.approx([0.001] * len(mults))
     with pytest.raises(ValueError, match="lr_gate"):
-        _cfg(lr_gate=(1.0, 0.9))
+        online_cfg(lr_gate=(1.0, 0.9))
 
 
 @pytest.mark.parametrize("mode", ["adapt", "adapt-batch"])
@@ -340,7 +323,7 @@ def test_adapt_bn_statistics_come_from_the_clean_crops_only(small_model: Path, m
     frames = list(FrameStream("scenario:target", 2, ONLINE_SIZE, seed=4))
     stats = []
     for beta in (0.0, 1.0):
-        ad = open_adapter(small_model, _cfg(bn=mode, aug_beta=beta, safety={"enabled": False, "calib_frames": 1}))
+        ad = open_adapter(small_model, online_cfg(bn=mode, aug_beta=beta, safety={"enabled": False, "calib_frames": 1}))
         for f in frames:
             ad.process(f.image)
         assert ad.counters["updates"] == 1
@@ -350,7 +333,7 @@ def test_adapt_bn_statistics_come_from_the_clean_crops_only(small_model: Path, m
 
 
 def test_fleet_weights_replace_the_teacher_and_move_the_student_alike(small_model: Path) -> None:
-    ad = open_adapter(small_model, _cfg())
+    ad = open_adapter(small_model, online_cfg())
     for f in FrameStream("scenario:target", 6, ONLINE_SIZE, seed=3):
         ad.process(f.image)
     teacher, student = ad.weights(), {k: v.clone() for k, v in ad.student.state_dict().items()}

@@ -9,34 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from online_fixtures import ONLINE_SIZE, train_small_model
+from online_fixtures import ONLINE_SIZE, online_cfg
 
 from diga_sdk.data.streams import FrameStream
-from diga_sdk.online.adapter import OnlineAdapter, OnlineConfig, open_adapter
+from diga_sdk.online.adapter import OnlineAdapter, open_adapter
 from diga_sdk.online.safety import HealthMonitor, SafetyConfig, share_divergence
 
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory: pytest.TempPathFactory, tiny_specs: dict[str, str]) -> Path:
-    return train_small_model(tmp_path_factory.mktemp("online-model"), tiny_specs["source_train"])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _cfg(**kw) -> OnlineConfig:
-    base = {"crop": ONLINE_SIZE, "safety": {"calib_frames": 3}, "snapshot_every": 3}
-    base.update(kw)
-    return OnlineConfig.model_validate(base)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_held_out_source_slice_is_disjoint_and_scores_the_drop(small_model: Path, tiny_specs: dict[str, str]) -> None:
-    ad = open_adapter(small_model, _cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=3,
+    ad = open_adapter(small_model, online_cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=3,
                                         source_check_every=1))
     src, check = ad.source, ad.source_check
     assert check is not None and len(check) == 3 and len(src) == 4
@@ -82,7 +65,7 @@ def test_source_drop_bound_and_agreement_off() -> None:
 
 
 def test_slow_failure_rolls_back_to_the_safe_weights(small_model: Path) -> None:
-    ad = open_adapter(small_model, _cfg(lr=0.01, rollback_lr_factor=0.5))
+    ad = open_adapter(small_model, online_cfg(lr=0.01, rollback_lr_factor=0.5))
     shipped = {k: v.clone() for k, v in ad.model.state_dict().items()}
     for f in FrameStream("scenario:target", 11, ONLINE_SIZE, seed=6):
         ad.process(f.image)
@@ -100,7 +83,7 @@ def test_budget_near_prediction_cost_probes_the_real_update_cost(small_model: Pa
     from diga_sdk.online.adapter import CROP_LADDER
 
     for probe in (False, True):
-        ad = open_adapter(small_model, _cfg(budget_probe=probe, safety={"enabled": False, "calib_frames": 1}))
+        ad = open_adapter(small_model, online_cfg(budget_probe=probe, safety={"enabled": False, "calib_frames": 1}))
         for f in FrameStream("scenario:target", 2, ONLINE_SIZE, seed=3):  # calibrate + one frame in the replay
             ad.process(f.image)
         ad.cost["ms_per_kpx"] = None  # nothing measured yet
@@ -150,7 +133,7 @@ def test_probation_serves_the_rolled_back_weights_until_the_teacher_passes(small
     extra = {"source": tiny_specs["source_train"], "source_samples": 4, "source_holdout": 2, "source_check_every": 1,
              "lr": 0.01, "safety": {"calib_frames": 3, "max_source_drop": 50.0, "promote_max_source_drop": 25.0}}
     frames = list(FrameStream("scenario:target", 30, ONLINE_SIZE, seed=4))
-    ad = open_adapter(small_model, _cfg(**extra))
+    ad = open_adapter(small_model, online_cfg(**extra))
     for f in frames[:8]:
         ad.process(f.image)
     assert ad.served is None
@@ -187,7 +170,7 @@ def test_a_held_out_drop_above_the_serving_bound_hands_the_output_to_the_shipped
     from diga_sdk.data.transforms import to_tensor
 
     # serve_max_source_drop -100: any measured drop is "too high", so the first full held-out cycle demotes
-    ad = open_adapter(small_model, _cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
+    ad = open_adapter(small_model, online_cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
                                         source_check_every=1, safety={"calib_frames": 3, "serve_max_source_drop": -100.0}))
     frames = list(FrameStream("scenario:target", 10, ONLINE_SIZE, seed=3))
     for f in frames[:4]:
@@ -205,7 +188,7 @@ def test_a_held_out_drop_above_the_serving_bound_hands_the_output_to_the_shipped
 def test_probation_at_start_serves_the_shipped_model(small_model: Path, tiny_specs: dict[str, str]) -> None:
     from diga_sdk.data.transforms import to_tensor
 
-    ad = open_adapter(small_model, _cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
+    ad = open_adapter(small_model, online_cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
                                         probation_at_start=True, lr=0.05))
     for f in FrameStream("scenario:target", 8, ONLINE_SIZE, seed=2):
         r = ad.process(f.image)
@@ -233,7 +216,7 @@ def _drift_run(model: Path, guarded: bool, source_spec: str, seed: int = 8,
                             "max_share_divergence": 0.08, "max_source_drop": 3.0}}
     if guarded and not probation:  # the slow signals alone: a rolled-back teacher serves again at once
         extra["probation"] = False
-    ad = open_adapter(model, _cfg(lr=0.05, ema_decay=0.7, bn_momentum=0.1, **extra))
+    ad = open_adapter(model, online_cfg(lr=0.05, ema_decay=0.7, bn_momentum=0.1, **extra))
     frozen, _ = load_checkpoint(model)
     frozen.eval()
     gains, cm_a, cm_f = [], ConfusionMatrix(19), ConfusionMatrix(19)
