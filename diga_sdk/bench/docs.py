@@ -167,6 +167,36 @@ def semi_table(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def models_pipeline_table(res: dict[str, Any]) -> str:
+    """Each model's target-val mIoU per pipeline stage and the share of its own gap closed by the last one."""
+    stages = ("source_only", "oracle", "warmup", "selftrain", "selftrain_round2")
+    names = list(res["models"])
+    lines = ["| stage | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for st in stages:
+        lines.append(f"| {st} | " + " | ".join(_f(res["models"][m]["target_val_miou"].get(st)) for m in names) + " |")
+    lines.append("| gap closed by selftrain_round2 (%) | " + " | ".join(
+        _f((res["models"][m].get("gap_closed_percent") or {}).get("selftrain_round2")) for m in names) + " |")
+    tail = ""
+    if "fast_minus_light_final" in res:
+        tail = f"\nFinal stage, fast minus light: {res['fast_minus_light_final']:+.2f} mIoU.\n"
+    return "\n".join(lines) + "\n" + tail + _machine(res.get("env"))
+
+
+def online_models_table(res: dict[str, Any]) -> str:
+    """The online adapter's per-frame cost per model, size and mode, with fast / light per size and mode."""
+    lines = ["| model | size | mode | budget ms | median ms | p99 ms | planner p99 within budget | updates | "
+             "skipped for budget | fast / light (median) |", "|---|---|---|---:|---:|---:|---|---:|---:|---:|"]
+    by = {(r["model"], r["size"], r["mode"]): r for r in res["rows"]}
+    for r in res["rows"]:
+        light = by.get(("light", r["size"], r["mode"]))
+        ratio = r["median_ms"] / light["median_ms"] if r["model"] == "fast" and light else None
+        within = r.get("p99_within_budget")
+        lines.append(f"| {r['model']} | {r['size']} | {r['mode']} | {_f(r.get('budget_ms'), 0)} | "
+                     f"{r['median_ms']:.1f} | {r['p99_ms']:.1f} | {'-' if within is None else within} | "
+                     f"{r['updates']} | {r['skipped_for_budget']} | {_f(ratio, 2)} |")
+    return "\n".join(lines) + "\n" + _machine(res.get("env"))
+
+
 def _latency(res: dict[str, Any]) -> str:
     from .latency import markdown_table
 
@@ -244,7 +274,7 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
      "DeepLabV2-ResNet101 with the authors' head, real download layouts, activation checkpointing.", smoke_table),
     ("bench_steps.json", "Cost of one training step (`diga bench steps`)",
      "Median wall time of one optimiser step per stage.", steps_table),
-    ("kernels.json", "Fused kernels (`diga bench kernels`)",
+    ("bench_kernels.json", "Fused kernels (`diga bench kernels`)",
      "Loop-style research code, vectorised reference and CPU fast path per op, timed interleaved.", _kernels),
     ("latency.json", "Inference latency per runtime (`diga bench latency`)",
      "Every runtime path for one checkpoint, measured interleaved in worker processes.", _latency),
@@ -365,6 +395,8 @@ def readme_with_headline(readme: str, headline: str) -> str:
 BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/modes.md", "modes-dg", "modes_dg.json", dg_table),
     ("docs/modes.md", "modes-semi", "modes_semi.json", semi_table),
+    ("docs/models.md", "models-pipeline", "models_pipeline.json", models_pipeline_table),
+    ("docs/models.md", "online-models", "online_models.json", online_models_table),
 ]
 
 
@@ -381,7 +413,7 @@ def with_blocks(page: str, text: str, results: Path) -> str:
         begin, end = block_markers(name, source)
         res = _load(results, source)
         if res is None:
-            raise DigaError(f"{results / source} not found; run benchmarks/bench_modes.py")
+            raise DigaError(f"{results / source} not found; run the benchmark that writes it (named in {page})")
         text = doc_with_block(text, begin, end, render(res), page)
     return text
 
