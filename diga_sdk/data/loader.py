@@ -188,15 +188,19 @@ class StepBatches(torch.utils.data.Dataset):
             resized += int(s.label_resized)
             lab = None
             if s.label is not None:
-                lab = torch.from_numpy(np.ascontiguousarray(
-                    self.label_lut[s.label] if self.label_lut is not None else s.label, dtype=np.uint8))
-            img = torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1)
+                lab = _as_tensor(self.label_lut[s.label] if self.label_lut is not None else s.label)
+            img = _as_tensor(s.image).permute(2, 0, 1)
             img, lab = scale_crop_flip(img, lab, self.crop, self.scale, rng, size, self.per_axis)
             images.append(img)
             labels.append(lab)
             used.append(j)
         lab_t = torch.stack(labels) if labels[0] is not None else None
         return Batch(torch.stack(images), lab_t, used, skipped, resized)
+
+
+def _as_tensor(a: np.ndarray) -> torch.Tensor:
+    """A uint8 array as a tensor, copied only where torch needs it (decoders hand out read-only arrays)."""
+    return torch.from_numpy(np.require(a, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"]))
 
 
 class BatchStream:
