@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += group
     result = {"sizes": [list(s) for s in sizes], "models": dict(models), "config": a.config, "rows": rows,
               "env": env_info(), "threads": a.threads,
-              "note": "wall time per frame incl. prediction; machine shared with other jobs (load recorded)",
+              "note": "wall time per frame incl. prediction; the load average before and after is recorded",
               "loadavg": os.getloadavg(), "loadavg_start": load_start}
     atomic_write_json(a.json, result)
     lines = [f"Per-frame cost, {', '.join(n for n, _ in models)}, {a.size}, {a.threads} thread(s), load avg "
