@@ -136,3 +136,22 @@ def test_batches_cross_as_bytes_and_match_float_resizing(tmp_path: Path) -> None
         ref_i, ref_l = scale_crop_flip(img.float(), lab, (32, 48), (0.5, 0.9), np.random.default_rng(seed),
                                        per_axis=True)
         assert (got_i.float() - ref_i).abs().max() <= 1.0 + 1e-3 and torch.equal(got_l, ref_l)
+
+
+def test_the_loaders_pinning_pins_a_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA the DataLoader pins each batch with torch's `pin_memory(data)`, which passes unknown types
+    through unchanged; a Batch pins its tensors itself (pinning is faked here: this machine has no GPU)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned: list[torch.Tensor] = []
+
+    def fake_pin(t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        pinned.append(out)
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    b = _batches(write_gta5(tmp_path / "gta5", 2, SMALL))[0]
+    p = pin_memory(b)
+    assert isinstance(p, type(b)) and p.indices == b.indices
+    assert p.images is pinned[0] and p.labels is pinned[1] and torch.equal(p.images, b.images)

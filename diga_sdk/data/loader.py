@@ -56,6 +56,12 @@ class Batch:
     skipped: list[str] = field(default_factory=list)  # files that could not be read (replaced)
     resized_labels: int = 0  # labels whose size differed from their image (resized nearest-neighbour)
 
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory (the DataLoader's pinning thread calls this on CUDA; without
+        it a dataclass passes through unpinned and the non-blocking copy would block)."""
+        return Batch(self.images.pin_memory(), None if self.labels is None else self.labels.pin_memory(),
+                     self.indices, self.skipped, self.resized_labels)
+
     def on(self, device: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(float images in [0,1], int64 labels or None) on `device`: copied as bytes (non-blocking from
         the pinned memory the DataLoader made on CUDA), converted there."""
