@@ -103,6 +103,28 @@ def test_budget_near_prediction_cost_probes_the_real_update_cost(small_model: Pa
         assert ad._crop_scale(time.perf_counter(), slow_predict, ONLINE_SIZE[0] * ONLINE_SIZE[1]) == (1.0, 2)
 
 
+def test_a_cost_model_stuck_on_one_slow_update_probes_again(small_model: Path) -> None:
+    """One slow update inflates the cost's deviation so that no crop fits any more, and skipped frames never
+    measure again: after REPROBE_AFTER_SKIPS skips in a row where the mean cost would fit, one probe runs."""
+    import time
+
+    from diga_sdk.online.adapter import CROP_LADDER, REPROBE_AFTER_SKIPS
+
+    ad = open_adapter(small_model, online_cfg(safety={"enabled": False, "calib_frames": 1}))
+    for f in FrameStream("scenario:target", 2, ONLINE_SIZE, seed=3):
+        ad.process(f.image)
+    ad.cfg.budget_ms = 1000.0
+    ad.cost.update(ms_per_kpx=0.001, overhead_ms=0.0, dev_per_kpx=1e6, dev_overhead=0.0)  # the mean fits, mean + 2 dev not
+    plans = [ad._crop_scale(time.perf_counter(), 1.0, ONLINE_SIZE[0] * ONLINE_SIZE[1])
+             for _ in range(REPROBE_AFTER_SKIPS + 2)]
+    assert plans[:REPROBE_AFTER_SKIPS] == [(0.0, ad.cfg.batch_frames)] * REPROBE_AFTER_SKIPS
+    assert plans[REPROBE_AFTER_SKIPS] == (CROP_LADDER[-1], 1) and ad.counters["probes"] == 1
+    assert plans[-1] == (0.0, ad.cfg.batch_frames)  # the count starts again
+    ad.cost.update(ms_per_kpx=1e6, dev_per_kpx=0.0)  # a model really too slow for the budget: never probed
+    more = [ad._crop_scale(time.perf_counter(), 1.0, ONLINE_SIZE[0] * ONLINE_SIZE[1]) for _ in range(3 * REPROBE_AFTER_SKIPS)]
+    assert set(more) == {(0.0, ad.cfg.batch_frames)} and ad.counters["probes"] == 1
+
+
 def test_camera2_and_swap_streams() -> None:
     from diga_sdk.data.streams import CAR, ROAD
 

@@ -91,6 +91,10 @@ CROP_LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)  # update crop area, as fractions of 
 BUDGET_DEVIATIONS = 2.0  # planned update cost = mean + this many mean absolute deviations
 BUDGET_MARGIN = 0.05  # share of the budget kept free (timer jitter, allocator)
 PRIOR_FB_FACTOR = 3.0  # before any update: forward+backward ms/kpx ~ 3 x the prediction's forward ms/kpx
+# after this many budget skips in a row, where the mean measured cost would fit but the mean plus deviations
+# does not, one probe update (smallest crop, one frame) measures again: a single slow update (a page-fault
+# burst, another process) must not leave the planner skipping for the rest of the stream
+REPROBE_AFTER_SKIPS = 20
 
 
 class OnlineConfig(DigaConfig):
@@ -255,6 +259,7 @@ class OnlineAdapter:
             with torch.no_grad():
                 self.source_check.calibrate(lambda x: self._predict(self.shipped, x)[2])
         self.probed = False
+        self.budget_skips_in_row = 0  # frames in a row whose planned update did not fit the budget
         self.served: EMATeacher | None = None  # in probation: the confirmed weights that predict (None = teacher)
         self.clear_since: int | None = None  # in probation: first frame of the current run of clear slow signals
         if self.cfg.probation_at_start and self.source_check is not None:
@@ -502,22 +507,29 @@ class OnlineAdapter:
             left -= float(self.cost.get("save_ms") or 0.0)  # this frame also saves the state
         h, w = self.replay.images[-1].shape[-2:]
         b = min(self.cfg.batch_frames, len(self.replay))
-        scale = self.plan_crop(left, h, w, b, prior_ms_per_kpx=PRIOR_FB_FACTOR * predict_ms / (frame_px / 1e3))
-        if scale == 0.0 and self.cfg.budget_probe and self.cost["ms_per_kpx"] is None and not self.probed \
-                and left > 0.0:
-            self.probed = True
-            self.counters["probes"] = self.counters.get("probes", 0) + 1
-            return CROP_LADDER[-1], 1
+        prior = PRIOR_FB_FACTOR * predict_ms / (frame_px / 1e3)
+        scale = self.plan_crop(left, h, w, b, prior_ms_per_kpx=prior)
+        if scale == 0.0 and self.cfg.budget_probe and left > 0.0:
+            first = self.cost["ms_per_kpx"] is None and not self.probed
+            again = (self.cost["ms_per_kpx"] is not None and self.budget_skips_in_row >= REPROBE_AFTER_SKIPS
+                     and self.plan_crop(left, h, w, 1, prior, deviations=0.0) > 0.0)
+            if first or again:
+                self.probed, self.budget_skips_in_row = True, 0
+                self.counters["probes"] = self.counters.get("probes", 0) + 1
+                return CROP_LADDER[-1], 1
+        self.budget_skips_in_row = self.budget_skips_in_row + 1 if scale == 0.0 else 0
         return scale, self.cfg.batch_frames
 
-    def plan_crop(self, left_ms: float, h: int, w: int, b: int, prior_ms_per_kpx: float) -> float:
-        """Pure planning step (tested on its own): the largest ladder scale whose planned cost <= left_ms."""
+    def plan_crop(self, left_ms: float, h: int, w: int, b: int, prior_ms_per_kpx: float,
+                  deviations: float = BUDGET_DEVIATIONS) -> float:
+        """Pure planning step (tested on its own): the largest ladder scale whose planned cost (the measured
+        mean plus `deviations` mean absolute deviations) <= left_ms."""
         c = self.cost
         if c["ms_per_kpx"] is None:  # nothing measured yet: the prior, 1.5x for safety (overhead folded in)
             per_kpx, overhead = 1.5 * prior_ms_per_kpx, 0.0
         else:
-            per_kpx = float(c["ms_per_kpx"]) + BUDGET_DEVIATIONS * float(c.get("dev_per_kpx") or 0.0)
-            overhead = float(c["overhead_ms"]) + BUDGET_DEVIATIONS * float(c.get("dev_overhead") or 0.0)
+            per_kpx = float(c["ms_per_kpx"]) + deviations * float(c.get("dev_per_kpx") or 0.0)
+            overhead = float(c["overhead_ms"]) + deviations * float(c.get("dev_overhead") or 0.0)
         for s in CROP_LADDER:
             ch, cw = self._crop_hw(s, h, w)
             if overhead + per_kpx * 2 * b * ch * cw / 1e3 <= left_ms:  # strong + mixed view per crop
@@ -745,6 +757,7 @@ class OnlineAdapter:
                 "last_shadow": self.last_shadow, "lr_backoff": self.lr_backoff, "safe_frame": self._safe["frame"], "safe_is_good": safe_is_good,
                 "safe_candidate_frame": None if self._safe_candidate is None else self._safe_candidate["frame"],
                 "last_source_check": self.last_source_check, "probed": self.probed, "probation": self.served is not None,
+                "budget_skips_in_row": self.budget_skips_in_row,
                 "clear_since": self.clear_since,
                 "source_check_next": self.source_check.next if self.source_check is not None else 0,
                 "candidate_frame": None if self._candidate is None else self._candidate["frame"],
@@ -800,6 +813,7 @@ class OnlineAdapter:
                                     "frame": info["safe_candidate_frame"]}
         self.last_source_check = info.get("last_source_check", -(10**9))
         self.probed = info.get("probed", False)
+        self.budget_skips_in_row = info.get("budget_skips_in_row", 0)
         self.served, self.clear_since = None, info.get("clear_since")
         if info.get("probation"):
             self.served = EMATeacher(self.teacher.module)
