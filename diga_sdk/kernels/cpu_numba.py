@@ -179,7 +179,9 @@ def class_mix(img_a, img_b, label_a, la_bits, lb_bits, chosen, chosen_bits, igno
     selection is a branch-free bit blend `(a & m) | (b & ~m)` that vectorises; label_a's own values
     decide the mask. With K <= 63 classes the chosen row is one int64 bit set per sample
     (chosen_bits) and the mask a vectorised variable shift; otherwise chosen (B,K) uint8 is gathered
-    at the clamped label."""
+    at the clamped label. Each task works on 1-D contiguous slices of one block of pixels and keeps
+    the mask as int32 (sign-extended to wider images): with 2-D indexing LLVM did not vectorise the
+    blend, which ran at a third of the copy rate."""
     nb, nch, npix = img_a.shape
     k = chosen.shape[1]
     nblk = (npix + _MIX_BLOCK - 1) // _MIX_BLOCK
@@ -187,28 +189,29 @@ def class_mix(img_a, img_b, label_a, la_bits, lb_bits, chosen, chosen_bits, igno
         b = job // nblk
         p0 = (job % nblk) * _MIX_BLOCK
         p1 = min(p0 + _MIX_BLOCK, npix)
-        mask = np.empty(p1 - p0, np.int64)
+        n = p1 - p0
+        mask = np.empty(n, np.int32)
+        lab, a_bits, b_bits, o_bits = label_a[b, p0:p1], la_bits[b, p0:p1], lb_bits[b, p0:p1], out_bits[b, p0:p1]
         if k <= 63:
             row = chosen_bits[b]
-            for i in range(p0, p1):
-                la = np.int64(label_a[b, i])
+            for i in range(n):
+                la = np.int64(lab[i])
                 hit = (row >> (la & 63)) & 1
-                t = (la == ignore_index) | ((hit != 0) & (la >= 0) & (la < k))
-                m = -np.int64(t)
-                mask[i - p0] = m
-                out_bits[b, i] = (la_bits[b, i] & m) | (lb_bits[b, i] & ~m)
+                m = -np.int64((la == ignore_index) | ((hit != 0) & (la >= 0) & (la < k)))
+                mask[i] = np.int32(m)
+                o_bits[i] = (a_bits[i] & m) | (b_bits[i] & ~m)
         else:
-            for i in range(p0, p1):
-                la = np.int64(label_a[b, i])
+            for i in range(n):
+                la = np.int64(lab[i])
                 idx = min(max(la, 0), k - 1)
-                t = (la == ignore_index) | ((chosen[b, idx] != 0) & (la >= 0) & (la < k))
-                m = -np.int64(t)
-                mask[i - p0] = m
-                out_bits[b, i] = (la_bits[b, i] & m) | (lb_bits[b, i] & ~m)
+                m = -np.int64((la == ignore_index) | ((chosen[b, idx] != 0) & (la >= 0) & (la < k)))
+                mask[i] = np.int32(m)
+                o_bits[i] = (a_bits[i] & m) | (b_bits[i] & ~m)
         for ch in range(nch):
-            for i in range(p0, p1):
-                m = mask[i - p0]
-                out_img[b, ch, i] = (img_a[b, ch, i] & m) | (img_b[b, ch, i] & ~m)
+            a, bb, o = img_a[b, ch, p0:p1], img_b[b, ch, p0:p1], out_img[b, ch, p0:p1]
+            for i in range(n):
+                m = mask[i]
+                o[i] = (a[i] & m) | (bb[i] & ~m)
 
 
 @njit(parallel=True, cache=True)
