@@ -2,9 +2,11 @@
 recipe: one frame rescaled to 720x1280 and two at full size, each resized per axis by 0.7-1.0) from
 1914x1052 GTA5-layout PNGs, with 0 workers (decoding in the training process) against N workers.
 Each setting runs in one process after the other on the same files; medians of batches/s over
-repeats; JSON + markdown. Nothing else may run while it measures.
+repeats; JSON + markdown. Nothing else may run while it measures. One stream's rate varies by about 10 %
+from run to run here (1.7x-1.9x for 2 workers on an idle 2-core machine), so the defaults take 48
+batches a stream (start-up and the last worker's tail weigh less) and 5 interleaved repeats.
 
-    python benchmarks/bench_loader.py [--images 24] [--batches 24] [--workers 2] [--repeats 3] [--json PATH]
+    python benchmarks/bench_loader.py [--images 24] [--batches 48] [--workers 2] [--repeats 5] [--json PATH]
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ def rate(root: Path, workers: int, batches: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=24)
-    ap.add_argument("--batches", type=int, default=24)
+    ap.add_argument("--batches", type=int, default=48)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/loader.json"))
     args = ap.parse_args()
     import torch
