@@ -168,17 +168,26 @@ def semi_table(res: dict[str, Any]) -> str:
 
 
 def models_pipeline_table(res: dict[str, Any]) -> str:
-    """Each model's target-val mIoU per pipeline stage and the share of its own gap closed by the last one."""
-    stages = ("source_only", "oracle", "warmup", "selftrain", "selftrain_round2")
-    names = list(res["models"])
+    """Each model's target-val mIoU per pipeline stage (seed 0, and the mean ± std over the adaptation seeds)
+    and the share of its own source-only -> oracle gap its last stage closed."""
+    names, n = list(res["models"]), res.get("seeds", 1)
     lines = ["| stage | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for st in stages:
-        lines.append(f"| {st} | " + " | ".join(_f(res["models"][m]["target_val_miou"].get(st)) for m in names) + " |")
-    lines.append("| gap closed by selftrain_round2 (%) | " + " | ".join(
-        _f((res["models"][m].get("gap_closed_percent") or {}).get("selftrain_round2")) for m in names) + " |")
+    for st in ("source_only", "oracle", "warmup", "selftrain", "selftrain_round2"):
+        cells = []
+        for m in names:
+            r = res["models"][m]
+            cell = _f(r["target_val_miou"].get(st))
+            if n > 1 and st in (r.get("mean") or {}):
+                cell += f" (mean of {n} seeds {r['mean'][st]:.1f} ± {r['std'][st]:.1f})"
+            cells.append(cell)
+        lines.append(f"| {st} | " + " | ".join(cells) + " |")
+    gap = [_f((res["models"][m].get("gap_closed_percent") or {}).get("selftrain_round2")) +
+           (f" (seed mean {res['models'][m]['gap_closed_percent_mean']:.1f})" if n > 1 else "") for m in names]
+    lines.append("| gap closed by selftrain_round2 (%) | " + " | ".join(gap) + " |")
     tail = ""
     if "fast_minus_light_final" in res:
-        tail = f"\nFinal stage, fast minus light: {res['fast_minus_light_final']:+.2f} mIoU.\n"
+        tail = f"\nFinal stage, fast minus light: {res['fast_minus_light_final']:+.2f} mIoU (seed 0)"
+        tail += (f", {res['fast_minus_light_final_mean']:+.2f} over the mean of {n} seeds.\n" if n > 1 else ".\n")
     return "\n".join(lines) + "\n" + tail + _machine(res.get("env"))
 
 
