@@ -263,10 +263,9 @@ class DistilConfig(_Strict):
     teacher_bf16: bool = False  # teacher forward under bf16 autocast (measured 30x slower on this CPU build)
 
 
-# The defaults of the authors' method switches were chosen by `make ablation`
-# (benchmarks/results/ablation_method_switches.json): target BN statistics in warm-up kept (the authors'),
-# the ClassMix batch in the joint forward and the pixel-mean centroids from the stored pseudo-labels kept
-# (the SDK's); the presets use the authors' values throughout.
+# The defaults of the authors' method switches follow `make ablation` (benchmarks/results/ablation_results.json,
+# a row flipping each): target BN statistics in warm-up, the ClassMix batch in the joint forward and the
+# authors' centroids; the presets use the authors' values throughout.
 def _warmup_default() -> DistilConfig:
     return DistilConfig(target_bn=True)
 

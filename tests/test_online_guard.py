@@ -269,3 +269,26 @@ def test_planted_slow_drift_is_rolled_back_before_it_costs_a_point(small_model: 
         assert slow, f"a slow signal must call the drift: rollbacks {ad.rollback_frames} {ad.rollback_reasons}"
         assert min(gains[1:]) >= -1.0, (f"seed {seed}: a window of the drift fell more than 1 mIoU below frozen: "
                                         f"{gains} (today's: {unguarded})")
+
+
+def test_the_real_time_model_adapts_only_on_two_frames_or_more(tmp_path: Path, tiny_specs: dict[str, str]) -> None:
+    """`fast` pools a small crop's coarsest map to 1x1 before a BatchNorm, which cannot train on one value a
+    channel: its updates and probes wait until the replay holds two frames, and one-frame batches are refused."""
+    import time
+
+    from diga_sdk.adapt.supervised import train_supervised
+    from diga_sdk.config import ModelConfig, TrainConfig
+    from diga_sdk.errors import DigaError
+    from diga_sdk.online.adapter import CROP_LADDER
+
+    ckpt = train_supervised(TrainConfig(train_data=tiny_specs["source_train"], val_data=[], steps=2, batch_size=2,
+                                        crop=(64, 128), model=ModelConfig(name="fast")), tmp_path, stage="source_only")
+    with pytest.raises(DigaError, match="batch_frames to 2"):
+        open_adapter(ckpt, online_cfg(batch_frames=1))
+    ad = open_adapter(ckpt, online_cfg(safety={"enabled": False, "calib_frames": 1}))
+    actions = [ad.process(f.image).action for f in FrameStream("scenario:target", 4, (128, 256), seed=3)]
+    assert actions == ["calibrate", "skip-schedule", "update", "update"]
+    with pytest.raises(ValueError, match="more than 1 value per channel"):  # what the wait avoids
+        ad._update(ad.frame_index, CROP_LADDER[-1], 1)
+    ad.cost["ms_per_kpx"], ad.probed, ad.cfg.budget_ms = None, False, 1000.0
+    assert ad._crop_scale(time.perf_counter(), 1e7, 128 * 256) == (CROP_LADDER[-1], 2)  # the probe

@@ -406,6 +406,7 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/modes.md", "modes-semi", "modes_semi.json", semi_table),
     ("docs/models.md", "models-pipeline", "models_pipeline.json", models_pipeline_table),
     ("docs/models.md", "online-models", "online_models.json", online_models_table),
+    ("docs/kernels.md", "kernels", "bench_kernels.json", _kernels),
 ]
 
 

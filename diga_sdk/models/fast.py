@@ -57,6 +57,10 @@ class FastSegmenter(nn.Module):
     """Stem (1/8) -> detail branch (1/8, 2w) || context branch (1/16 4w, 1/32 8w) with bilateral fusion
     after each stage -> pooling pyramid -> concat -> 256-d features at 1/8 -> 1x1 classifier."""
 
+    # the pyramid pools a small crop (128x256) to 1x1 before a BatchNorm, which cannot train on one value a
+    # channel: trainers that may see a single small image (the online adapter) give it at least this many
+    min_train_images = 2
+
     def __init__(self, num_classes: int = 19, width: int = 32, feature_dim: int = 256) -> None:
         super().__init__()
         w = width

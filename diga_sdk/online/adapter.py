@@ -128,7 +128,7 @@ class OnlineConfig(DigaConfig):
     source_check_every: int = Field(5, ge=1)
     source_scale: float = Field(1.0, gt=0.0, le=4.0)  # resize the carried images to the camera's object scale
     # a budget close to the prediction cost: when nothing was measured yet and the prior says no crop fits,
-    # one probe update (smallest crop, one frame) measures the real cost; that frame may overrun
+    # one probe update (smallest crop, the fewest frames the model trains on) measures the real cost; that frame may overrun
     budget_probe: bool = True
     # probation: after a rollback that a slow signal (shares, source) called, the output comes from the weights
     # rolled back to (a frozen copy, `served`) while the teacher learns again beside it; the teacher serves again
@@ -226,6 +226,12 @@ class OnlineAdapter:
         self.meta = meta
         self.num_classes = meta.num_classes
         self.student = model
+        # frames an update needs at the least (1, or the model's `min_train_images`: `fast` cannot train
+        # BatchNorm on one small crop); updates wait until the replay holds them
+        self.min_frames = int(getattr(model, "min_train_images", 1))
+        if self.cfg.batch_frames < self.min_frames:
+            raise DigaError(f"model {meta.model_name} trains on at least {self.min_frames} images at once; set "
+                            f"batch_frames to {self.min_frames} or more (it is {self.cfg.batch_frames})")
         self.student.train()
         _set_bn(self.student, self.cfg.bn, self.cfg.bn_momentum)
         self.teacher = EMATeacher(self.student)
@@ -345,7 +351,7 @@ class OnlineAdapter:
                     self._take_snapshot()  # the weights as this healthy frame found them
                 self._update_centroids(t_feats, t_logits, pl_sel)
                 self.replay.add((x[0] * 255).round(), pl_sel[0], t_logits[0], i)
-                if i % self.cfg.update_every:
+                if i % self.cfg.update_every or len(self.replay) < self.min_frames:
                     result.action = "skip-schedule"
                 else:
                     scale, frames = self._crop_scale(t0, predict_ms, x.shape[-2] * x.shape[-1])
@@ -498,7 +504,7 @@ class OnlineAdapter:
     def _crop_scale(self, t0: float, predict_ms: float, frame_px: int) -> tuple[float, int]:
         """(crop scale, frames): the largest crop of the ladder whose planned update cost fits the rest of the
         budget (scale 0 = skip), or, with nothing measured yet and no crop fitting the prior, one probe update
-        (smallest crop, the current frame only) that measures the real cost."""
+        (smallest crop, the fewest frames the model trains on) that measures the real cost."""
         budget = self.cfg.budget_ms
         if budget is None:
             return 1.0, self.cfg.batch_frames
@@ -512,11 +518,11 @@ class OnlineAdapter:
         if scale == 0.0 and self.cfg.budget_probe and left > 0.0:
             first = self.cost["ms_per_kpx"] is None and not self.probed
             again = (self.cost["ms_per_kpx"] is not None and self.budget_skips_in_row >= REPROBE_AFTER_SKIPS
-                     and self.plan_crop(left, h, w, 1, prior, deviations=0.0) > 0.0)
+                     and self.plan_crop(left, h, w, self.min_frames, prior, deviations=0.0) > 0.0)
             if first or again:
                 self.probed, self.budget_skips_in_row = True, 0
                 self.counters["probes"] = self.counters.get("probes", 0) + 1
-                return CROP_LADDER[-1], 1
+                return CROP_LADDER[-1], self.min_frames
         self.budget_skips_in_row = self.budget_skips_in_row + 1 if scale == 0.0 else 0
         return scale, self.cfg.batch_frames
 
