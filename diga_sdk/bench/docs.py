@@ -302,26 +302,31 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
 ]
 
 
+def _cost(c: dict[str, float] | None) -> str:
+    return "-" if not c else f"{c['median']:.0f} / {c['p99']:.0f}"
+
+
 def protocol_table(res: dict[str, Any]) -> str:
     """The online validation protocol: one row per stream, tuning streams first (`benchmarks/online_protocol.py`)."""
     w = res.get("window", 30)
     lines = [f"| set | stream | what | overall mIoU, adapted vs frozen (gain) | worst {w}-frame window | "
-             f"windows below -1 | last third, mean gain | rollbacks (reasons) | probation frames |",
-             "|---|---|---|---:|---:|---:|---:|---|---:|"]
+             f"windows below -1 | last third, mean gain | rollbacks (reasons) | probation frames | "
+             f"ms per frame, median / p99 |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|---:|"]
     for name, r in res["runs"].items():
         role = r["spec"]["role"]
         what = res.get("describe", {}).get(name, "")
         if r.get("partial"):
             lines.append(f"| {role} | {name} | {what} | unfinished: {r['frames_scored']} frames scored | "
                          f"{r['worst_window']:+.2f} | {r['windows_below_minus_1']} | - | "
-                         f"{len(r['rollback_frames'])} | - |")
+                         f"{len(r['rollback_frames'])} | - | - |")
             continue
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["rollback_reasons"].items())) or "-"
         lt = r.get("last_third_mean_gain")
         lines.append(f"| {role} | {name} | {what} | {r['overall_adapted']:.2f} vs {r['overall_frozen']:.2f} "
                      f"({r['overall_adapted'] - r['overall_frozen']:+.2f}) | {r['worst_window']:+.2f} | "
                      f"{r['windows_below_minus_1']} | {'-' if lt is None else f'{lt:+.2f}'} | "
-                     f"{r['rollbacks']} ({reasons}) | {r.get('probation_frames', 0)} |")
+                     f"{r['rollbacks']} ({reasons}) | {r.get('probation_frames', 0)} | {_cost(r.get('cost_ms'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -407,6 +412,7 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/models.md", "models-pipeline", "models_pipeline.json", models_pipeline_table),
     ("docs/models.md", "online-models", "online_models.json", online_models_table),
     ("docs/kernels.md", "kernels", "bench_kernels.json", _kernels),
+    ("docs/online/protocol.md", "protocol-fast256", "online_protocol_fast256.json", protocol_table),
 ]
 
 
@@ -447,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                 text = doc_with_block(text, begin, end, render(res), "docs/online/protocol.md")
         want[proto_doc] = text
     for page in dict.fromkeys(b[0] for b in BLOCKS):
-        want[a.root / page] = with_blocks(page, (a.root / page).read_text(), results)
+        path = a.root / page
+        want[path] = with_blocks(page, want[path] if path in want else path.read_text(), results)
     stale = [p for p, text in want.items() if not p.is_file() or p.read_text() != text]
     if a.check:
         for p in stale:

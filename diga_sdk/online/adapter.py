@@ -91,9 +91,10 @@ CROP_LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)  # update crop area, as fractions of 
 BUDGET_DEVIATIONS = 2.0  # planned update cost = mean + this many mean absolute deviations
 BUDGET_MARGIN = 0.05  # share of the budget kept free (timer jitter, allocator)
 PRIOR_FB_FACTOR = 3.0  # before any update: forward+backward ms/kpx ~ 3 x the prediction's forward ms/kpx
-# after this many budget skips in a row, where the mean measured cost would fit but the mean plus deviations
-# does not, one probe update (smallest crop, one frame) measures again: a single slow update (a page-fault
-# burst, another process) must not leave the planner skipping for the rest of the stream
+# after this many budget skips in a row, one probe update (smallest crop) measures the cost again, and the
+# wait doubles after each probe that does not bring updates back: a single slow update (a one-time load, a
+# page-fault burst, another process) must not leave the planner skipping for the rest of the stream, and a
+# model really too slow for the budget overruns it on a logarithmic share of frames only
 REPROBE_AFTER_SKIPS = 20
 
 
@@ -266,6 +267,7 @@ class OnlineAdapter:
                 self.source_check.calibrate(lambda x: self._predict(self.shipped, x)[2])
         self.probed = False
         self.budget_skips_in_row = 0  # frames in a row whose planned update did not fit the budget
+        self.reprobe_after = REPROBE_AFTER_SKIPS  # skips in a row before the next probe (doubles per probe)
         self.served: EMATeacher | None = None  # in probation: the confirmed weights that predict (None = teacher)
         self.clear_since: int | None = None  # in probation: first frame of the current run of clear slow signals
         if self.cfg.probation_at_start and self.source_check is not None:
@@ -517,13 +519,17 @@ class OnlineAdapter:
         scale = self.plan_crop(left, h, w, b, prior_ms_per_kpx=prior)
         if scale == 0.0 and self.cfg.budget_probe and left > 0.0:
             first = self.cost["ms_per_kpx"] is None and not self.probed
-            again = (self.cost["ms_per_kpx"] is not None and self.budget_skips_in_row >= REPROBE_AFTER_SKIPS
-                     and self.plan_crop(left, h, w, self.min_frames, prior, deviations=0.0) > 0.0)
+            again = self.cost["ms_per_kpx"] is not None and self.budget_skips_in_row >= self.reprobe_after
             if first or again:
+                if again:
+                    self.reprobe_after *= 2
                 self.probed, self.budget_skips_in_row = True, 0
                 self.counters["probes"] = self.counters.get("probes", 0) + 1
                 return CROP_LADDER[-1], self.min_frames
-        self.budget_skips_in_row = self.budget_skips_in_row + 1 if scale == 0.0 else 0
+        if scale == 0.0:
+            self.budget_skips_in_row += 1
+        else:
+            self.budget_skips_in_row, self.reprobe_after = 0, REPROBE_AFTER_SKIPS
         return scale, self.cfg.batch_frames
 
     def plan_crop(self, left_ms: float, h: int, w: int, b: int, prior_ms_per_kpx: float,
@@ -763,7 +769,7 @@ class OnlineAdapter:
                 "last_shadow": self.last_shadow, "lr_backoff": self.lr_backoff, "safe_frame": self._safe["frame"], "safe_is_good": safe_is_good,
                 "safe_candidate_frame": None if self._safe_candidate is None else self._safe_candidate["frame"],
                 "last_source_check": self.last_source_check, "probed": self.probed, "probation": self.served is not None,
-                "budget_skips_in_row": self.budget_skips_in_row,
+                "budget_skips_in_row": self.budget_skips_in_row, "reprobe_after": self.reprobe_after,
                 "clear_since": self.clear_since,
                 "source_check_next": self.source_check.next if self.source_check is not None else 0,
                 "candidate_frame": None if self._candidate is None else self._candidate["frame"],
@@ -820,6 +826,7 @@ class OnlineAdapter:
         self.last_source_check = info.get("last_source_check", -(10**9))
         self.probed = info.get("probed", False)
         self.budget_skips_in_row = info.get("budget_skips_in_row", 0)
+        self.reprobe_after = info.get("reprobe_after", REPROBE_AFTER_SKIPS)
         self.served, self.clear_since = None, info.get("clear_since")
         if info.get("probation"):
             self.served = EMATeacher(self.teacher.module)
