@@ -106,8 +106,8 @@ def test_budget_near_prediction_cost_probes_the_real_update_cost(small_model: Pa
 def test_a_cost_model_stuck_on_one_slow_update_probes_again(small_model: Path) -> None:
     """One slow update (a one-time load, a page-fault burst) inflates the measured cost so that no crop fits any
     more, and a skipped frame never measures again: after REPROBE_AFTER_SKIPS budget skips in a row one probe
-    runs; each probe that does not bring updates back doubles the wait, so a model really too slow for the
-    budget overruns it on ever fewer frames."""
+    measures anew; each probe that does not bring updates back doubles the wait, so a model really too slow
+    for the budget overruns it on ever fewer frames."""
     import time
 
     from diga_sdk.online.adapter import CROP_LADDER, REPROBE_AFTER_SKIPS
@@ -116,15 +116,25 @@ def test_a_cost_model_stuck_on_one_slow_update_probes_again(small_model: Path) -
     for f in FrameStream("scenario:target", 2, ONLINE_SIZE, seed=3):
         ad.process(f.image)
     ad.cfg.budget_ms = 1000.0
-    ad.cost.update(ms_per_kpx=1e6, overhead_ms=0.0, dev_per_kpx=0.0, dev_overhead=0.0)  # nothing fits
-    plans = [ad._crop_scale(time.perf_counter(), 1.0, ONLINE_SIZE[0] * ONLINE_SIZE[1]) for _ in range(200)]
+    too_slow = {"ms_per_kpx": 1e6, "overhead_ms": 0.0, "dev_per_kpx": 0.0, "dev_overhead": 0.0}
+    ad.cost.update(too_slow)  # nothing fits
+    plans = []
+    for _ in range(200):
+        plans.append(ad._crop_scale(time.perf_counter(), 1.0, ONLINE_SIZE[0] * ONLINE_SIZE[1]))
+        if plans[-1] == (CROP_LADDER[-1], 1):
+            assert ad.cost["ms_per_kpx"] is None  # the probe measures anew: the stale estimate is dropped
+            ad.cost.update(too_slow)  # what the probe update measured: still too slow
     probes = [k for k, p in enumerate(plans) if p == (CROP_LADDER[-1], 1)]
-    n = REPROBE_AFTER_SKIPS
-    assert probes == [n, 2 * n + n + 1, 4 * n + 3 * n + 2][: len(probes)] and len(probes) == 3
+    expected, k, wait = [], REPROBE_AFTER_SKIPS, REPROBE_AFTER_SKIPS
+    while k < len(plans):  # a probe after `wait` skips in a row, then the wait doubles
+        expected.append(k)
+        wait *= 2
+        k += wait + 1
+    assert probes == expected and len(probes) >= 3
     assert all(p == (0.0, ad.cfg.batch_frames) for k, p in enumerate(plans) if k not in probes)
     ad.cost.update(ms_per_kpx=1e-6)  # the probe measured a cost that fits: updates again, the wait resets
     assert ad._crop_scale(time.perf_counter(), 1.0, ONLINE_SIZE[0] * ONLINE_SIZE[1]) == (1.0, ad.cfg.batch_frames)
-    assert ad.reprobe_after == n and ad.budget_skips_in_row == 0
+    assert ad.reprobe_after == REPROBE_AFTER_SKIPS and ad.budget_skips_in_row == 0
 
 
 def test_camera2_and_swap_streams() -> None:

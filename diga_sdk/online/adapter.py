@@ -91,11 +91,12 @@ CROP_LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)  # update crop area, as fractions of 
 BUDGET_DEVIATIONS = 2.0  # planned update cost = mean + this many mean absolute deviations
 BUDGET_MARGIN = 0.05  # share of the budget kept free (timer jitter, allocator)
 PRIOR_FB_FACTOR = 3.0  # before any update: forward+backward ms/kpx ~ 3 x the prediction's forward ms/kpx
-# after this many budget skips in a row, one probe update (smallest crop) measures the cost again, and the
-# wait doubles after each probe that does not bring updates back: a single slow update (a one-time load, a
-# page-fault burst, another process) must not leave the planner skipping for the rest of the stream, and a
-# model really too slow for the budget overruns it on a logarithmic share of frames only
-REPROBE_AFTER_SKIPS = 20
+# after this many budget skips in a row, one probe update (smallest crop) measures the cost anew, and the
+# wait doubles after each probe that does not bring updates back: a single slow update (the first one
+# compiling the numba kernels, a page-fault burst, another process) must not leave the planner skipping for
+# the rest of the stream, and a model really too slow for the budget overruns it on a logarithmic share of
+# frames only
+REPROBE_AFTER_SKIPS = 4
 
 
 class OnlineConfig(DigaConfig):
@@ -521,8 +522,9 @@ class OnlineAdapter:
             first = self.cost["ms_per_kpx"] is None and not self.probed
             again = self.cost["ms_per_kpx"] is not None and self.budget_skips_in_row >= self.reprobe_after
             if first or again:
-                if again:
+                if again:  # the probe measures the cost anew: a blend with a stale estimate decays too slowly
                     self.reprobe_after *= 2
+                    self.cost.update(ms_per_kpx=None, overhead_ms=None, dev_per_kpx=0.0, dev_overhead=0.0)
                 self.probed, self.budget_skips_in_row = True, 0
                 self.counters["probes"] = self.counters.get("probes", 0) + 1
                 return CROP_LADDER[-1], self.min_frames
