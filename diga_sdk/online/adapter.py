@@ -506,8 +506,9 @@ class OnlineAdapter:
 
     def _crop_scale(self, t0: float, predict_ms: float, frame_px: int) -> tuple[float, int]:
         """(crop scale, frames): the largest crop of the ladder whose planned update cost fits the rest of the
-        budget (scale 0 = skip), or, with nothing measured yet and no crop fitting the prior, one probe update
-        (smallest crop, the fewest frames the model trains on) that measures the real cost."""
+        budget (scale 0 = skip), or one probe update (smallest crop, the fewest frames the model trains on) that
+        measures the real cost: when nothing is measured yet and no crop fits the prior, or after
+        `reprobe_after` budget skips in a row."""
         budget = self.cfg.budget_ms
         if budget is None:
             return 1.0, self.cfg.batch_frames
@@ -534,16 +535,15 @@ class OnlineAdapter:
             self.budget_skips_in_row, self.reprobe_after = 0, REPROBE_AFTER_SKIPS
         return scale, self.cfg.batch_frames
 
-    def plan_crop(self, left_ms: float, h: int, w: int, b: int, prior_ms_per_kpx: float,
-                  deviations: float = BUDGET_DEVIATIONS) -> float:
+    def plan_crop(self, left_ms: float, h: int, w: int, b: int, prior_ms_per_kpx: float) -> float:
         """Pure planning step (tested on its own): the largest ladder scale whose planned cost (the measured
-        mean plus `deviations` mean absolute deviations) <= left_ms."""
+        mean plus BUDGET_DEVIATIONS mean absolute deviations) <= left_ms."""
         c = self.cost
         if c["ms_per_kpx"] is None:  # nothing measured yet: the prior, 1.5x for safety (overhead folded in)
             per_kpx, overhead = 1.5 * prior_ms_per_kpx, 0.0
         else:
-            per_kpx = float(c["ms_per_kpx"]) + deviations * float(c.get("dev_per_kpx") or 0.0)
-            overhead = float(c["overhead_ms"]) + deviations * float(c.get("dev_overhead") or 0.0)
+            per_kpx = float(c["ms_per_kpx"]) + BUDGET_DEVIATIONS * float(c.get("dev_per_kpx") or 0.0)
+            overhead = float(c["overhead_ms"]) + BUDGET_DEVIATIONS * float(c.get("dev_overhead") or 0.0)
         for s in CROP_LADDER:
             ch, cw = self._crop_hw(s, h, w)
             if overhead + per_kpx * 2 * b * ch * cw / 1e3 <= left_ms:  # strong + mixed view per crop
