@@ -264,14 +264,16 @@ class DistilConfig(_Strict):
 
 
 # The defaults of the authors' method switches follow `make ablation` (benchmarks/results/ablation_results.json,
-# a row flipping each): target BN statistics in warm-up, the ClassMix batch in the joint forward and the
-# authors' centroids; the presets use the authors' values throughout.
+# a row flipping each): target BN statistics in warm-up and in self-training, the ClassMix batch in the joint
+# forward and the authors' centroids; the presets use the authors' values throughout. Self-training's target BN
+# pass is the SDK's own: without it BatchNorm's running statistics follow the source and ClassMix crops the
+# student trains on, not the target it is evaluated on (3 seeds from one warm-up: light +2.6, fast +4.1 mIoU).
 def _warmup_default() -> DistilConfig:
     return DistilConfig(target_bn=True)
 
 
 def _selftrain_default() -> DistilConfig:
-    return DistilConfig(lambda_distil=0.25, aug_beta=0.3)
+    return DistilConfig(lambda_distil=0.25, aug_beta=0.3, target_bn=True)
 
 
 class PseudoLabelConfig(_Strict):

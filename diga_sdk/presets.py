@@ -56,6 +56,7 @@ def _recipe(classes: list[int] | None, warmup_steps: int, selftrain_steps: int, 
             "source_view": _view(selftrain_src, _SCALE, True),
             "target_view": _view(selftrain_tgt, _SCALE, True),
             "mix_forward": "separate",
+            "target_bn": False,  # the authors' self-training has no no-grad target pass (the SDK default has)
         },
         "selection": {"kind": "consensus", "centroid_momentum": 1e-4, "centroid_min_pixels": 5,
                       "centroid_labels": "consensus", "centroid_init": "image", "online_centroids": True},

@@ -29,7 +29,7 @@ def test_gta5_cityscapes_preset_is_the_authors_recipe(capsys) -> None:
     assert cfg["warmup"]["source_view"]["sizes"] == [[720, 1280], None, None]
     assert cfg["warmup"]["target_view"]["sizes"] == [[512, 1024], None, None]
     assert cfg["warmup"]["target_bn"] is True and cfg["warmup"]["batch_size"] == 3
-    assert cfg["selftrain"]["mix_forward"] == "separate"
+    assert cfg["selftrain"]["mix_forward"] == "separate" and cfg["selftrain"]["target_bn"] is False
     assert cfg["selection"]["centroid_min_pixels"] == 5 and cfg["selection"]["centroid_labels"] == "consensus"
     assert cfg["selection"]["centroid_init"] == "image" and cfg["warmup_init"] == "backbone"
 

@@ -126,6 +126,14 @@ def method_detail_rows(cfg: AdaptConfig, out: Path, src_ckpt: str, warm: str, ps
     rows.append(_entry(run_stage(name, out / name, lambda: stage_train(name, cfg, scfg, src_ckpt, out / name, resume),
                                  resume)))
 
+    bn = not cfg.selftrain.target_bn
+    name = f"selftrain_target_bn_{'on' if bn else 'off'}"
+    log.info("ablation: %s", name)
+    tcfg = cfg.model_copy(update={"selftrain": cfg.selftrain.model_copy(update={"target_bn": bn})})
+    rows.append(_entry(run_stage(name, out / name, lambda: stage_train(
+        name, tcfg, tcfg.selftrain, warm, out / name, resume,
+        SelfTrainInputs(pseudo_dir, centroids, cfg.selection)), resume)))
+
     sel = cfg.selection
     authors = not (sel.centroid_labels == "consensus" and sel.centroid_init == "image")
     name = f"selftrain_centroids_{'authors' if authors else 'sdk'}"
