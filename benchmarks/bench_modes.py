@@ -45,22 +45,25 @@ def bench_dg(out: Path) -> dict:
     return report
 
 
-def semi_config(fraction: float = 0.125, target_bn: bool = True) -> SemiConfig:
+def semi_config(fraction: float = 0.125, target_bn: bool = True, selftrain_target_bn: bool = False) -> SemiConfig:
     """The demo's warm-up (200 steps, photometric view); self-training as the authors' semi-supervised
     scripts run it: the warm-up's steps, lambda 0.5 and beta 0.4 in every round (`config.semi_selftrain`).
-    `target_bn`: the warm-up's no-grad student forward of the unlabelled images (BatchNorm statistics)."""
+    `target_bn`: the warm-up's no-grad student forward of the unlabelled images (BatchNorm statistics);
+    `selftrain_target_bn`: the same forward in every self-training round (the adaptation default)."""
     demo = demo_adapt_config("unused")
     warmup = demo.warmup.model_copy(update={"mix": False, "target_bn": target_bn})
-    adapt = AdaptConfig(source_val=None, warmup=warmup, selftrain=semi_selftrain(warmup))
+    adapt = AdaptConfig(source_val=None, warmup=warmup,
+                        selftrain=semi_selftrain(warmup, target_bn=selftrain_target_bn))
     return SemiConfig(target=TARGET_TRAIN, target_val=TARGET_VAL, labelled_fraction=fraction, split_seed=0,
                       supervised=TrainConfig(val_data=[]), adapt=adapt)
 
 
-def bench_semi(out: Path, target_bn: bool = True, name: str = "modes_semi.json") -> dict:
+def bench_semi(out: Path, target_bn: bool = True, name: str = "modes_semi.json",
+               selftrain_target_bn: bool = False) -> dict:
     from diga_sdk.adapt.semi import run_semi
 
-    run_semi(semi_config(target_bn=target_bn), out / "semi", resume=True)
-    return collect_semi(out, target_bn, name)
+    run_semi(semi_config(target_bn=target_bn, selftrain_target_bn=selftrain_target_bn), out / "semi", resume=True)
+    return collect_semi(out, target_bn, name, selftrain_target_bn)
 
 
 def bench_oracle(out: Path) -> float:
@@ -109,7 +112,8 @@ def selection_scores(out: Path) -> dict[str, float]:
     return cache
 
 
-def collect_semi(out: Path, target_bn: bool = True, json_name: str = "modes_semi.json") -> dict:
+def collect_semi(out: Path, target_bn: bool = True, json_name: str = "modes_semi.json",
+                 selftrain_target_bn: bool = False) -> dict:
     """modes_semi.json from the stages finished so far in OUT/semi (a run stopped early reports what it has);
     the oracle is OUT/oracle when trained, else the ablation's oracle (same TrainConfig schedule)."""
     import json
@@ -139,7 +143,8 @@ def collect_semi(out: Path, target_bn: bool = True, json_name: str = "modes_semi
               "oracle_from": orc_from, "last_finished_stage": last,
               "last_minus_supervised": by[last] - by["supervised"] if last and "supervised" in by else None,
               "last_minus_oracle": by[last] - orc if last else None,
-              "config": semi_config(target_bn=target_bn).model_dump(mode="json"), "env": env_info()}
+              "config": semi_config(target_bn=target_bn, selftrain_target_bn=selftrain_target_bn).model_dump(
+                  mode="json"), "env": env_info()}
     atomic_write_json(RESULTS / json_name, report)
     return report
 
@@ -150,14 +155,16 @@ if __name__ == "__main__":
     ap.add_argument("--out", type=Path, default=Path("runs/modes"))
     ap.add_argument("--semi-target-bn", choices=("on", "off"), default="on",
                     help="the semi warm-up's no-grad forward of the unlabelled images (BatchNorm statistics)")
+    ap.add_argument("--semi-selftrain-target-bn", choices=("on", "off"), default="off",
+                    help="the same forward in every semi self-training round")
     ap.add_argument("--semi-json", default="modes_semi.json", help="results file name of the semi run")
     args = ap.parse_args()
-    bn = args.semi_target_bn == "on"
+    bn, st_bn = args.semi_target_bn == "on", args.semi_selftrain_target_bn == "on"
     if args.mode in ("dg", "all"):
         bench_dg(args.out)
     if args.mode in ("semi", "all"):
-        bench_semi(args.out, bn, args.semi_json)
+        bench_semi(args.out, bn, args.semi_json, st_bn)
     if args.mode == "oracle":
         bench_oracle(args.out)
     if args.mode in ("oracle", "collect-semi"):
-        collect_semi(args.out, bn, args.semi_json)
+        collect_semi(args.out, bn, args.semi_json, st_bn)
