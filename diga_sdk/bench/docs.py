@@ -191,6 +191,23 @@ def models_pipeline_table(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n" + tail + _machine(res.get("env"))
 
 
+def heldout_table(res: dict[str, Any]) -> str:
+    """A pipeline switch on the held-out camera2 target (`benchmarks/heldout_domain.py`): per model and variant,
+    the mean over seeds of each stage's target-val mIoU, and each seed's final stage."""
+    lines = ["| model | variant | source-only | warmup | selftrain | selftrain_round2 | final per seed |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for name, r in res["models"].items():
+        for variant, label in (("default", "defaults"), ("variant", ", ".join(res["variant"]))):
+            m, per = r["mean"][variant], r["per_seed"][variant]
+            finals = ", ".join(f"{v['selftrain_round2']:.1f}" for _, v in sorted(per.items()))
+            lines.append(f"| {name} | {label} | {r['source_only']:.1f} | {m['warmup']:.1f} | {m['selftrain']:.1f} | "
+                         f"{m['selftrain_round2']:.1f} | {finals} |")
+    gaps = ", ".join(f"{n} {r['final_default_minus_variant']:+.2f}" for n, r in res["models"].items())
+    n = max(len(r["per_seed"]["default"]) for r in res["models"].values())
+    return ("\n".join(lines) + f"\n\nFinal stage, defaults minus variant (mean of {n} seed(s)): {gaps}.\n"
+            + _machine(res.get("env")))
+
+
 def online_models_table(res: dict[str, Any]) -> str:
     """The online adapter's per-frame cost per model, size and mode, with fast / light per size and mode."""
     lines = ["| model | size | mode | budget ms | median ms | p99 ms | planner p99 within budget | updates | "
@@ -270,8 +287,8 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
      stages_table),
     ("pipeline_defaults.json", "The pipeline with the current defaults (`make ablation`'s pipeline stages)",
      "Light model, embedded benchmark, seed 0: source-only and oracle baselines, then warm-up, self-training "
-     "and its refinement round with this release's defaults (target BN statistics in warm-up, joint ClassMix "
-     "forward, the authors' centroids).", stages_table),
+     "and its refinement round with this release's defaults (target BN statistics in warm-up and self-training, "
+     "joint ClassMix forward, the authors' centroids).", stages_table),
     ("ablation_results.json", "Ablation (`make ablation`)",
      "Every DiGA step and the baselines on the embedded benchmark, light model.", stages_table),
     ("loader.json", "Training data path at real size (`benchmarks/bench_loader.py`)",
@@ -410,6 +427,9 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/modes.md", "modes-dg", "modes_dg.json", dg_table),
     ("docs/modes.md", "modes-semi", "modes_semi.json", semi_table),
     ("docs/models.md", "models-pipeline", "models_pipeline.json", models_pipeline_table),
+    ("docs/models.md", "models-pipeline-selftrain-bn-off", "models_pipeline_selftrain_bn_off.json",
+     models_pipeline_table),
+    ("docs/models.md", "heldout-camera2", "heldout_camera2.json", heldout_table),
     ("docs/models.md", "online-models", "online_models.json", online_models_table),
     ("docs/kernels.md", "kernels", "bench_kernels.json", _kernels),
     ("docs/online/protocol.md", "protocol-fast256", "online_protocol_fast256.json", protocol_table),
