@@ -58,18 +58,11 @@ def run_variant(model: str, source_ckpt: str, data: Path, out: Path, seed: int, 
                 shared_warmup: Path | None) -> dict[str, float]:
     from diga_sdk.adapt.pipeline import run_pipeline
     from diga_sdk.bench.ablation import demo_adapt_config
-    from diga_sdk.config import AdaptConfig, parse_sets
+    from diga_sdk.config import with_sets
 
     base = demo_adapt_config(source_ckpt, model=model).model_copy(update={
         "seed": seed, "target": f"cityscapes:{data}@train", "target_val": f"cityscapes:{data}@val"})
-    merged = base.model_dump()
-    for key, value in parse_sets(sets).items():  # the switch on top of the demo's settings
-        *parents, leaf = key.split(".")
-        node = merged
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    base = AdaptConfig.model_validate(merged)
+    base = with_sets(base, sets)  # the switch on top of the demo's settings
     if shared_warmup is not None and not (out / "warmup").exists():
         out.mkdir(parents=True, exist_ok=True)
         (out / "warmup").symlink_to(shared_warmup.resolve(), target_is_directory=True)

@@ -171,16 +171,31 @@ def load_config(path: str | Path | None, cls: type[T], overrides: dict[str, Any]
             raise DigaError(f"config file {p} must hold a mapping of settings")
         data = _deep_merge(data, loaded)
     for key, value in {**(overrides or {}), **parse_sets(sets or [])}.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[leaf] = value
+        if value is not None:
+            _set_dotted(data, key, value)
+    return _validate(cls, data)
+
+
+def with_sets(cfg: T, sets: list[str]) -> T:
+    """`cfg` with `--set key=value` strings applied on top (dotted keys, values parsed as YAML)."""
+    data = cfg.model_dump()
+    for key, value in parse_sets(sets).items():
+        _set_dotted(data, key, value)
+    return _validate(type(cfg), data)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value
+
+
+def _validate(cls: type[T], data: dict[str, Any]) -> T:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from diga_sdk.config import TrainConfig, load_config, save_config
+from diga_sdk.config import AdaptConfig, TrainConfig, load_config, save_config, with_sets
 from diga_sdk.errors import DigaError
 
 
@@ -26,3 +26,12 @@ def test_bad_values_name_the_setting(tmp_path: Path) -> None:
         load_config(tmp_path / "typo.yaml", TrainConfig)
     with pytest.raises(DigaError, match="not found"):
         load_config(tmp_path / "missing.yaml", TrainConfig)
+
+
+def test_with_sets_applies_dotted_strings_on_a_built_config() -> None:
+    cfg = AdaptConfig(seed=4)
+    got = with_sets(cfg, ["selftrain.target_bn=false", "selftrain.optim.lr=0.5"])
+    assert got.selftrain.target_bn is False and got.selftrain.optim.lr == 0.5
+    assert got.seed == 4 and got.warmup == cfg.warmup and cfg.selftrain.target_bn is True  # the input is untouched
+    with pytest.raises(DigaError, match="selftrain.steps"):
+        with_sets(cfg, ["selftrain.steps=many"])
