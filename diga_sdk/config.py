@@ -282,7 +282,7 @@ class DistilConfig(_Strict):
 # a row flipping each): target BN statistics in warm-up and in self-training, the ClassMix batch in the joint
 # forward and the authors' centroids; the presets use the authors' values throughout. Self-training's target BN
 # pass is the SDK's own: without it BatchNorm's running statistics follow the source and ClassMix crops the
-# student trains on, not the target it is evaluated on (3 seeds from one warm-up: light +2.6, fast +4.1 mIoU).
+# student trains on, not the target it is evaluated on (docs/models.md: chosen on the benchmark, judged on camera2).
 def _warmup_default() -> DistilConfig:
     return DistilConfig(target_bn=True)
 
