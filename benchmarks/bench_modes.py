@@ -45,7 +45,7 @@ def bench_dg(out: Path) -> dict:
     return report
 
 
-def semi_config(fraction: float = 0.125, target_bn: bool = True, selftrain_target_bn: bool = False) -> SemiConfig:
+def semi_config(fraction: float = 0.125, target_bn: bool = True, selftrain_target_bn: bool = True) -> SemiConfig:
     """The demo's warm-up (200 steps, photometric view); self-training as the authors' semi-supervised
     scripts run it: the warm-up's steps, lambda 0.5 and beta 0.4 in every round (`config.semi_selftrain`).
     `target_bn`: the warm-up's no-grad student forward of the unlabelled images (BatchNorm statistics);
@@ -59,7 +59,7 @@ def semi_config(fraction: float = 0.125, target_bn: bool = True, selftrain_targe
 
 
 def bench_semi(out: Path, target_bn: bool = True, name: str = "modes_semi.json",
-               selftrain_target_bn: bool = False) -> dict:
+               selftrain_target_bn: bool = True) -> dict:
     from diga_sdk.adapt.semi import run_semi
 
     run_semi(semi_config(target_bn=target_bn, selftrain_target_bn=selftrain_target_bn), out / "semi", resume=True)
@@ -113,7 +113,7 @@ def selection_scores(out: Path) -> dict[str, float]:
 
 
 def collect_semi(out: Path, target_bn: bool = True, json_name: str = "modes_semi.json",
-                 selftrain_target_bn: bool = False) -> dict:
+                 selftrain_target_bn: bool = True) -> dict:
     """modes_semi.json from the stages finished so far in OUT/semi (a run stopped early reports what it has);
     the oracle is OUT/oracle when trained, else the ablation's oracle (same TrainConfig schedule)."""
     import json
@@ -155,7 +155,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", type=Path, default=Path("runs/modes"))
     ap.add_argument("--semi-target-bn", choices=("on", "off"), default="on",
                     help="the semi warm-up's no-grad forward of the unlabelled images (BatchNorm statistics)")
-    ap.add_argument("--semi-selftrain-target-bn", choices=("on", "off"), default="off",
+    ap.add_argument("--semi-selftrain-target-bn", choices=("on", "off"), default="on",
                     help="the same forward in every semi self-training round")
     ap.add_argument("--semi-json", default="modes_semi.json", help="results file name of the semi run")
     args = ap.parse_args()

@@ -396,9 +396,11 @@ SEMI_LAMBDA_DISTIL, SEMI_AUG_BETA = 0.5, 0.4
 
 
 def semi_selftrain(warmup: DistilConfig, **update: object) -> DistilConfig:
-    """The semi-supervised self-training stage of a warm-up: the same steps, lambda and beta (the authors')."""
+    """The semi-supervised self-training stage of a warm-up: the same steps, lambda and beta (the authors') and
+    the same target BN pass (as adaptation's self-training; chosen on the selection split, docs/modes.md)."""
     return DistilConfig(steps=warmup.steps, batch_size=warmup.batch_size, optim=warmup.optim,
-                        lambda_distil=SEMI_LAMBDA_DISTIL, aug_beta=SEMI_AUG_BETA).model_copy(update=update)
+                        lambda_distil=SEMI_LAMBDA_DISTIL, aug_beta=SEMI_AUG_BETA,
+                        target_bn=warmup.target_bn).model_copy(update=update)
 
 
 def _semi_adapt_default() -> AdaptConfig:

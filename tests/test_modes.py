@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from diga_sdk.adapt.dg import dg_stage_configs, run_dg
 from diga_sdk.adapt.distill import train_distil_stage
 from diga_sdk.cli import main
-from diga_sdk.config import AdaptConfig, DGConfig, DistilConfig, SemiConfig, TrainConfig
+from diga_sdk.config import AdaptConfig, DGConfig, DistilConfig, SemiConfig, TrainConfig, semi_selftrain
 from diga_sdk.data.datasets import open_dataset
 from diga_sdk.data.split import (
     choose_labelled,
@@ -208,3 +208,13 @@ def test_bad_eval_and_val_specs_fail_before_any_training(tiny_specs, tmp_path) -
     with pytest.raises(DigaError, match="BDD100K folder"):
         run_semi(bad_val, tmp_path / "semi", show=False)
     assert not (tmp_path / "dg").exists() and not (tmp_path / "semi").exists()
+
+
+def test_semi_self_training_follows_its_warm_up() -> None:
+    """The authors' semi self-training loss weights and steps, plus the warm-up's target BN pass (on by default,
+    chosen on the selection split); switching the warm-up's off switches self-training's off too."""
+    st = SemiConfig().adapt.selftrain
+    assert (st.lambda_distil, st.aug_beta, st.target_bn) == (0.5, 0.4, True)
+    assert st.steps == SemiConfig().adapt.warmup.steps
+    off = semi_selftrain(DistilConfig(target_bn=False))
+    assert off.target_bn is False and semi_selftrain(DistilConfig(), target_bn=True).target_bn is True
