@@ -37,6 +37,7 @@ def render_camera2(root: Path) -> Path:
     from diga_sdk.data.synthetic_scene import TARGET_SCENE, make_scene
     from diga_sdk.io import atomic_path
 
+    style = camera2_render()  # one style object for every frame (it builds colour tables)
     for split, n in COUNTS.items():
         for i in range(n):
             city = CITIES[split][i % len(CITIES[split])]
@@ -47,7 +48,7 @@ def render_camera2(root: Path) -> Path:
                 continue
             rng = np.random.default_rng(_item_seed(0, "camera2-offline", split, i))
             scene = make_scene(SIZE[0], SIZE[1], TARGET_SCENE, rng)
-            for path, arr in ((lab, scene.label), (img, render(scene, camera2_render(), rng))):
+            for path, arr in ((lab, scene.label), (img, render(scene, style, rng))):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(path) as tmp:
                     Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)
