@@ -76,3 +76,43 @@ def test_image_mode_centroids_average_per_image_means_with_a_pixel_minimum() -> 
     strict.add(feats, labels)
     cents, seen, counts = strict.result()
     assert cents[1, 0] == 1.0 and counts.tolist() == [0, 1, 0] and seen.tolist() == [False, True, False]
+
+
+def _aux_weights_after_step(scfg: DistilConfig, selftrain: bool, model_name: str = "fast") -> tuple[torch.Tensor, ...]:
+    """(auxiliary head weight before, after) one DiGA step of a model with a training-only head."""
+    torch.manual_seed(0)
+    model = build_model(model_name, C).train()
+    before = model.aux_head[1].weight.detach().clone()
+    gen = torch.Generator().manual_seed(1)
+    x_s, x_t = torch.rand(B, 3, H, W, generator=gen), torch.rand(B, 3, H, W, generator=gen)
+    y_s = torch.randint(0, 4, (B, H, W), generator=gen)
+    pl = torch.randint(0, 4, (B, H, W), generator=gen) if selftrain else None
+    ctx = StepContext(stage="t", seed=0, scfg=scfg, num_classes=C, net=model, teacher=EMATeacher(model),
+                      optimizer=make_optimizer(model, OptimConfig()), translator=FourierTranslator(0.05),
+                      strong=StrongView(), selection=SelectionConfig(kind="none") if selftrain else None)
+    diga_step(ctx, 0, x_s, y_s, x_t, pl)
+    return before, model.aux_head[1].weight.detach(), model.aux_logits
+
+
+def test_the_auxiliary_head_learns_in_every_diga_step_and_the_model_lets_go_of_its_logits() -> None:
+    """Deep supervision: warm-up and self-training (joint or separate ClassMix forward) add the head's loss, so
+    its weights move (SGD skips a parameter without a gradient, weight decay included)."""
+    for scfg, selftrain in [(DistilConfig(), False), (DistilConfig(distil=False), False),
+                            (DistilConfig(mix_forward="joint"), True), (DistilConfig(mix_forward="separate"), True)]:
+        before, after, left = _aux_weights_after_step(scfg, selftrain)
+        assert not torch.equal(before, after), (scfg, selftrain)
+        assert left is None
+
+
+def test_supervised_training_adds_the_auxiliary_loss(tmp_path, tiny_specs) -> None:
+    from safetensors.torch import load_file
+
+    from diga_sdk.adapt.supervised import train_supervised
+    from diga_sdk.config import ModelConfig, TrainConfig
+
+    cfg = TrainConfig(train_data=tiny_specs["source_train"], val_data=[], steps=1, batch_size=2, crop=(64, 128),
+                      scale=(0.75, 1.0), model=ModelConfig(name="fast"))
+    torch.manual_seed(cfg.seed)
+    init = build_model("fast", 19).aux_head[1].weight.detach().clone()  # the trainer builds it from this seed
+    trained = load_file(str(train_supervised(cfg, tmp_path)))["aux_head.1.weight"]
+    assert init.shape == trained.shape and not torch.equal(init, trained)
