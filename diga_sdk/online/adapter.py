@@ -78,6 +78,7 @@ from ..data.labels import IGNORE_INDEX
 from ..data.transforms import normalize, step_rng, to_tensor
 from ..errors import DigaError
 from ..io import atomic_path
+from ..models.auxiliary import take_auxiliary_logits
 from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from ..models.registry import build_model
 from .replay import ReplayBuffer
@@ -272,7 +273,7 @@ class OnlineAdapter:
         self.served: EMATeacher | None = None  # in probation: the confirmed weights that predict (None = teacher)
         self.clear_since: int | None = None  # in probation: first frame of the current run of clear slow signals
         if self.cfg.probation_at_start and self.source_check is not None:
-            self.served = EMATeacher(self.shipped.module)
+            self.served = self.shipped  # frozen: never updated, so the shipped model itself serves
         self.frame_index = 0
         self.counters = {"frames": 0, "updates": 0, "skip_budget": 0, "skip_unhealthy": 0, "rollbacks": 0,
                          "snapshots": 0, "over_budget": 0}
@@ -292,8 +293,12 @@ class OnlineAdapter:
         t0 = time.perf_counter()
         i = self.frame_index
         x = to_tensor(image)[None]
+        shipped_out = None  # the shipped model's (logits, features, argmax) on this frame, when it serves
         if self.served is not None:  # probation: the output comes from the confirmed weights
-            served_pred = self._predict(self.served, x)[2]
+            served_out = self._predict(self.served, x)
+            served_pred = served_out[2]
+            if self.served is self.shipped:
+                shipped_out = served_out
             predict_ms = (time.perf_counter() - t0) * 1e3
             if not self._room_for_forward(t0, predict_ms):  # the teacher's forward and update wait
                 self.counters["skip_budget"] += 1
@@ -312,7 +317,7 @@ class OnlineAdapter:
         kept = float((pl_sel != IGNORE_INDEX).float().mean())
         sig = frame_signals(t_logits, kept, t_feats, self.centroids, self.seen) if self.cfg.safety.enabled else None
         if sig is not None and self._shadow_due(t0, predict_ms):
-            sig["kept_shipped"], sig["hist_shipped"] = self._shipped_kept(x)
+            sig["kept_shipped"], sig["hist_shipped"] = self._shipped_kept(x, shipped_out)
             self.last_shadow = i
             self.counters["shadow_checks"] = self.counters.get("shadow_checks", 0) + 1
         # not on a shadow frame (it waits a frame): one extra forward per frame at most, so the p99 frame cost
@@ -331,7 +336,7 @@ class OnlineAdapter:
             if self.served is not None:
                 self._maybe_promote()
             elif self._serving_drop_too_high():
-                self.served, self.clear_since = EMATeacher(self.shipped.module), None  # the output goes back to shipped
+                self.served, self.clear_since = self.shipped, None  # the output goes back to shipped
                 self.counters["demotions"] = self.counters.get("demotions", 0) + 1
 
         if self.frame_index < self.cfg.safety.calib_frames:
@@ -405,11 +410,12 @@ class OnlineAdapter:
         left = self.cfg.budget_ms * (1.0 - BUDGET_MARGIN) - (time.perf_counter() - t0) * 1e3
         return 1.2 * predict_ms <= left
 
-    def _shipped_kept(self, x: torch.Tensor) -> tuple[float, list[float]]:
+    def _shipped_kept(self, x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                      ) -> tuple[float, list[float]]:
         """The shipped model's consensus-kept share on this frame, with the centroids it calibrated (the
         reference the adapted teacher's own kept share is compared with: same frame, same conditions), and
         its predicted class shares at feature resolution (the class-share divergence's reference)."""
-        logits, feats, pred = self._predict(self.shipped, x)
+        logits, feats, pred = out if out is not None else self._predict(self.shipped, x)
         sel = kernels.consensus_select(pred, feats, self.shipped_centroids)
         hist = torch.bincount(logits.argmax(1).reshape(-1), minlength=self.num_classes).double()
         return float((sel != IGNORE_INDEX).float().mean()), (hist / hist.sum().clamp_min(1)).tolist()
@@ -584,6 +590,7 @@ class OnlineAdapter:
         t_fb = time.perf_counter()
         with _bn_statistics_from(self.student, x if self.cfg.bn == "adapt" else None, self.meta):
             logits, _ = self.student(normalize(torch.cat([x_aug, x_mix]), self.meta.mean, self.meta.std))
+        take_auxiliary_logits(self.student)  # unused online: a shipped model's auxiliary head may be untrained
         s_aug = logits[:b]
         if tuple(s_aug.shape[-2:]) != tuple(t_clean.shape[-2:]):
             s_aug = F.interpolate(s_aug, size=t_clean.shape[-2:], mode="bilinear", align_corners=False)
@@ -757,7 +764,7 @@ class OnlineAdapter:
                             "safecand.seen": self._safe_candidate["seen"].to(torch.uint8)})
         if self.source_check is not None:
             tensors.update(self.source_check.tensors())
-        if self.served is not None:
+        if self.served is not None and self.served is not self.shipped:
             tensors.update({f"served.{k}": v.detach().cpu().contiguous() for k, v in self.served.module.state_dict().items()})
         if self._candidate is not None:
             for part in ("student", "teacher"):
@@ -771,6 +778,7 @@ class OnlineAdapter:
                 "last_shadow": self.last_shadow, "lr_backoff": self.lr_backoff, "safe_frame": self._safe["frame"], "safe_is_good": safe_is_good,
                 "safe_candidate_frame": None if self._safe_candidate is None else self._safe_candidate["frame"],
                 "last_source_check": self.last_source_check, "probed": self.probed, "probation": self.served is not None,
+                "served_is_shipped": self.served is self.shipped,
                 "budget_skips_in_row": self.budget_skips_in_row, "reprobe_after": self.reprobe_after,
                 "clear_since": self.clear_since,
                 "source_check_next": self.source_check.next if self.source_check is not None else 0,
@@ -830,7 +838,9 @@ class OnlineAdapter:
         self.budget_skips_in_row = info.get("budget_skips_in_row", 0)
         self.reprobe_after = info.get("reprobe_after", REPROBE_AFTER_SKIPS)
         self.served, self.clear_since = None, info.get("clear_since")
-        if info.get("probation"):
+        if info.get("probation") and info.get("served_is_shipped"):
+            self.served = self.shipped
+        elif info.get("probation"):
             self.served = EMATeacher(self.teacher.module)
             self.served.module.load_state_dict({k[7:]: v for k, v in t.items() if k.startswith("served.")})
         if self.source_check is not None:
