@@ -33,7 +33,6 @@ from ..data.transforms import normalize, step_rng
 from ..errors import DigaError
 from ..interrupt import interrupt_at_step_boundary, stopped
 from ..io import file_sha256
-from ..models.auxiliary import AUX_WEIGHT, take_auxiliary_logits
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.recompute import enable_activation_checkpointing
 from ..models.registry import channels_last
@@ -126,28 +125,18 @@ def diga_step(ctx: StepContext, step: int, x_s: torch.Tensor, y_s: torch.Tensor,
             student_in.append(mix_img)
 
     logits, _ = ctx.net(normalize(torch.cat(student_in)))
-    aux = take_auxiliary_logits(ctx.net)  # a training-only head's logits (None for most models)
     if scfg.distil:
         loss_ce = seg_loss(logits[:b], y_s, ctx.seg_loss)
-        if aux is not None:
-            loss_ce = loss_ce + AUX_WEIGHT * seg_loss(aux[:b], y_s, ctx.seg_loss)
         loss_kd = scfg.lambda_distil * kernels.symmetric_distillation_loss(t_logits[:2 * b], logits[:2 * b],
                                                                           scfg.mixed_scale)
     else:  # ablation: both views are plain supervised inputs
         loss_ce = seg_loss(logits[:2 * b], torch.cat([y_s, y_s]), ctx.seg_loss)
-        if aux is not None:
-            loss_ce = loss_ce + AUX_WEIGHT * seg_loss(aux[:2 * b], torch.cat([y_s, y_s]), ctx.seg_loss)
         loss_kd = torch.zeros((), device=device)
     loss = loss_ce + loss_kd
     out = {"ce": loss_ce.item(), "kd": loss_kd.item()}
     if selftrain:
-        if scfg.mix_forward == "joint":
-            mix_logits, mix_aux = logits[2 * b:], aux[2 * b:] if aux is not None else None
-        else:
-            mix_logits, mix_aux = ctx.net(normalize(mix_img))[0], take_auxiliary_logits(ctx.net)
+        mix_logits = logits[2 * b:] if scfg.mix_forward == "joint" else ctx.net(normalize(mix_img))[0]
         loss_st = seg_loss(mix_logits, mix_lab)
-        if mix_aux is not None:
-            loss_st = loss_st + AUX_WEIGHT * seg_loss(mix_aux, mix_lab)
         loss = loss + loss_st
         out["st"] = loss_st.item()
     ctx.optimizer.zero_grad(set_to_none=True)

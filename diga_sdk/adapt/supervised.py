@@ -16,7 +16,6 @@ from ..data.loader import BatchStream, StepBatches, default_workers
 from ..data.transforms import normalize
 from ..errors import DigaError
 from ..interrupt import interrupt_at_step_boundary, stopped
-from ..models.auxiliary import AUX_WEIGHT, take_auxiliary_logits
 from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from ..models.recompute import enable_activation_checkpointing
 from ..models.registry import build_model, channels_last
@@ -138,9 +137,6 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
             x, y = batch.on(cfg.device)
             logits, _ = model(normalize(x))
             loss = seg_loss(logits, y, cfg.seg_loss)
-            aux = take_auxiliary_logits(model)
-            if aux is not None:  # deep supervision of a training-only head
-                loss = loss + AUX_WEIGHT * seg_loss(aux, y, cfg.seg_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

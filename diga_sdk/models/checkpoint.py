@@ -17,7 +17,6 @@ from ..data.labels import CLASS_NAMES, PALETTE
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import DigaError
 from ..io import atomic_path, file_sha256
-from .auxiliary import training_only_prefixes
 from .registry import build_model
 
 META_KEY = "diga_meta"
@@ -86,9 +85,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         state = load_file(str(p), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
         raise DigaError(f"checkpoint {p} is corrupt ({exc}); re-export or re-train it") from None
-    optional = training_only_prefixes(model)  # training-only heads: a checkpoint from before them lacks them
-    if optional and not any(k.startswith(optional) for k in state):
-        state = {**{k: v for k, v in model.state_dict().items() if k.startswith(optional)}, **state}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -10,9 +10,7 @@ centroids live in, then a 1x1 classifier: `forward(x) -> (logits, features)` lik
 
 Why it is cheap: `light` keeps every deep layer at 1/8 (dilated stages + ASPP, 38.3 GFLOP per 512x1024
 frame); here only 64 channels run at 1/8 and the wide layers run at 1/16 and 1/32 (docs/models.md has
-the per-part FLOPs and measured latencies). While training, an auxiliary head classifies the 1/16 context map
-(`models/auxiliary.py`; DDRNet's deep supervision): it gives the context branch its own gradient from the
-labels and costs nothing at inference. Only dense convolutions: depthwise ones save FLOPs but not
+the per-part FLOPs and measured latencies). Only dense convolutions: depthwise ones save FLOPs but not
 time on a CPU's convolution kernels. Every Conv2d is followed by a BatchNorm2d that only it feeds, so
 the BN-folded teacher copy (`models/folded.py`) folds them all.
 """
@@ -62,7 +60,6 @@ class FastSegmenter(nn.Module):
     # the pyramid pools a small crop (128x256) to 1x1 before a BatchNorm, which cannot train on one value a
     # channel: trainers that may see a single small image (the online adapter) give it at least this many
     min_train_images = 2
-    training_only = ("aux_head.",)  # the auxiliary head: not in inference, may be missing from old checkpoints
 
     def __init__(self, num_classes: int = 19, width: int = 32, feature_dim: int = 256) -> None:
         super().__init__()
@@ -78,18 +75,14 @@ class FastSegmenter(nn.Module):
         self.head = _cbr(2 * w + 4 * w, feature_dim, 1)
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(feature_dim, num_classes, 1)
-        self.aux_head = nn.Sequential(_cbr(4 * w, 2 * w, 3), nn.Conv2d(2 * w, num_classes, 1))
-        self.aux_logits: torch.Tensor | None = None
         self.num_classes, self.feature_dim = num_classes, feature_dim
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = c = self.stem(x)
-        for k, (detail, context, to_detail, to_context) in enumerate(zip(self.detail, self.context, self.to_detail,
-                                                                         self.to_context, strict=True)):
+        for detail, context, to_detail, to_context in zip(self.detail, self.context, self.to_detail,
+                                                          self.to_context, strict=True):
             d, c = detail(d), context(c)
             d, c = F.relu(d + _resize(to_detail(c), d)), F.relu(c + to_context(d))
-            if k == 0:  # the 1/16 context map: deep supervision while training
-                self.aux_logits = self.aux_head(c) if self.training and torch.is_grad_enabled() else None
         f = self.head(torch.cat([d, _resize(self.pyramid(c), d)], 1))
         return self.classifier(self.dropout(f)), f
 
