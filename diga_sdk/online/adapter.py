@@ -78,7 +78,6 @@ from ..data.labels import IGNORE_INDEX
 from ..data.transforms import normalize, step_rng, to_tensor
 from ..errors import DigaError
 from ..io import atomic_path
-from ..models.auxiliary import take_auxiliary_logits
 from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from ..models.registry import build_model
 from .replay import ReplayBuffer
@@ -590,7 +589,6 @@ class OnlineAdapter:
         t_fb = time.perf_counter()
         with _bn_statistics_from(self.student, x if self.cfg.bn == "adapt" else None, self.meta):
             logits, _ = self.student(normalize(torch.cat([x_aug, x_mix]), self.meta.mean, self.meta.std))
-        take_auxiliary_logits(self.student)  # unused online: a shipped model's auxiliary head may be untrained
         s_aug = logits[:b]
         if tuple(s_aug.shape[-2:]) != tuple(t_clean.shape[-2:]):
             s_aug = F.interpolate(s_aug, size=t_clean.shape[-2:], mode="bilinear", align_corners=False)
