@@ -92,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
               "env": env_info(), "loadavg": os.getloadavg(),
               "note": "1 thread per child, sides alternate; a shared machine: compare the ratio, not the ms"}
     atomic_write_json(a.json, result)
-    md = (f"Per-frame cost, {h}x{w}, 1 thread, {a.rounds} alternating rounds of {a.frames} frames, "
-          f"load avg {os.getloadavg()[0]:.1f}\n\n| side | code | config | median ms | p99 ms |\n|---|---|---|---|---|\n"
-          + "".join(f"| {s} | {r['code']} | {r['config']} | {r['median_ms']:.1f} | {r['p99_ms']:.1f} |\n"
-                    for s, r in rows.items())
-          + f"\nb / a: median {ratio['median']:.3f}, p99 {ratio['p99']:.3f}\n")
+    from diga_sdk.bench.docs import online_ab_table
+
+    md = online_ab_table(result)
     atomic_write_bytes(Path(a.json).with_suffix(".md"), md.encode())
     print(md)
     return 0

@@ -6,6 +6,11 @@ worst window, the mean gain over the last third, rollbacks and their reasons, pe
 
     python benchmarks/online_protocol.py run NAME --model CKPT --config YAML --out DIR [--size 128x256]
     python benchmarks/online_protocol.py summary --out DIR --json benchmarks/results/online_protocol.json
+    python benchmarks/online_protocol.py offline --warmup CKPT --final CKPT --json THAT_JSON
+
+`offline` adds what offline DiGA gains on each stream (the shipped warm-up model against the pipeline's final
+model, both frozen, every 3rd frame, over the whole stream and its last third): the last-third target applies
+where that gain is at least 3 mIoU.
 
 Run each stream as its own 1-thread process (streams in parallel on a shared machine).
 """
@@ -132,6 +137,9 @@ def summary(out: Path, json_path: Path) -> dict:
     order = [k for k in STREAMS if k in runs] + sorted(k for k in runs if k not in STREAMS)  # + earlier passes
     result = {"window": WINDOW, "runs": {k: runs[k] for k in order},
               "describe": {k: StreamSpec(**runs[k]["spec"]).describe() for k in order}}
+    if json_path.is_file():  # what `offline` added stays
+        old = json.loads(json_path.read_text())
+        result.update({k: old[k] for k in ("offline_gain", "offline_models") if k in old})
     atomic_write_json(json_path, result)
     from diga_sdk.bench.docs import protocol_table
 
@@ -139,6 +147,41 @@ def summary(out: Path, json_path: Path) -> dict:
     atomic_write_bytes(json_path.with_suffix(".md"), table.encode())
     print(table)
     return result
+
+
+def offline_gain(warmup: str, final: str, json_path: Path, names: list[str], every: int = 3) -> dict:
+    """mIoU of two frozen checkpoints on every `every`-th frame of each stream, all frames and the last third;
+    merged into `json_path` under "offline_gain"."""
+    import torch
+
+    from diga_sdk.data.streams import FrameStream
+    from diga_sdk.data.transforms import to_tensor
+    from diga_sdk.io import atomic_write_json
+    from diga_sdk.metrics import ConfusionMatrix
+    from diga_sdk.models.checkpoint import load_checkpoint
+    from diga_sdk.online.run import predict_labels
+
+    models = {"warmup": load_checkpoint(warmup)[0].eval(), "final": load_checkpoint(final)[0].eval()}
+    out = {}
+    for name in names:
+        spec = STREAMS[name]
+        cms = {part: {k: ConfusionMatrix(m.num_classes) for k, m in models.items()} for part in ("all", "last")}
+        for fr in FrameStream(spec.scenario, spec.frames, (256, 512), spec.segments, seed=spec.seed):
+            if fr.index % every:
+                continue
+            label, x = torch.from_numpy(fr.label), to_tensor(fr.image)[None]
+            for k, m in models.items():
+                pred = predict_labels(m, x)[0]
+                cms["all"][k].update(pred, label)
+                if fr.index >= (2 * spec.frames) // 3:
+                    cms["last"][k].update(pred, label)
+        out[name] = {part: {"warmup": c["warmup"].miou(), "final": c["final"].miou(),
+                            "gain": c["final"].miou() - c["warmup"].miou()} for part, c in cms.items()}
+        print(name, {part: round(v["gain"], 2) for part, v in out[name].items()}, flush=True)
+    res = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    res.update(offline_gain=out, offline_models={"warmup": warmup, "final": final, "every": every})
+    atomic_write_json(json_path, res)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("summary")
     s.add_argument("--out", required=True)
     s.add_argument("--json", default="benchmarks/results/online_protocol.json")
+    o = sub.add_parser("offline")
+    o.add_argument("--warmup", required=True)
+    o.add_argument("--final", required=True)
+    o.add_argument("--json", required=True)
+    o.add_argument("--streams", default=",".join(STREAMS))
     a = p.parse_args(argv)
+    if a.cmd == "offline":
+        offline_gain(a.warmup, a.final, Path(a.json), a.streams.split(","))
+        return 0
     if a.cmd == "run":
         h, w = (int(v) for v in a.size.lower().split("x"))
         Path(a.out).mkdir(parents=True, exist_ok=True)

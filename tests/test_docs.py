@@ -59,3 +59,15 @@ def test_docs_hold_no_ticket_language():
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         for n, line in enumerate(page.read_text().splitlines(), 1):
             assert not TICKET_WORDS.search(line), f"{page.name}:{n}: {line.strip()}"
+
+
+def test_the_last_third_target_applies_only_where_offline_diga_gains_three_points():
+    from diga_sdk.bench.docs import offline_gain_table
+
+    part = {"warmup": 30.0, "final": 0.0, "gain": 0.0}
+    res = {"runs": {"a": {"last_third_mean_gain": 0.9}, "b": {"last_third_mean_gain": 1.2},
+                    "c": {"last_third_mean_gain": 0.2}},
+           "offline_gain": {k: {"all": part, "last": {**part, "gain": g}} for k, g in (("a", 3.0), ("b", 4.0), ("c", 2.9))}}
+    rows = {line.split("|")[1].strip(): line for line in offline_gain_table(res).splitlines()[2:]}
+    assert rows["a"].endswith("| applies: short of it |") and rows["b"].endswith("| applies: reached |")
+    assert rows["c"].endswith("| does not apply |")

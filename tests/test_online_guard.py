@@ -219,15 +219,27 @@ def test_a_held_out_drop_above_the_serving_bound_hands_the_output_to_the_shipped
     assert not all(torch.equal(v, teacher[k]) for k, v in ad.model.state_dict().items())  # it learns on
 
 
-def test_probation_at_start_serves_the_shipped_model(small_model: Path, tiny_specs: dict[str, str]) -> None:
+def test_probation_at_start_serves_the_shipped_model(small_model: Path, tiny_specs: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    """The shipped model itself serves (no copy of it in memory or in the state file), through a restart."""
+    from safetensors.torch import load_file
+
     from diga_sdk.data.transforms import to_tensor
 
     ad = open_adapter(small_model, online_cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
                                         probation_at_start=True, lr=0.05))
-    for f in FrameStream("scenario:target", 8, ONLINE_SIZE, seed=2):
+    frames = list(FrameStream("scenario:target", 10, ONLINE_SIZE, seed=2))
+    for f in frames[:8]:
         r = ad.process(f.image)
         assert np.array_equal(r.pred, ad._predict(ad.shipped, to_tensor(f.image)[None])[2][0].numpy())
-    assert ad.counters["updates"] > 0 and ad.served is not None
+    assert ad.counters["updates"] > 0 and ad.served is ad.shipped
+    state = ad.save_state(tmp_path / "state.safetensors")
+    assert not any(k.startswith("served.") for k in load_file(str(state)))
+    resumed = OnlineAdapter.resume(state)
+    assert resumed.served is resumed.shipped
+    for f in frames[8:]:
+        r = resumed.process(f.image)
+        assert np.array_equal(r.pred, resumed._predict(resumed.shipped, to_tensor(f.image)[None])[2][0].numpy())
 
 
 DRIFT_SEEDS = (8, 9)  # stream seeds of the planted drift; at seed 9 the slow signals alone (no probation) let a window fall

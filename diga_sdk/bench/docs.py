@@ -347,6 +347,34 @@ def protocol_table(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def offline_gain_table(res: dict[str, Any]) -> str:
+    """Offline DiGA's gain on each protocol stream (the shipped warm-up model and the pipeline's final model,
+    both frozen) beside the online adapter's, over the whole stream and its last third."""
+    lines = ["| stream | offline DiGA gain, all frames | offline DiGA gain, last third | online gain, last third | "
+             "target (+1 where offline >= 3) |", "|---|---:|---:|---:|---|"]
+    for name, g in res["offline_gain"].items():
+        run = res["runs"].get(name, {})
+        lt, off = run.get("last_third_mean_gain"), g["last"]["gain"]
+        verdict = "-" if lt is None else ("applies: " + ("reached" if lt >= 1.0 else "short of it") if off >= 3.0
+                                          else "does not apply")
+        lines.append(f"| {name} | {g['all']['gain']:+.2f} ({g['all']['warmup']:.2f} -> {g['all']['final']:.2f}) | "
+                     f"{off:+.2f} ({g['last']['warmup']:.2f} -> {g['last']['final']:.2f}) | "
+                     f"{'-' if lt is None else f'{lt:+.2f}'} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def online_ab_table(res: dict[str, Any]) -> str:
+    """Per-frame cost of two online setups side by side (`benchmarks/bench_online_ab.py`): medians, p99s, ratio."""
+    h, w = res["size"]
+    rows, ratio = res["sides"], res["b_over_a"]
+    frames = rows["a"]["frames"] // max(int(res.get("rounds", 1)), 1)
+    return (f"Per-frame cost, {h}x{w}, 1 thread, {res.get('rounds', 1)} alternating rounds of {frames} frames, "
+            f"CPU {res['env'].get('cpu', '?')}, load avg {res['loadavg'][0]:.1f}\n\n"
+            "| side | config | median ms | p99 ms |\n|---|---|---:|---:|\n"
+            + "".join(f"| {s} | {r['config']} | {r['median_ms']:.1f} | {r['p99_ms']:.1f} |\n" for s, r in rows.items())
+            + f"\nb / a: median {ratio['median']:.3f}, p99 {ratio['p99']:.3f}\n")
+
+
 def planted_table(res: dict[str, Any]) -> str:
     """The planted slow drift (`benchmarks/online_planted_drift.py`): gains per window under each monitor."""
     w, start = res["window"], res["drift_from"]
@@ -434,6 +462,9 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/models.md", "online-models", "online_models.json", online_models_table),
     ("docs/kernels.md", "kernels", "bench_kernels.json", _kernels),
     ("docs/online/protocol.md", "protocol-fast256", "online_protocol_fast256.json", protocol_table),
+    ("docs/online/protocol.md", "protocol-vehicle256", "online_protocol_vehicle256.json", protocol_table),
+    ("docs/online/protocol.md", "protocol-vehicle256-offline", "online_protocol_vehicle256.json", offline_gain_table),
+    ("docs/online/protocol.md", "online-ab-vehicle256", "online_ab_vehicle256.json", online_ab_table),
 ]
 
 
