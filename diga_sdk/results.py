@@ -28,6 +28,11 @@ def cpu_isa_flags() -> list[str]:
     return []
 
 
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated, slower than fp32."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_isa_flags()))
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -52,6 +52,26 @@ def test_batchnorm_modes(small_model: Path, mode: str) -> None:
     assert changed == (mode != "frozen")
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_update_precision_autocasts_only_the_update(small_model: Path, precision: str) -> None:
+    """`bf16`: the update's student forward runs under bf16 autocast (weights stay fp32, predictions fp32);
+    `auto` takes bf16 exactly where the CPU has bf16 units."""
+    from diga_sdk.results import cpu_has_bf16_units
+
+    ad = open_adapter(small_model, online_cfg(update_precision=precision, safety={"enabled": False, "calib_frames": 2}))
+    seen: list[tuple[bool, bool]] = []  # (grad enabled, autocast on) of every student forward
+    ad.student.register_forward_pre_hook(lambda m, args: seen.append((torch.is_grad_enabled(),
+                                                                      torch.is_autocast_enabled("cpu"))))
+    shipped = {k: v.clone() for k, v in ad.student.state_dict().items()}
+    results = [ad.process(f.image) for f in FrameStream("scenario:target", 4, ONLINE_SIZE, seed=2)]
+    want = precision == "bf16" or (precision == "auto" and cpu_has_bf16_units())
+    training = [on for grad, on in seen if grad]
+    assert ad.counters["updates"] == 2 and len(training) == 2 and all(on == want for on in training)
+    assert all(p.dtype == torch.float32 for p in ad.student.parameters())
+    assert all(r.pred.dtype == np.uint8 for r in results)
+    assert not all(torch.equal(v, shipped[k]) for k, v in ad.student.state_dict().items())
+
+
 def test_budget_skips_updates_that_do_not_fit(small_model: Path) -> None:
     ad = open_adapter(small_model, online_cfg(budget_ms=0.01, safety={"enabled": False, "calib_frames": 1}))
     results = [ad.process(f.image) for f in FrameStream("scenario:target", 5, ONLINE_SIZE, seed=3)]

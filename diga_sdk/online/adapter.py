@@ -80,6 +80,7 @@ from ..errors import DigaError
 from ..io import atomic_path
 from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from ..models.registry import build_model
+from ..results import cpu_has_bf16_units
 from .replay import ReplayBuffer
 from .safety import SLOW_REASONS, HealthMonitor, SafetyConfig, frame_signals
 from .source import SourceAnchor, SourceCheck
@@ -110,6 +111,10 @@ class OnlineConfig(DigaConfig):
     crop: tuple[int, int] = (128, 256)  # update crop (multiples of 8); clipped to the frame
     aug_beta: float = 0.3
     lambda_distil: float = 0.25
+    # precision of the update's student forward and backward: "bf16" (autocast; weights, optimizer and loss stay
+    # fp32) costs about half on a CPU with bf16 units (fast, 8 crops of 128x256, 1 thread: 149 -> 83 ms) and
+    # more than fp32 elsewhere; "auto" = bf16 where the CPU has the units (AVX512-BF16, AMX). Predictions are fp32
+    update_precision: Literal["fp32", "bf16", "auto"] = "fp32"
     ema_decay: float = 0.99
     bn: Literal["adapt", "adapt-batch", "frozen"] = "adapt"
     bn_momentum: float = 0.01
@@ -236,6 +241,8 @@ class OnlineAdapter:
                             f"batch_frames to {self.min_frames} or more (it is {self.cfg.batch_frames})")
         self.student.train()
         _set_bn(self.student, self.cfg.bn, self.cfg.bn_momentum)
+        p = self.cfg.update_precision
+        self.update_bf16 = p == "bf16" or (p == "auto" and cpu_has_bf16_units())
         self.teacher = EMATeacher(self.student)
         # the shipped model, frozen: the target of stochastic restore and the shadow check's reference
         self.shipped = EMATeacher(self.student)
@@ -587,8 +594,10 @@ class OnlineAdapter:
         else:
             x_mix, y_mix = x_aug, y
         t_fb = time.perf_counter()
-        with _bn_statistics_from(self.student, x if self.cfg.bn == "adapt" else None, self.meta):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.update_bf16), \
+                _bn_statistics_from(self.student, x if self.cfg.bn == "adapt" else None, self.meta):
             logits, _ = self.student(normalize(torch.cat([x_aug, x_mix]), self.meta.mean, self.meta.std))
+        logits = logits.float()
         s_aug = logits[:b]
         if tuple(s_aug.shape[-2:]) != tuple(t_clean.shape[-2:]):
             s_aug = F.interpolate(s_aug, size=t_clean.shape[-2:], mode="bilinear", align_corners=False)

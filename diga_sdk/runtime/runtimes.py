@@ -523,7 +523,7 @@ def _file_precision(p: Path, kind: str) -> str:
 
 def _checked_paths(p: Path, kind: str, max_miou_drop: float) -> tuple[list[AutoPath], dict[str, float]]:
     """The reduced-precision paths of p's source checkpoint: (accepted ones, {rejected name: mIoU change})."""
-    from ..results import cpu_isa_flags
+    from ..results import cpu_has_bf16_units
     from .checked import checked_paths
 
     if kind == "checkpoint":
@@ -534,7 +534,7 @@ def _checked_paths(p: Path, kind: str, max_miou_drop: float) -> tuple[list[AutoP
         from .metadata import HASH_KEY, onnx_props
 
         source = onnx_props(p).get(HASH_KEY, "")
-    bf16_units = bool({"avx512_bf16", "amx_bf16"} & set(cpu_isa_flags()))
+    bf16_units = cpu_has_bf16_units()
     accepted, rejected = [], {}
     for f, check in checked_paths(source):
         if check.runtime not in RUNTIMES or not _installed(check.runtime):
