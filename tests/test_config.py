@@ -35,3 +35,17 @@ def test_with_sets_applies_dotted_strings_on_a_built_config() -> None:
     assert got.seed == 4 and got.warmup == cfg.warmup and cfg.selftrain.target_bn is True  # the input is untouched
     with pytest.raises(DigaError, match="selftrain.steps"):
         with_sets(cfg, ["selftrain.steps=many"])
+
+
+def test_the_online_recipes_in_docs_load_and_the_vehicle_bounds_are_ordered():
+    """The recipes the docs measure are valid configs; the vehicle recipe promotes below where it hands the
+    output back, and hands it back below where it rolls back."""
+    from diga_sdk.config import load_config
+    from diga_sdk.online.adapter import OnlineConfig
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "online"
+    recipes = {name: load_config(root / f"{name}.yaml", OnlineConfig)
+               for name in ("anchored", "guarded", "guarded-256x512", "vehicle-256x512")}
+    v = recipes["vehicle-256x512"].safety
+    assert v.promote_max_source_drop < v.serve_max_source_drop < v.max_source_drop
+    assert recipes["vehicle-256x512"].probation_at_start and recipes["vehicle-256x512"].source_holdout > 0
