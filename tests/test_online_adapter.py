@@ -140,25 +140,32 @@ def test_forced_collapse_rolls_back_to_pre_collapse_miou(small_model: Path) -> N
     assert post - post_u > 2.0, "the guarded adapter ends the noise far above the unguarded one"
 
 
-@pytest.mark.parametrize("anchored", [False, True], ids=["target-only", "source-anchor"])
-def test_resume_after_restart_matches_uninterrupted_run(small_model: Path, tmp_path: Path, anchored: bool,
+@pytest.mark.parametrize("setup", ["target-only", "source-anchor", "spread-update"])
+def test_resume_after_restart_matches_uninterrupted_run(small_model: Path, tmp_path: Path, setup: str,
                                                         tiny_specs: dict[str, str]) -> None:
     frames = list(FrameStream("scenario:target", 8, ONLINE_SIZE, seed=5))
     # bit-exact from the first frame of the process on: the numba kernels no longer change torch's
     # thread count on their first launch (which made the first adapter ~1e-6 off every later one)
+    anchored = setup == "source-anchor"
     extra = ({"source": tiny_specs["source_train"], "source_samples": 4, "lr_gate": (0.9, 1.0), "lr_warmup": 3}
              if anchored else {})
+    every = 5
+    if setup == "spread-update":  # the save falls between the two halves of an update: gradients carried over
+        extra, every = {"batch_frames": 2, "update_spread": 2}, 4
     full = open_adapter(small_model, online_cfg(**extra))
     for f in frames:
         full.process(f.image)
 
     state = tmp_path / "state.safetensors"
-    first = open_adapter(small_model, online_cfg(checkpoint_every=5, **extra), state=state)
-    for f in frames[:7]:  # "crashes" after frame 6; the last save was after frame 4
+    first = open_adapter(small_model, online_cfg(checkpoint_every=every, **extra), state=state)
+    for f in frames[:7]:  # "crashes" after frame 6; the last save was after frame every - 1
         first.process(f.image)
+    if setup == "spread-update":
+        assert full.counters["updates"] == 5  # frames 3..7, a step after every second one
     del first
     resumed = OnlineAdapter.resume(state)
-    assert resumed.frame_index == 5
+    assert resumed.frame_index == every
+    assert resumed.accumulated == (1 if setup == "spread-update" else 0)
     for f in frames[resumed.frame_index:]:
         resumed.process(f.image)
     assert resumed.counters == full.counters
@@ -169,6 +176,23 @@ def test_resume_after_restart_matches_uninterrupted_run(small_model: Path, tmp_p
             assert torch.equal(va, vb), f"{name}.{k} differs after resume"
     assert torch.equal(full.centroids, resumed.centroids)
     assert (resumed.source is not None) == anchored  # the anchor subset is rebuilt from the saved config
+
+
+def test_spread_update_steps_once_per_spread(small_model: Path) -> None:
+    """update_spread 2: the first half of an update only accumulates (the weights stay), the second steps."""
+    frames = [f.image for f in FrameStream("scenario:target", 7, ONLINE_SIZE, seed=6)]
+    cfg = online_cfg(batch_frames=2, update_spread=2, restore_prob=0.0, safety={"calib_frames": 3, "enabled": False})
+    ad = open_adapter(small_model, cfg)
+    weights = []
+    for img in frames:
+        r = ad.process(img)
+        weights.append((r.action, ad.accumulated, {k: v.clone() for k, v in ad.student.named_parameters()}))
+    assert [a for a, _, _ in weights] == ["calibrate"] * 3 + ["update"] * 4
+    assert [acc for _, acc, _ in weights[3:]] == [1, 0, 1, 0]
+    same = [all(torch.equal(weights[i][2][k], weights[i - 1][2][k]) for k in weights[i][2]) for i in range(3, 7)]
+    assert same == [True, False, True, False]  # a half accumulates, the second half steps
+    with pytest.raises(ValueError, match="update_spread 3 must divide batch_frames 4"):
+        online_cfg(batch_frames=4, update_spread=3)
 
 
 def test_source_anchor_is_a_fixed_seeded_labelled_subset(tiny_specs: dict[str, str]) -> None:
@@ -260,7 +284,7 @@ def test_distance_reference_follows_slow_adaptation_but_not_a_jump() -> None:
     assert tracking.last_reasons == ["distance"]
 
 
-@pytest.mark.parametrize("prob", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("prob", [0.0, 0.02, 0.3, 1.0])  # 0.02: positions drawn, not a mask
 def test_stochastic_restore_returns_that_share_of_weights_to_shipped(small_model: Path, prob: float) -> None:
     stream = FrameStream("scenario:target", 5, ONLINE_SIZE, seed=2)
     ad = open_adapter(small_model, online_cfg(restore_prob=prob, safety={"calib_frames": 3, "enabled": False}))
@@ -276,7 +300,7 @@ def test_stochastic_restore_returns_that_share_of_weights_to_shipped(small_model
     elif prob == 0.0:
         assert share < 0.2, share  # SGD with weight decay moves (almost) every weight
     else:  # restored in the last update, or in the one before and untouched since (never: SGD moves it)
-        assert abs(share - prob) < 0.05, share
+        assert abs(share - prob) < 0.1 * prob, share
 
 
 def test_shadow_check_flags_drift_from_shipped_but_not_a_shared_condition_change() -> None:
@@ -366,3 +390,54 @@ def test_fleet_weights_replace_the_teacher_and_move_the_student_alike(small_mode
     for k, v in ad.student.state_dict().items():
         if v.is_floating_point():
             assert torch.allclose(v, student[k] + 0.01, atol=1e-6), k  # the lead is kept, not reset
+
+
+def test_onnxruntime_predictions_equal_torch_ones_through_updates_and_rollbacks(small_model: Path) -> None:
+    """The adapter's two predict runtimes see the same weights at every frame: equal labels while it learns,
+    after a rollback (noise frames) and in probation (the shipped model from its embedded-weights session)."""
+    pytest.importorskip("onnxruntime")
+    frames = [f.image for f in FrameStream("scenario:target", 10, ONLINE_SIZE, seed=3)]
+    rng = np.random.default_rng(0)
+    frames += [rng.integers(0, 256, frames[0].shape, dtype=np.uint8) for _ in range(6)]  # a collapse to roll back
+    frames += [f.image for f in FrameStream("scenario:target", 6, ONLINE_SIZE, seed=4)]
+    runs = {}
+    for runtime in ("torch", "onnxruntime"):
+        ad = open_adapter(small_model, online_cfg(predict_runtime=runtime))
+        assert ad.onnx_predict == (runtime == "onnxruntime")
+        runs[runtime] = ([ad.process(img) for img in frames], dict(ad.counters))
+    (torch_out, torch_counts), (ort_out, ort_counts) = runs["torch"], runs["onnxruntime"]
+    assert torch_counts["updates"] >= 5 and torch_counts == ort_counts
+    for a, b in zip(torch_out, ort_out, strict=True):
+        assert a.action == b.action
+        assert float((a.pred != b.pred).mean()) < 1e-3, a.index
+
+
+def test_frozen_parts_keep_their_shipped_weights(small_model: Path) -> None:
+    from diga_sdk.errors import DigaError
+
+    ad = open_adapter(small_model, online_cfg(frozen=["stem"], restore_prob=0.01))
+    before = {k: v.clone() for k, v in ad.student.named_parameters()}
+    for f in FrameStream("scenario:target", 6, ONLINE_SIZE, seed=1):
+        ad.process(f.image)
+    assert ad.counters["updates"] >= 2
+    for k, v in ad.student.named_parameters():
+        assert torch.equal(v, before[k]) == k.startswith("stem."), k
+    with pytest.raises(DigaError, match="'stemm' names no parameter.*stem"):
+        open_adapter(small_model, online_cfg(frozen=["stemm"]))
+
+
+def test_bernoulli_positions_draws_each_position_with_that_probability() -> None:
+    from diga_sdk.online.adapter import bernoulli_positions
+
+    gen = torch.Generator().manual_seed(0)
+    hits = torch.zeros(500)
+    counts = []
+    for _ in range(4000):
+        idx = bernoulli_positions(500, 0.02, gen)
+        assert bool((idx[1:] > idx[:-1]).all()) and (idx.numel() == 0 or 0 <= int(idx[0]) and int(idx[-1]) < 500)
+        hits[idx] += 1
+        counts.append(idx.numel())
+    freq = hits / 4000
+    assert abs(float(freq.mean()) - 0.02) < 0.001
+    assert float(freq.std()) < 3 * (0.02 * 0.98 / 4000) ** 0.5  # no position favoured beyond binomial spread
+    assert abs(float(np.var(counts)) - 500 * 0.02 * 0.98) < 2.0  # the count is Binomial(500, 0.02)

@@ -26,12 +26,12 @@ class EMATeacher:
     `module` before every call, so whatever changed `module` (an update, a rollback, a resume) is seen.
     """
 
-    def __init__(self, student: nn.Module, fold: bool = True) -> None:
+    def __init__(self, student: nn.Module, fold: bool = True, fold_channels_last: bool = True) -> None:
         self.module = copy.deepcopy(_unwrap(student))
         self.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self._folded = FoldedCopy.build(self.module) if fold else None
+        self._folded = FoldedCopy.build(self.module, fold_channels_last) if fold else None
 
     @torch.no_grad()
     def update(self, student: nn.Module, step: int, max_decay: float = 0.999) -> float:
@@ -47,6 +47,13 @@ class EMATeacher:
             else:
                 t.copy_(s)
         return a
+
+    def folded_graph(self) -> nn.Module | None:
+        """The BN-folded copy's graph with the module's current weights (None when it could not be traced)."""
+        if self._folded is None:
+            return None
+        self._folded.refresh()
+        return self._folded.gm
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,8 +35,10 @@ class FoldedCopy:
     """`FoldedCopy.build(module)` -> an inference copy with BatchNorm folded into the convolutions,
     or None when the module cannot be traced (then callers run the module itself)."""
 
-    def __init__(self, source: nn.Module, gm: fx.GraphModule, pairs: list[tuple[str, str]]) -> None:
+    def __init__(self, source: nn.Module, gm: fx.GraphModule, pairs: list[tuple[str, str]],
+                 channels_last: bool = True) -> None:
         self.source, self.gm = source, gm
+        self.channels_last = channels_last
         src_mods = dict(source.named_modules())
         gm_mods = dict(gm.named_modules())
         self._convs = [src_mods[c] for c, _ in pairs]
@@ -48,7 +50,8 @@ class FoldedCopy:
                         if n in src_state and not any(n.startswith(c + ".") for c, _ in pairs)]
 
     @classmethod
-    def build(cls, module: nn.Module) -> FoldedCopy | None:
+    def build(cls, module: nn.Module, channels_last: bool = True) -> FoldedCopy | None:
+        """`channels_last=False` keeps the copy's weights contiguous (for a runtime that reads them as arrays)."""
         try:
             gm = fx.symbolic_trace(copy.deepcopy(module))
         except Exception:  # noqa: BLE001  (data-dependent control flow: run the module unfolded)
@@ -67,8 +70,8 @@ class FoldedCopy:
         gm.eval()
         for p in gm.parameters():
             p.requires_grad_(False)
-        gm.to(memory_format=torch.channels_last)
-        folded = cls(module, gm, [(c, b) for c, b, _ in pairs])
+        gm.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        folded = cls(module, gm, [(c, b) for c, b, _ in pairs], channels_last)
         folded.refresh()
         return folded
 
@@ -85,7 +88,9 @@ class FoldedCopy:
             mine.copy_(theirs)
 
     def __call__(self, x: torch.Tensor):  # noqa: ANN204  (the model's own outputs)
-        return self.gm(x.contiguous(memory_format=torch.channels_last))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.gm(x)
 
 
 __all__ = ["FoldedCopy"]

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
@@ -79,8 +79,9 @@ from ..data.transforms import normalize, step_rng, to_tensor
 from ..errors import DigaError
 from ..io import atomic_path
 from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
-from ..models.registry import build_model
+from ..models.registry import build_model, channels_last
 from ..results import cpu_has_bf16_units
+from ..runtime.live_onnx import FrozenOnnx, LiveOnnxGraph, onnxruntime_available
 from .replay import ReplayBuffer
 from .safety import SLOW_REASONS, HealthMonitor, SafetyConfig, frame_signals
 from .source import SourceAnchor, SourceCheck
@@ -88,6 +89,7 @@ from .source import SourceAnchor, SourceCheck
 STATE_VERSION = 2  # 2: the shipped weights (stochastic restore) are part of the state
 MODEL_FAILURES = frozenset({"shipped", "agreement", "shares", "source"})  # reasons that blame the model, not the input
 SLOW_FAILURES = SLOW_REASONS  # slow drifts: roll back to the last "safe" weights, not the last good
+SPARSE_RESTORE_BELOW = 0.05  # stochastic restore draws positions instead of a full mask below this prob
 CROP_LADDER = (1.0, 0.75, 0.5, 0.35, 0.25)  # update crop area, as fractions of `crop`
 BUDGET_DEVIATIONS = 2.0  # planned update cost = mean + this many mean absolute deviations
 BUDGET_MARGIN = 0.05  # share of the budget kept free (timer jitter, allocator)
@@ -107,6 +109,11 @@ class OnlineConfig(DigaConfig):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_frames: int = Field(2, ge=1)  # the current frame + (batch_frames - 1) replayed frames
+    # spread each update's batch over this many consecutive frames (gradient accumulation): every frame runs the
+    # forward and backward of batch_frames / update_spread of the frames (its own + replayed ones) and the
+    # optimizer steps on the last: the per-frame cost of the smaller batch, one step per update_spread frames
+    # with the gradient of the whole batch
+    update_spread: int = Field(1, ge=1)
     replay_capacity: int = Field(16, ge=0)
     crop: tuple[int, int] = (128, 256)  # update crop (multiples of 8); clipped to the frame
     aug_beta: float = 0.3
@@ -115,6 +122,14 @@ class OnlineConfig(DigaConfig):
     # fp32) costs about half on a CPU with bf16 units (fast, 8 crops of 128x256, 1 thread: 149 -> 83 ms) and
     # more than fp32 elsewhere; "auto" = bf16 where the CPU has the units (AVX512-BF16, AMX). Predictions are fp32
     update_precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    # parameter-name prefixes (e.g. ["stem"]) the updates leave at their shipped values: no gradient, no
+    # optimizer state, and the backward pass stops before them (a frozen stem saves its backward, the costliest
+    # per pixel); their BatchNorm running statistics still follow `bn`
+    frozen: tuple[str, ...] = ()
+    # the runtime of the per-frame predictions: "onnxruntime" runs the teacher's BN-folded graph with its
+    # current weights as inputs and the shipped model with its weights embedded (`runtime.live_onnx`; 1.3x and
+    # 1.9x the torch forward here); "auto" = onnxruntime when installed (the `export` extra), else torch
+    predict_runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
     ema_decay: float = 0.99
     bn: Literal["adapt", "adapt-batch", "frozen"] = "adapt"
     bn_momentum: float = 0.01
@@ -161,6 +176,13 @@ class OnlineConfig(DigaConfig):
     # target, so the weights learn from the pseudo-labels of an already statistics-adapted teacher. 0 = off
     lr_warmup: int = Field(0, ge=0)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+
+    @model_validator(mode="after")
+    def _spread_divides_the_batch(self) -> OnlineConfig:
+        if self.batch_frames % self.update_spread:
+            raise ValueError(f"update_spread {self.update_spread} must divide batch_frames {self.batch_frames}: "
+                             f"every frame of an update then trains on the same number of frames")
+        return self
 
     @field_validator("lr_gate")
     @classmethod
@@ -213,6 +235,32 @@ def _bn_statistics_from(student: nn.Module, clean: torch.Tensor | None, meta: Mo
             m.momentum = momentum
 
 
+def bernoulli_positions(n: int, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """The sorted positions where a Bernoulli(prob) mask over n elements is 1, drawn without the mask: the count
+    from Binomial(n, prob), then that many distinct uniform positions (numpy's choice without replacement,
+    O(count) for prob << 1)."""
+    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen)))
+    idx = rng.choice(n, int(rng.binomial(n, prob)), replace=False, shuffle=False)
+    return torch.from_numpy(np.sort(idx).astype(np.int64))
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a dense tensor's memory (any memory format: channels-last weights included)."""
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def _freeze(model: nn.Module, prefixes: tuple[str, ...]) -> None:
+    """No gradient for the parameters under these name prefixes; a prefix that names none is an error."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            tops = sorted({n.split(".")[0] for n in names})
+            raise DigaError(f"frozen: {prefix!r} names no parameter of this model; its top-level parts are {tops}")
+    for n, p in model.named_parameters():
+        if any(n == f or n.startswith(f + ".") for f in prefixes):
+            p.requires_grad_(False)
+
+
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -232,22 +280,37 @@ class OnlineAdapter:
             raise DigaError("OnlineAdapter needs the model's ModelMeta (load it with diga_sdk.load_checkpoint)")
         self.meta = meta
         self.num_classes = meta.num_classes
-        self.student = model
+        # channels-last weights: oneDNN convolves NHWC faster (fast, fwd+bwd of 8 crops of 128x256 on 1 thread:
+        # 123 -> 98 ms); the teacher and shipped copies below inherit the layout, saved states are contiguous
+        self.student = channels_last(model)
         # frames an update needs at the least (1, or the model's `min_train_images`: `fast` cannot train
         # BatchNorm on one small crop); updates wait until the replay holds them
         self.min_frames = int(getattr(model, "min_train_images", 1))
-        if self.cfg.batch_frames < self.min_frames:
+        self.frames_per_update = self.cfg.batch_frames // self.cfg.update_spread  # frames one frame trains on
+        if self.frames_per_update < self.min_frames:
+            spread = self.cfg.update_spread
             raise DigaError(f"model {meta.model_name} trains on at least {self.min_frames} images at once; set "
-                            f"batch_frames to {self.min_frames} or more (it is {self.cfg.batch_frames})")
+                            f"batch_frames to {self.min_frames * spread} or more (it is {self.cfg.batch_frames}"
+                            + (f", spread over {spread} frames)" if spread > 1 else ")"))
+        self.accumulated = 0  # frames of the current update whose gradients are accumulated (< update_spread)
         self.student.train()
         _set_bn(self.student, self.cfg.bn, self.cfg.bn_momentum)
         p = self.cfg.update_precision
         self.update_bf16 = p == "bf16" or (p == "auto" and cpu_has_bf16_units())
-        self.teacher = EMATeacher(self.student)
+        self.onnx_predict = self.cfg.predict_runtime == "onnxruntime" or (
+            self.cfg.predict_runtime == "auto" and onnxruntime_available())
+        if self.onnx_predict and not onnxruntime_available():
+            raise DigaError("predict_runtime onnxruntime needs onnx and onnxruntime: pip install 'diga-sdk[export]', "
+                            "or set predict_runtime: torch")
+        self.teacher = self._frozen_copy(self.student)
         # the shipped model, frozen: the target of stochastic restore and the shadow check's reference
-        self.shipped = EMATeacher(self.student)
+        self.shipped = self._frozen_copy(self.student)
+        self._onnx: LiveOnnxGraph | None = None
+        self._onnx_feeds: dict[int, tuple[EMATeacher, dict[str, np.ndarray]]] = {}
+        self._onnx_shipped: FrozenOnnx | None = None
         self.shipped_centroids: torch.Tensor | None = None  # the centroids calibration ended with
         self.last_shadow = -(10**9)  # frame of the last shadow check
+        _freeze(self.student, self.cfg.frozen)
         self.optimizer = make_optimizer(self.student, OptimConfig(lr=self.cfg.lr, momentum=self.cfg.momentum,
                                                                   weight_decay=self.cfg.weight_decay))
         self.lr_backoff = 1.0  # product of the rollback_lr_factor of every model-caused rollback so far
@@ -395,11 +458,41 @@ class OnlineAdapter:
             self.counters["over_budget"] = self.counters.get("over_budget", 0) + 1
         return result
 
+    def _frozen_copy(self, module: nn.Module) -> EMATeacher:
+        """A no-grad copy that predicts (teacher, shipped, served): its folded graph stays contiguous when
+        onnxruntime reads its weights."""
+        return EMATeacher(module, fold_channels_last=not self.onnx_predict)
+
     def _predict(self, model: EMATeacher, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, features, full-resolution argmax) of a frozen forward on a (1,3,H,W) frame in [0,1]."""
-        logits, feats = model(normalize(x, self.meta.mean, self.meta.std))
+        xn = normalize(x, self.meta.mean, self.meta.std)
+        out = self._onnx_forward(model, xn) if self.onnx_predict else None
+        logits, feats = out if out is not None else model(xn)
         pred = kernels.upsample_argmax(logits, x.shape[-2:])  # fused: no full-resolution logits
         return logits, feats, pred
+
+    @torch.no_grad()
+    def _onnx_forward(self, model: EMATeacher, xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(logits, features) from onnxruntime: the shipped model from its embedded-weights session, any other
+        copy from the shared graph fed with its current folded weights; None when the model cannot be traced."""
+        if self._onnx is None:
+            graph = self.teacher.folded_graph()
+            if graph is None:
+                self.onnx_predict = False
+                return None
+            self._onnx = LiveOnnxGraph(graph, xn, ["logits", "features"])
+        if model is self.shipped:
+            if self._onnx_shipped is None:  # built once (and again after a resume loads other shipped weights)
+                self._onnx_shipped = self._onnx.frozen(self.shipped.folded_graph())
+            logits, feats = self._onnx_shipped.run(xn)
+            return logits, feats
+        graph = model.folded_graph()  # refreshed from the live weights, in place
+        cached = self._onnx_feeds.get(id(model))
+        if cached is None or cached[0] is not model:
+            self._onnx_feeds = {k: v for k, v in self._onnx_feeds.items() if v[0] is self.teacher}
+            cached = self._onnx_feeds[id(model)] = (model, self._onnx.feed(graph))
+        logits, feats = self._onnx.run(xn, cached[1])
+        return logits, feats
 
     def _shadow_due(self, t0: float, predict_ms: float) -> bool:
         """Every `shadow_every` frames; under a budget, postponed to the next frame with room for one more
@@ -523,12 +616,12 @@ class OnlineAdapter:
         `reprobe_after` budget skips in a row."""
         budget = self.cfg.budget_ms
         if budget is None:
-            return 1.0, self.cfg.batch_frames
+            return 1.0, self.frames_per_update
         left = budget * (1.0 - BUDGET_MARGIN) - (time.perf_counter() - t0) * 1e3 - float(self.cost.get("tail_ms") or 0.0)
         if self.state_path and self.cfg.checkpoint_every and (self.frame_index + 1) % self.cfg.checkpoint_every == 0:
             left -= float(self.cost.get("save_ms") or 0.0)  # this frame also saves the state
         h, w = self.replay.images[-1].shape[-2:]
-        b = min(self.cfg.batch_frames, len(self.replay))
+        b = min(self.frames_per_update, len(self.replay))
         prior = PRIOR_FB_FACTOR * predict_ms / (frame_px / 1e3)
         scale = self.plan_crop(left, h, w, b, prior_ms_per_kpx=prior)
         if scale == 0.0 and self.cfg.budget_probe and left > 0.0:
@@ -545,7 +638,7 @@ class OnlineAdapter:
             self.budget_skips_in_row += 1
         else:
             self.budget_skips_in_row, self.reprobe_after = 0, REPROBE_AFTER_SKIPS
-        return scale, self.cfg.batch_frames
+        return scale, self.frames_per_update
 
     def plan_crop(self, left_ms: float, h: int, w: int, b: int, prior_ms_per_kpx: float) -> float:
         """Pure planning step (tested on its own): the largest ladder scale whose planned cost (the measured
@@ -563,13 +656,14 @@ class OnlineAdapter:
         return 0.0
 
     def _update(self, i: int, scale: float, frames: int | None = None) -> float:
-        """One optimizer step on the current frame + replayed ones (`frames` in all, default
-        `batch_frames`); returns its wall time (ms)."""
+        """Forward and backward on the current frame + replayed ones (`frames` in all, default
+        batch_frames / update_spread), then the optimizer step once update_spread frames have accumulated
+        their gradients; returns its wall time (ms)."""
         t0 = time.perf_counter()
         seed = int(step_rng(self.cfg.seed, i, "online").integers(2**62))
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed + 1)  # dropout
-        idx = [len(self.replay) - 1] + self.replay.sample((frames or self.cfg.batch_frames) - 1, gen)
+        idx = [len(self.replay) - 1] + self.replay.sample((frames or self.frames_per_update) - 1, gen)
         h, w = self.replay.images[-1].shape[-2:]
         ch, cw = self._crop_hw(scale, h, w)
         rng = step_rng(self.cfg.seed, i, "online-crop")
@@ -603,14 +697,18 @@ class OnlineAdapter:
             s_aug = F.interpolate(s_aug, size=t_clean.shape[-2:], mode="bilinear", align_corners=False)
         loss_kd = -(torch.softmax(t_clean, 1) * torch.log_softmax(s_aug, 1)).sum(1).mean()
         loss = seg_loss(logits[b:], y_mix) + self.cfg.lambda_distil * loss_kd
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.accumulated == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        (loss / self.cfg.update_spread).backward()
         fb_ms = (time.perf_counter() - t_fb) * 1e3
-        self._set_lr()
-        self.optimizer.step()
-        if self.cfg.restore_prob > 0:
-            self._restore(gen)
-        self.teacher.update(self.student, step=10**9, max_decay=self.cfg.ema_decay)  # constant decay
+        self.accumulated += 1
+        if self.accumulated == self.cfg.update_spread:
+            self.accumulated = 0
+            self._set_lr()
+            self.optimizer.step()
+            if self.cfg.restore_prob > 0:
+                self._restore(gen)
+            self.teacher.update(self.student, step=10**9, max_decay=self.cfg.ema_decay)  # constant decay
         self.last_agreement = float((s_aug[0].argmax(0) == t_clean[0].argmax(0)).float().mean())
         total = (time.perf_counter() - t0) * 1e3
         kpx = 2 * b * ch * cw / 1e3
@@ -643,13 +741,32 @@ class OnlineAdapter:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
 
+    def _drop_accumulated(self) -> None:
+        """Forget the gradients of an update not finished yet (its frames were taken on other weights)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accumulated = 0
+
     @torch.no_grad()
     def _restore(self, gen: torch.Generator) -> None:
         """Stochastic restore: each student weight goes back to the shipped value with prob `restore_prob`."""
-        shipped = dict(self.shipped.module.named_parameters())
-        for name, p in self.student.named_parameters():
-            keep = torch.rand(p.shape, generator=gen) >= self.cfg.restore_prob
-            p.copy_(torch.where(keep, p, shipped[name]))
+        pairs = [(p, s) for p, s in zip(self.student.parameters(), self.shipped.module.parameters(), strict=True)
+                 if p.requires_grad]  # frozen weights are the shipped ones already
+        prob = self.cfg.restore_prob
+        if prob >= SPARSE_RESTORE_BELOW:
+            for p, s in pairs:
+                keep = torch.rand(p.shape, generator=gen) >= prob
+                p.copy_(torch.where(keep, p, s))
+            return
+        # a few weights: draw which ones (uniform positions over all weights, in memory order), not a mask of all
+        sizes = [p.numel() for p, _ in pairs]
+        idx = bernoulli_positions(sum(sizes), prob, gen)
+        starts = np.cumsum([0] + sizes)
+        bounds = np.searchsorted(idx.numpy(), starts).tolist()
+        for (p, s), start, lo, hi in zip(pairs, starts[:-1].tolist(), bounds[:-1], bounds[1:], strict=True):
+            if hi > lo:
+                pos = idx[lo:hi] - start
+                src = s if s.stride() == p.stride() else torch.empty_like(p).copy_(s)
+                _flat(p)[pos] = _flat(src)[pos]
 
     def _snapshot(self) -> dict[str, Any]:
         return {"student": _state(self.student), "teacher": _state(self.teacher.module),
@@ -683,11 +800,12 @@ class OnlineAdapter:
         self.student.load_state_dict(self._good["student"])
         self.teacher.module.load_state_dict(self._good["teacher"])
         if set(reasons or ()) & SLOW_FAILURES and self.cfg.probation and self.served is None:
-            self.served = EMATeacher(self.teacher.module)  # probation: these weights serve until the teacher passes
+            self.served = self._frozen_copy(self.teacher.module)  # probation: these serve until the teacher passes
             self.counters["probations"] = self.counters.get("probations", 0) + 1
         self.clear_since = None
         self.centroids, self.seen = self._good["centroids"].clone(), self._good["seen"].clone()
         self.optimizer.state.clear()
+        self._drop_accumulated()
         self.replay.clear()
         self._candidate = None
         self.monitor.after_rollback()
@@ -733,6 +851,7 @@ class OnlineAdapter:
                  for k, v in student.items()}
         self.student.load_state_dict(moved)
         self.teacher.module.load_state_dict(state)
+        self._drop_accumulated()  # gradients of the weights it had before
         if centroids is not None:
             self.centroids = centroids.float().clone()
             self.seen = seen.bool().clone() if seen is not None else (centroids < FAR / 2).all(1)
@@ -779,7 +898,11 @@ class OnlineAdapter:
             tensors.update({"cand.centroids": self._candidate["centroids"].contiguous(),
                             "cand.seen": self._candidate["seen"].to(torch.uint8)})
         tensors.update(self.replay.tensors())
+        if self.accumulated:  # an update half done: its accumulated gradients
+            tensors.update({f"grad.{k}": p.grad.detach().contiguous() for k, p in self.student.named_parameters()
+                            if p.grad is not None})
         info = {"version": STATE_VERSION, "frame_index": self.frame_index, "counters": self.counters,
+                "accumulated": self.accumulated,
                 "suspended": self.suspended, "last_agreement": self.last_agreement, "cost": self.cost,
                 "rollback_frames": self.rollback_frames, "rollback_reasons": self.rollback_reasons, "good_frame": self._good["frame"],
                 "last_shadow": self.last_shadow, "lr_backoff": self.lr_backoff, "safe_frame": self._safe["frame"], "safe_is_good": safe_is_good,
@@ -817,6 +940,7 @@ class OnlineAdapter:
         self = cls(model, cfg or OnlineConfig.model_validate(info["config"]), meta=meta, state_path=p)
         self.teacher.module.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("teacher.")})
         self.shipped.module.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("shipped.")})
+        self._onnx_shipped = None
         self.shipped_centroids = t.get("shipped_centroids")
         state: dict[int, dict[str, torch.Tensor]] = {}
         for k, v in t.items():
@@ -824,6 +948,10 @@ class OnlineAdapter:
                 _, pid, key = k.split(".", 2)
                 state.setdefault(int(pid), {})[key] = v
         self.optimizer.load_state_dict({"state": state, "param_groups": info["optim_param_groups"]})
+        self.accumulated = int(info.get("accumulated", 0))
+        for k, p in self.student.named_parameters():
+            if f"grad.{k}" in t:
+                p.grad = torch.empty_like(p).copy_(t[f"grad.{k}"])  # the parameter's memory layout
         self.centroids, self.seen = t["centroids"], t["seen"].bool()
         self.pixel_counts, self._calib_sums = t["pixel_counts"], t["calib_sums"]
         self._good = {"student": {k[13:]: v for k, v in t.items() if k.startswith("good.student.")},
@@ -848,7 +976,7 @@ class OnlineAdapter:
         if info.get("probation") and info.get("served_is_shipped"):
             self.served = self.shipped
         elif info.get("probation"):
-            self.served = EMATeacher(self.teacher.module)
+            self.served = self._frozen_copy(self.teacher.module)
             self.served.module.load_state_dict({k[7:]: v for k, v in t.items() if k.startswith("served.")})
         if self.source_check is not None:
             self.source_check.load(t, info.get("source_check_next", 0))
