@@ -1,5 +1,5 @@
-"""Per-frame cost of two online-adaptation setups side by side: each side is (code checkout, recipe YAML);
-the sides run in alternating 1-thread child processes, `--rounds` times each, on the same frames, so a
+"""Per-frame cost of two (or three) online-adaptation setups side by side: each side is (code checkout, recipe
+YAML); the sides run in alternating 1-thread child processes, `--rounds` times each, on the same frames, so a
 shared machine's load falls on both alike. Median and p99 ms per frame (prediction + update + checks)
 per side and their ratio; JSON + a markdown table.
 
@@ -42,11 +42,18 @@ def child(model: str, config: str, size: tuple[int, int], frames: int, warmup: i
             "times_ms": t.tolist(), "actions": actions[warmup:]}
 
 
+def _commit(code: str) -> str | None:
+    """The git commit of a side's code checkout (None outside git)."""
+    out = subprocess.run(["git", "-C", code, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--a", default=None, help="CODE_DIR:CONFIG of the first side (today's)")
     p.add_argument("--b", default=None, help="CODE_DIR:CONFIG of the second side (the new one)")
+    p.add_argument("--c", default=None, help="CODE_DIR:CONFIG of an optional third side (another reference)")
     p.add_argument("--size", default="128x256")
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--warmup", type=int, default=12)
@@ -63,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--a and --b are required")
     import numpy as np
 
-    sides = {"a": a.a.split(":", 1), "b": a.b.split(":", 1)}
-    times: dict[str, list[float]] = {"a": [], "b": []}
-    runs: dict[str, list[dict]] = {"a": [], "b": []}
+    sides = {"a": a.a.split(":", 1), "b": a.b.split(":", 1)} | ({"c": a.c.split(":", 1)} if a.c else {})
+    times: dict[str, list[float]] = {s: [] for s in sides}
+    runs: dict[str, list[dict]] = {s: [] for s in sides}
     for _ in range(a.rounds):
         for side, (code, config) in sides.items():
             env = {**os.environ, "PYTHONPATH": str(Path(code).resolve()), "OMP_NUM_THREADS": "1"}
@@ -80,15 +87,20 @@ def main(argv: list[str] | None = None) -> int:
                                "updates": r["actions"].count("update")})
             print(side, runs[side][-1], file=sys.stderr)
     rows = {}
-    for side in ("a", "b"):
+    for side in sides:
         t = np.asarray(times[side])
-        rows[side] = {"code": runs[side][0]["code"], "config": sides[side][1], "frames": int(t.size),
+        rows[side] = {"code": runs[side][0]["code"], "commit": _commit(sides[side][0]), "config": sides[side][1],
+                      "frames": int(t.size),
                       "median_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "runs": runs[side]}
-    ratio = {"median": rows["b"]["median_ms"] / rows["a"]["median_ms"], "p99": rows["b"]["p99_ms"] / rows["a"]["p99_ms"]}
+    def over(ref: str) -> dict[str, float]:
+        return {"median": rows["b"]["median_ms"] / rows[ref]["median_ms"], "p99": rows["b"]["p99_ms"] / rows[ref]["p99_ms"]}
+
+    ratio = over("a")
     from diga_sdk.io import atomic_write_bytes, atomic_write_json
     from diga_sdk.results import env_info
 
     result = {"size": [h, w], "model": a.model, "rounds": a.rounds, "sides": rows, "b_over_a": ratio,
+              **({"b_over_c": over("c")} if "c" in rows else {}),
               "env": env_info(), "loadavg": os.getloadavg(),
               "note": "1 thread per child, sides alternate; a shared machine: compare the ratio, not the ms"}
     atomic_write_json(a.json, result)

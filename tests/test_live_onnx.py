@@ -58,6 +58,12 @@ def test_live_graph_follows_in_place_weight_changes_and_frozen_copy_keeps_its_ow
 
     cached = list((tmp_path / "live_onnx").glob("*.onnx"))
     assert len(cached) == 1
+    good = cached[0].read_bytes()
+    cached[0].write_bytes(good[: len(good) // 2])  # a damaged cache file: exported anew, not an error
+    monkeypatch.setattr(live_onnx, "_EXPORTS", {})
+    repaired = live_onnx.LiveOnnxGraph(folded.gm, x, ["logits", "features"], threads=1)
+    torch.testing.assert_close(repaired.run(x, repaired.feed(folded.gm))[0], moved[0], rtol=1e-4, atol=1e-4)
+    assert cached[0].read_bytes() == repaired.model
     monkeypatch.setattr(live_onnx, "_EXPORTS", {})
     monkeypatch.setattr(live_onnx, "_export", lambda *a, **k: pytest.fail("exported again despite the disk cache"))
     again = live_onnx.LiveOnnxGraph(folded.gm, x, ["logits", "features"], threads=1)

@@ -364,15 +364,18 @@ def offline_gain_table(res: dict[str, Any]) -> str:
 
 
 def online_ab_table(res: dict[str, Any]) -> str:
-    """Per-frame cost of two online setups side by side (`benchmarks/bench_online_ab.py`): medians, p99s, ratio."""
+    """Per-frame cost of online setups side by side (`benchmarks/bench_online_ab.py`): medians, p99s, b's ratios."""
     h, w = res["size"]
     rows, ratio = res["sides"], res["b_over_a"]
     frames = rows["a"]["frames"] // max(int(res.get("rounds", 1)), 1)
     return (f"Per-frame cost, {h}x{w}, 1 thread, {res.get('rounds', 1)} alternating rounds of {frames} frames, "
             f"CPU {res['env'].get('cpu', '?')}, load avg {res['loadavg'][0]:.1f}\n\n"
-            "| side | config | median ms | p99 ms |\n|---|---|---:|---:|\n"
-            + "".join(f"| {s} | {r['config']} | {r['median_ms']:.1f} | {r['p99_ms']:.1f} |\n" for s, r in rows.items())
-            + f"\nb / a: median {ratio['median']:.3f}, p99 {ratio['p99']:.3f}\n")
+            "| side | code | config | median ms | p99 ms |\n|---|---|---|---:|---:|\n"
+            + "".join(f"| {s} | {r.get('commit') or '-'} | {r['config']} | {r['median_ms']:.1f} | {r['p99_ms']:.1f} |\n"
+                      for s, r in rows.items())
+            + f"\nb / a: median {ratio['median']:.3f}, p99 {ratio['p99']:.3f}\n"
+            + "".join(f"b / {k[-1]}: median {v['median']:.3f}, p99 {v['p99']:.3f}\n"
+                      for k, v in res.items() if k.startswith("b_over_") and k != "b_over_a"))
 
 
 def planted_table(res: dict[str, Any]) -> str:

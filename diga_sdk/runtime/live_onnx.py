@@ -82,11 +82,11 @@ def _onnx_version() -> str:
     return onnx.__version__
 
 
-def _cached_export(signature: tuple, export: Callable[[], bytes]) -> bytes:
+def _cached_export(signature: tuple, export: Callable[[], bytes], refresh: bool = False) -> bytes:
     """The export from the disk cache (`cache_dir()/live_onnx`, named by the signature's hash: the graph holds
     no weights, so one file serves every checkpoint of an architecture), else exported and stored atomically."""
     path = cache_dir() / "live_onnx" / (hashlib.sha256(repr(signature).encode()).hexdigest()[:24] + ".onnx")
-    if path.is_file():
+    if path.is_file() and not refresh:
         return path.read_bytes()
     model = export()
     try:
@@ -116,12 +116,18 @@ class LiveOnnxGraph:
         self.names = [n for n, _ in weights]
         signature = (type(module).__qualname__, str(getattr(module, "code", "")), tuple(outputs),
                      tuple((n, tuple(t.shape)) for n, t in weights), torch.__version__, _onnx_version())
+        def export() -> bytes:
+            return _export(module, example, self.names, [t.detach().contiguous() for _, t in weights], outputs)
+
         if signature not in _EXPORTS:
-            _EXPORTS[signature] = _cached_export(signature, lambda: _export(
-                module, example, self.names, [t.detach().contiguous() for _, t in weights], outputs))
-        self.model = _EXPORTS[signature]
+            _EXPORTS[signature] = _cached_export(signature, export)
         self.threads = threads or torch.get_num_threads()
-        self.session = _session(self.model, self.threads)
+        try:
+            self.session = _session(_EXPORTS[signature], self.threads)
+        except Exception:  # noqa: BLE001  (onnxruntime's own types: a damaged cache file) -> export anew
+            _EXPORTS[signature] = _cached_export(signature, export, refresh=True)
+            self.session = _session(_EXPORTS[signature], self.threads)
+        self.model = _EXPORTS[signature]
         self.inputs = {i.name for i in self.session.get_inputs()}  # the exporter drops weights the graph never uses
 
     def feed(self, module: nn.Module) -> dict[str, np.ndarray]:
