@@ -66,8 +66,11 @@ def test_the_last_third_target_applies_only_where_offline_diga_gains_three_point
 
     part = {"warmup": 30.0, "final": 0.0, "gain": 0.0}
     res = {"runs": {"a": {"last_third_mean_gain": 0.9}, "b": {"last_third_mean_gain": 1.2},
-                    "c": {"last_third_mean_gain": 0.2}},
+                    "c": {"last_third_mean_gain": 0.2}, "a, first pass (older code)": {"last_third_mean_gain": 5.5},
+                    "a, tuning run: lr 0.1": {"last_third_mean_gain": 9.0}},
            "offline_gain": {k: {"all": part, "last": {**part, "gain": g}} for k, g in (("a", 3.0), ("b", 4.0), ("c", 2.9))}}
     rows = {line.split("|")[1].strip(): line for line in offline_gain_table(res).splitlines()[2:]}
-    assert rows["a"].endswith("| applies: short of it |") and rows["b"].endswith("| applies: reached |")
-    assert rows["c"].endswith("| does not apply |")
+    # the verdict is the unsuffixed run's; the same stream's other passes (not its tuning runs) stand beside it
+    assert rows["a"].endswith("| applies: short of it | first pass: +5.50 |")
+    assert rows["b"].endswith("| applies: reached | - |")
+    assert rows["c"].endswith("| does not apply | - |")

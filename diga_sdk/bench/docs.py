@@ -349,17 +349,25 @@ def protocol_table(res: dict[str, Any]) -> str:
 
 def offline_gain_table(res: dict[str, Any]) -> str:
     """Offline DiGA's gain on each protocol stream (the shipped warm-up model and the pipeline's final model,
-    both frozen) beside the online adapter's, over the whole stream and its last third."""
+    both frozen) beside the online adapter's, over the whole stream and its last third; the same stream's
+    other passes (rows named "STREAM, first pass ..." or "STREAM, second pass ...") in a last column."""
     lines = ["| stream | offline DiGA gain, all frames | offline DiGA gain, last third | online gain, last third | "
-             "target (+1 where offline >= 3) |", "|---|---:|---:|---:|---|"]
+             "target (+1 where offline >= 3) | other passes, last third |", "|---|---:|---:|---:|---|---|"]
     for name, g in res["offline_gain"].items():
         run = res["runs"].get(name, {})
         lt, off = run.get("last_third_mean_gain"), g["last"]["gain"]
         verdict = "-" if lt is None else ("applies: " + ("reached" if lt >= 1.0 else "short of it") if off >= 3.0
                                           else "does not apply")
+        others = []
+        for key, other in res["runs"].items():
+            suffix = key[len(name) + 2:] if key.startswith(f"{name}, ") else ""
+            if suffix.startswith(("first pass", "second pass")) and other.get("last_third_mean_gain") is not None:
+                label, _, detail = suffix.partition(": ")
+                label = label.split(" (")[0] + (f", {detail.split(' (')[0]}" if detail else "")
+                others.append(f"{label}: {other['last_third_mean_gain']:+.2f}")
         lines.append(f"| {name} | {g['all']['gain']:+.2f} ({g['all']['warmup']:.2f} -> {g['all']['final']:.2f}) | "
                      f"{off:+.2f} ({g['last']['warmup']:.2f} -> {g['last']['final']:.2f}) | "
-                     f"{'-' if lt is None else f'{lt:+.2f}'} | {verdict} |")
+                     f"{'-' if lt is None else f'{lt:+.2f}'} | {verdict} | {'; '.join(others) or '-'} |")
     return "\n".join(lines) + "\n"
 
 
