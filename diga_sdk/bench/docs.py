@@ -350,7 +350,8 @@ def protocol_table(res: dict[str, Any]) -> str:
 def offline_gain_table(res: dict[str, Any]) -> str:
     """Offline DiGA's gain on each protocol stream (the shipped warm-up model and the pipeline's final model,
     both frozen) beside the online adapter's, over the whole stream and its last third; the same stream's
-    other passes (rows named "STREAM, first pass ..." or "STREAM, second pass ...") in a last column."""
+    other passes (rows named "STREAM, first pass ...", "STREAM, second pass ..." or "STREAM, adapter seed N ...")
+    in a last column."""
     lines = ["| stream | offline DiGA gain, all frames | offline DiGA gain, last third | online gain, last third | "
              "target (+1 where offline >= 3) | other passes, last third |", "|---|---:|---:|---:|---|---|"]
     for name, g in res["offline_gain"].items():
@@ -361,7 +362,8 @@ def offline_gain_table(res: dict[str, Any]) -> str:
         others = []
         for key, other in res["runs"].items():
             suffix = key[len(name) + 2:] if key.startswith(f"{name}, ") else ""
-            if suffix.startswith(("first pass", "second pass")) and other.get("last_third_mean_gain") is not None:
+            passes = ("first pass", "second pass", "adapter seed")
+            if suffix.startswith(passes) and other.get("last_third_mean_gain") is not None:
                 label, _, detail = suffix.partition(": ")
                 label = label.split(" (")[0] + (f", {detail.split(' (')[0]}" if detail else "")
                 others.append(f"{label}: {other['last_third_mean_gain']:+.2f}")
