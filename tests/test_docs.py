@@ -74,3 +74,24 @@ def test_the_last_third_target_applies_only_where_offline_diga_gains_three_point
     assert rows["a"].endswith("| applies: short of it | first pass: +5.50 |")
     assert rows["b"].endswith("| applies: reached | - |")
     assert rows["c"].endswith("| does not apply | - |")
+
+
+def test_seed_table_counts_the_seeds_that_reach_both_targets():
+    from diga_sdk.bench.docs import seeds_table
+
+    def run(worst: float, below: int, last: float) -> dict:
+        return {"worst_window": worst, "windows_below_minus_1": below, "last_third_mean_gain": last}
+
+    part = {"warmup": 30.0, "final": 0.0, "gain": 0.0}
+    res = {"runs": {"judge-a": run(-0.2, 0, 2.0), "judge-a, adapter seed 1": run(-1.5, 1, 3.0),
+                    "judge-a, adapter seed 2": run(0.0, 0, 0.5), "judge-b": run(0.0, 0, 0.0),
+                    "judge-b, adapter seed 1": run(-0.3, 0, 0.1), "judge-c": run(0.0, 0, 9.0),
+                    "tune-a, adapter seed 1": run(0.0, 0, 1.0)},
+           "offline_gain": {"judge-a": {"all": part, "last": {**part, "gain": 4.0}},
+                            "judge-b": {"all": part, "last": {**part, "gain": 1.0}}}}
+    rows = {line.split("|")[1].strip(): line for line in seeds_table(res).splitlines()[2:]}
+    # seed 1 has a window below -1 and seed 2 gains under +1: only seed 0 reaches both
+    assert rows["judge-a"].endswith("| 0, 1, 2 | -0.20 / -1.50 / +0.00 | +2.00 / +3.00 / +0.50 | 1 of 3 |")
+    # offline DiGA gains under 3 there: only the windows count
+    assert rows["judge-b (gain target does not apply)"].endswith("| 2 of 2 |")
+    assert set(rows) == {"judge-a", "judge-b (gain target does not apply)"}  # one seed, or a tuning stream: no row

@@ -373,6 +373,30 @@ def offline_gain_table(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_table(res: dict[str, Any]) -> str:
+    """The judged streams over adapter seeds: the unsuffixed run is seed 0, rows named "STREAM, adapter seed N"
+    the others; worst window, last-third gain and how many seeds reached both targets (no window below -1;
+    last third >= +1 where offline DiGA gains >= 3 over it)."""
+    lines = ["| judged stream | seeds | worst window per seed | last third per seed | both targets |",
+             "|---|---|---|---|---|"]
+    offline = res.get("offline_gain", {})
+    for name, run in res["runs"].items():
+        if not name.startswith("judge-") or ", " in name:
+            continue
+        seeds = [(0, run)] + sorted((int(k.rsplit(" ", 1)[1]), r) for k, r in res["runs"].items()
+                                    if k.startswith(f"{name}, adapter seed "))
+        if len(seeds) < 2:
+            continue
+        gains_apply = name in offline and offline[name]["last"]["gain"] >= 3.0
+        ok = sum(1 for _, r in seeds if r["windows_below_minus_1"] == 0
+                 and (not gains_apply or r["last_third_mean_gain"] >= 1.0))
+        worst = " / ".join(f"{r['worst_window']:+.2f}" for _, r in seeds)
+        last = " / ".join(f"{r['last_third_mean_gain']:+.2f}" for _, r in seeds)
+        lines.append(f"| {name}{'' if gains_apply else ' (gain target does not apply)'} | "
+                     f"{', '.join(str(k) for k, _ in seeds)} | {worst} | {last} | {ok} of {len(seeds)} |")
+    return "\n".join(lines) + "\n"
+
+
 def online_ab_table(res: dict[str, Any]) -> str:
     """Per-frame cost of online setups side by side (`benchmarks/bench_online_ab.py`): medians, p99s, b's ratios."""
     h, w = res["size"]
@@ -477,6 +501,7 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/online/protocol.md", "protocol-fast256", "online_protocol_fast256.json", protocol_table),
     ("docs/online/protocol.md", "protocol-vehicle256", "online_protocol_vehicle256.json", protocol_table),
     ("docs/online/protocol.md", "protocol-vehicle256-offline", "online_protocol_vehicle256.json", offline_gain_table),
+    ("docs/online/protocol.md", "protocol-vehicle256-seeds", "online_protocol_vehicle256.json", seeds_table),
     ("docs/online/protocol.md", "online-ab-vehicle256", "online_ab_vehicle256.json", online_ab_table),
 ]
 
