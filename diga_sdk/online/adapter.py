@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,7 +307,8 @@ class OnlineAdapter:
         # the shipped model, frozen: the target of stochastic restore and the shadow check's reference
         self.shipped = self._frozen_copy(self.student)
         self._onnx: LiveOnnxGraph | None = None
-        self._onnx_feeds: dict[int, tuple[EMATeacher, dict[str, np.ndarray]]] = {}
+        # each predicting copy's folded weights as numpy views (a dropped served copy leaves with its entry)
+        self._onnx_feeds: weakref.WeakKeyDictionary[EMATeacher, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()
         self._onnx_shipped: FrozenOnnx | None = None
         self.shipped_centroids: torch.Tensor | None = None  # the centroids calibration ended with
         self.last_shadow = -(10**9)  # frame of the last shadow check
@@ -487,11 +489,9 @@ class OnlineAdapter:
             logits, feats = self._onnx_shipped.run(xn)
             return logits, feats
         graph = model.folded_graph()  # refreshed from the live weights, in place
-        cached = self._onnx_feeds.get(id(model))
-        if cached is None or cached[0] is not model:
-            self._onnx_feeds = {k: v for k, v in self._onnx_feeds.items() if v[0] is self.teacher}
-            cached = self._onnx_feeds[id(model)] = (model, self._onnx.feed(graph))
-        logits, feats = self._onnx.run(xn, cached[1])
+        if model not in self._onnx_feeds:
+            self._onnx_feeds[model] = self._onnx.feed(graph)
+        logits, feats = self._onnx.run(xn, self._onnx_feeds[model])
         return logits, feats
 
     def _shadow_due(self, t0: float, predict_ms: float) -> bool:
