@@ -14,11 +14,7 @@ the next adapter of the same architecture pays only for the session.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import logging
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +24,7 @@ import torch.nn as nn
 
 from ..io import atomic_path
 from .cache import cache_dir
+from .onnx_export import DEFAULT_OPSET, quiet_exporter
 
 _EXPORTS: dict[tuple, bytes] = {}  # graph signature -> serialized ONNX model with the weights as inputs
 
@@ -60,19 +57,10 @@ class _WeightsAsInputs(nn.Module):
 def _export(module: nn.Module, example: torch.Tensor, names: list[str], tensors: list[torch.Tensor],
             outputs: list[str]) -> bytes:
     dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(_WeightsAsInputs(module, names).eval(), (example, *tensors), None,
-                                        input_names=["x", *names], output_names=outputs, opset_version=18,
-                                        dynamic_shapes=(dims, tuple(None for _ in tensors)), dynamo=True,
-                                        verbose=False)
-    finally:
-        quiet.setLevel(level)
+    with quiet_exporter():
+        program = torch.onnx.export(_WeightsAsInputs(module, names).eval(), (example, *tensors), None,
+                                    input_names=["x", *names], output_names=outputs, opset_version=DEFAULT_OPSET,
+                                    dynamic_shapes=(dims, tuple(None for _ in tensors)), dynamo=True, verbose=False)
     return program.model_proto.SerializeToString()
 
 
@@ -105,6 +93,11 @@ def _session(model: bytes, threads: int) -> Any:
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.log_severity_level = 3
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def _run(session: Any, x: torch.Tensor, feed: dict[str, np.ndarray]) -> list[torch.Tensor]:
+    outs = session.run(None, {"x": np.ascontiguousarray(x.detach().numpy(), dtype=np.float32), **feed})
+    return [torch.from_numpy(o) for o in outs]
 
 
 class LiveOnnxGraph:
@@ -146,8 +139,7 @@ class LiveOnnxGraph:
         return out
 
     def run(self, x: torch.Tensor, feed: dict[str, np.ndarray]) -> list[torch.Tensor]:
-        outs = self.session.run(None, {"x": np.ascontiguousarray(x.detach().numpy(), dtype=np.float32), **feed})
-        return [torch.from_numpy(o) for o in outs]
+        return _run(self.session, x, feed)
 
     def frozen(self, module: nn.Module) -> FrozenOnnx:
         """A session of the same graph with this module's current weights embedded (for weights that never change)."""
@@ -170,8 +162,7 @@ class FrozenOnnx:
         self.session = _session(proto.SerializeToString(), graph.threads)
 
     def run(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = self.session.run(None, {"x": np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)})
-        return [torch.from_numpy(o) for o in outs]
+        return _run(self.session, x, {})
 
 
 __all__ = ["FrozenOnnx", "LiveOnnxGraph", "onnxruntime_available"]

@@ -82,7 +82,7 @@ def export_onnx_model(checkpoint: str | Path, *, opset: int = DEFAULT_OPSET, dyn
     dims = (0, 1, 2) if embed_pre else (0, 2, 3)
     dynamic_shapes = {"x": {d: torch.export.Dim.DYNAMIC for d in dims}} if dynamic else None
     outputs = ["logits", "labels"] if embed_post else ["logits"]
-    with _quiet_exporter():
+    with quiet_exporter():
         try:
             program = torch.onnx.export(wrapper, (example,), None, input_names=[graph.input_name],
                                         output_names=outputs, opset_version=opset, dynamic_shapes=dynamic_shapes,
@@ -157,7 +157,7 @@ def _rename_dims(proto: Any, graph: GraphInfo, embed_pre: bool) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def quiet_exporter():
     """The dynamo exporter logs torchvision notices and prints progress: keep the CLI output readable."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]
