@@ -28,7 +28,7 @@ the fog and dusk scenarios of `diga_sdk.data.streams`, see docs/online.md, "Meas
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -88,6 +88,12 @@ class SafetyConfig(DigaConfig):
     # (probation) without rolling the teacher back; the teacher learns on and serves again once it passes the
     # promotion rule. None = off (only the rollback bound max_source_drop acts)
     serve_max_source_drop: float | None = None
+    # what passing serve_max_source_drop does: "shipped" hands the output to the shipped model while the teacher
+    # learns on from where it is; "rollback" rolls the teacher back to its last safe weights (held-out drop
+    # within half the rollback bound, confirmed a cycle later) with the lr backed off, and those weights serve
+    # in probation: a teacher that drifts slowly on source restarts from a known-good point at a slower pace
+    # instead of drifting on while it waits to be promoted
+    serve_drop_action: Literal["shipped", "rollback"] = "shipped"
 
 
 def frame_signals(t_logits: torch.Tensor, kept: float, features: torch.Tensor | None = None,
