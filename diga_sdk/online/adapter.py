@@ -411,15 +411,17 @@ class OnlineAdapter:
         collapse = sig is not None and self.monitor.observe(sig, self.last_agreement)
         self.last_agreement = None
         result = FrameResult(i, pred_np, "update", 0.0, predict_ms, reasons=list(self.monitor.last_reasons))
+        restart = False
         if sig is not None and (sig.get("source_drop") is not None or sig.get("hist_shipped") is not None):
             self._maybe_safe_snapshot()
             if self.served is not None:
                 self._maybe_promote()
             elif self._serving_drop_too_high():
                 self.counters["demotions"] = self.counters.get("demotions", 0) + 1
-                if self.cfg.safety.serve_drop_action == "rollback":
-                    collapse = True  # below: back to the safe weights, which serve in probation
+                if self.cfg.safety.serve_drop_action in ("rollback", "restart"):
+                    collapse = True  # below: back to the safe weights
                     self.monitor.last_reasons = sorted({*self.monitor.last_reasons, "source"})
+                    restart = self.cfg.safety.serve_drop_action == "restart"
                 else:
                     self.served, self.clear_since = self.shipped, None  # the output goes back to shipped
 
@@ -430,6 +432,8 @@ class OnlineAdapter:
             result.action = "calibrate"
         elif collapse:
             self._rollback(list(self.monitor.last_reasons))
+            if restart:  # the teacher restarts from its safe weights; the shipped model serves meanwhile
+                self.served = self.shipped
             result.action = "rollback"
         else:
             if self.suspended and self.monitor.good_streak >= self.cfg.safety.recover_frames:
