@@ -219,13 +219,14 @@ def test_a_held_out_drop_above_the_serving_bound_hands_the_output_to_the_shipped
     assert not all(torch.equal(v, teacher[k]) for k, v in ad.model.state_dict().items())  # it learns on
 
 
+@pytest.mark.parametrize("action", ["rollback", "restart"])
 def test_a_held_out_drop_above_the_serving_bound_can_roll_back_to_the_safe_weights(
-        small_model: Path, tiny_specs: dict[str, str]) -> None:
+        small_model: Path, tiny_specs: dict[str, str], action: str) -> None:
     from diga_sdk.data.transforms import to_tensor
 
     ad = open_adapter(small_model, online_cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
                                         source_check_every=1, safety={"calib_frames": 3, "serve_max_source_drop": -100.0,
-                                                                      "serve_drop_action": "rollback"}))
+                                                                      "serve_drop_action": action}))
     frames = list(FrameStream("scenario:target", 10, ONLINE_SIZE, seed=3))
     for f in frames[:4]:
         ad.process(f.image)
@@ -237,8 +238,11 @@ def test_a_held_out_drop_above_the_serving_bound_can_roll_back_to_the_safe_weigh
             break
     assert ad.counters["demotions"] == 1 and ad.counters["rollbacks"] == 1 and ad.rollback_reasons == [["source"]]
     assert ad.lr_backoff == 0.5  # the slower pace of a model-caused rollback
-    assert ad.served is not None and ad.served is not ad.shipped  # the safe weights serve in probation
-    assert all(torch.equal(v, safe[k]) for k, v in ad.served.module.state_dict().items() if k in safe)
+    if action == "rollback":  # the safe weights serve in probation
+        assert ad.served is not None and ad.served is not ad.shipped
+        assert all(torch.equal(v, safe[k]) for k, v in ad.served.module.state_dict().items() if k in safe)
+    else:  # restart: the shipped model serves while the teacher learns again from its safe weights
+        assert ad.served is ad.shipped
     assert all(torch.equal(v, safe[k]) for k, v in ad.model.state_dict().items() if k in safe)  # the teacher restarts there
     f = frames[4 + n + 1]
     r = ad.process(f.image)
