@@ -421,6 +421,7 @@ class OnlineAdapter:
                 if self.cfg.safety.serve_drop_action in ("rollback", "restart"):
                     collapse = True  # below: back to the safe weights
                     self.monitor.last_reasons = sorted({*self.monitor.last_reasons, "source"})
+                    result.reasons = list(self.monitor.last_reasons)
                     restart = self.cfg.safety.serve_drop_action == "restart"
                 else:
                     self.served, self.clear_since = self.shipped, None  # the output goes back to shipped
