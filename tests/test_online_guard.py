@@ -219,14 +219,13 @@ def test_a_held_out_drop_above_the_serving_bound_hands_the_output_to_the_shipped
     assert not all(torch.equal(v, teacher[k]) for k, v in ad.model.state_dict().items())  # it learns on
 
 
-@pytest.mark.parametrize("action", ["rollback", "restart"])
 def test_a_held_out_drop_above_the_serving_bound_can_roll_back_to_the_safe_weights(
-        small_model: Path, tiny_specs: dict[str, str], action: str) -> None:
+        small_model: Path, tiny_specs: dict[str, str]) -> None:
     from diga_sdk.data.transforms import to_tensor
 
     ad = open_adapter(small_model, online_cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
                                         source_check_every=1, safety={"calib_frames": 3, "serve_max_source_drop": -100.0,
-                                                                      "serve_drop_action": action}))
+                                                                      "serve_drop_action": "rollback"}))
     frames = list(FrameStream("scenario:target", 10, ONLINE_SIZE, seed=3))
     for f in frames[:4]:
         ad.process(f.image)
@@ -237,39 +236,14 @@ def test_a_held_out_drop_above_the_serving_bound_can_roll_back_to_the_safe_weigh
         if r.action == "rollback":
             break
     assert ad.counters["demotions"] == 1 and ad.counters["rollbacks"] == 1 and ad.rollback_reasons == [["source"]]
+    assert r.action == "rollback" and r.reasons == ["source"]  # the frame names why
     assert ad.lr_backoff == 0.5  # the slower pace of a model-caused rollback
-    if action == "rollback":  # the safe weights serve in probation
-        assert ad.served is not None and ad.served is not ad.shipped
-        assert all(torch.equal(v, safe[k]) for k, v in ad.served.module.state_dict().items() if k in safe)
-    else:  # restart: the shipped model serves while the teacher learns again from its safe weights
-        assert ad.served is ad.shipped
+    assert ad.served is not None and ad.served is not ad.shipped  # the safe weights serve in probation
+    assert all(torch.equal(v, safe[k]) for k, v in ad.served.module.state_dict().items() if k in safe)
     assert all(torch.equal(v, safe[k]) for k, v in ad.model.state_dict().items() if k in safe)  # the teacher restarts there
     f = frames[4 + n + 1]
     r = ad.process(f.image)
     assert np.array_equal(r.pred, ad._predict(ad.served, to_tensor(f.image)[None])[2][0].numpy())
-
-
-def test_held_out_images_in_the_frame_look(small_model: Path, tiny_specs: dict[str, str]) -> None:
-    from diga_sdk.online.source import in_look
-
-    g = torch.Generator().manual_seed(0)
-    img = torch.rand(1, 3, 32, 64, generator=g)
-    assert torch.allclose(in_look(img, img), img, atol=1e-5)  # its own look changes nothing
-    dark = torch.rand(1, 3, 16, 32, generator=g) * 0.2  # another size: resized to the image's first
-    out = in_look(img, dark)
-    assert out.shape == img.shape and float(out.mean()) < 0.25 < float(img.mean())
-    ad = open_adapter(small_model, online_cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
-                                        source_check_every=1, source_check_look="frame"))
-    check = ad.source_check
-    assert check is not None
-    calibrated = check.shipped.clone()
-    shipped = lambda x: ad._predict(ad.shipped, x)[2]  # noqa: E731
-    look = torch.rand(1, 3, *ONLINE_SIZE, generator=g) * 0.15
-    assert [check.score(shipped, look, shipped) for _ in range(2)][-1] == pytest.approx(0.0)  # shipped vs itself
-    assert not torch.equal(check.shipped, calibrated)  # the shipped model was scored in the dark look too
-    assert "srccheck.shipped" in check.tensors()  # a resumed adapter keeps those scores
-    with pytest.raises(ValueError, match="shipped"):
-        check.score(shipped, look)
 
 
 def test_probation_at_start_serves_the_shipped_model(small_model: Path, tiny_specs: dict[str, str],

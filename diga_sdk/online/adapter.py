@@ -149,11 +149,6 @@ class OnlineConfig(DigaConfig):
     # mIoU is the safety signal `source_drop` (bound: safety.max_source_drop). 0 = off
     source_holdout: int = Field(0, ge=0)
     source_check_every: int = Field(5, ge=1)
-    # "frame": each held-out image is scored in the current frame's look (`online_source.in_look`: the frame's
-    # low-frequency amplitude spectrum), by the teacher and by the shipped model on the same translated image (one
-    # more forward per check), so the drop covers the light and weather the vehicle drives in now; "source": as
-    # the images were taken, the shipped model's scores computed once
-    source_check_look: Literal["source", "frame"] = "source"
     source_scale: float = Field(1.0, gt=0.0, le=4.0)  # resize the carried images to the camera's object scale
     # a budget close to the prediction cost: when nothing was measured yet and the prior says no crop fits,
     # one probe update (smallest crop, the fewest frames the model trains on) measures the real cost; that frame may overrun
@@ -401,28 +396,22 @@ class OnlineAdapter:
         apart = self.last_shadow != i or self.cfg.safety.shadow_every <= 1
         if sig is not None and apart and self._source_check_due(t0, predict_ms):
             with torch.no_grad():
-                if self.cfg.source_check_look == "frame":
-                    sig["source_drop"] = self.source_check.score(lambda img: self._predict(self.teacher, img)[2], x,
-                                                                 lambda img: self._predict(self.shipped, img)[2])
-                else:
-                    sig["source_drop"] = self.source_check.score(lambda img: self._predict(self.teacher, img)[2])
+                sig["source_drop"] = self.source_check.score(lambda img: self._predict(self.teacher, img)[2])
             self.last_source_check = i
             self.counters["source_checks"] = self.counters.get("source_checks", 0) + 1
         collapse = sig is not None and self.monitor.observe(sig, self.last_agreement)
         self.last_agreement = None
         result = FrameResult(i, pred_np, "update", 0.0, predict_ms, reasons=list(self.monitor.last_reasons))
-        restart = False
         if sig is not None and (sig.get("source_drop") is not None or sig.get("hist_shipped") is not None):
             self._maybe_safe_snapshot()
             if self.served is not None:
                 self._maybe_promote()
             elif self._serving_drop_too_high():
                 self.counters["demotions"] = self.counters.get("demotions", 0) + 1
-                if self.cfg.safety.serve_drop_action in ("rollback", "restart"):
-                    collapse = True  # below: back to the safe weights
+                if self.cfg.safety.serve_drop_action == "rollback":
+                    collapse = True  # below: back to the safe weights, which serve in probation
                     self.monitor.last_reasons = sorted({*self.monitor.last_reasons, "source"})
                     result.reasons = list(self.monitor.last_reasons)
-                    restart = self.cfg.safety.serve_drop_action == "restart"
                 else:
                     self.served, self.clear_since = self.shipped, None  # the output goes back to shipped
 
@@ -433,8 +422,6 @@ class OnlineAdapter:
             result.action = "calibrate"
         elif collapse:
             self._rollback(list(self.monitor.last_reasons))
-            if restart:  # the teacher restarts from its safe weights; the shipped model serves meanwhile
-                self.served = self.shipped
             result.action = "rollback"
         else:
             if self.suspended and self.monitor.good_streak >= self.cfg.safety.recover_frames:
@@ -544,7 +531,7 @@ class OnlineAdapter:
             return False
         if self.frame_index - self.last_source_check < self.cfg.source_check_every:
             return False
-        return self._room_for_forward(t0, predict_ms * (2 if self.cfg.source_check_look == "frame" else 1))
+        return self._room_for_forward(t0, predict_ms)
 
     def _slow_signals_clear(self, max_drop: float | None = None) -> bool:
         """Both slow signals (shares, source_drop) within half their bounds (a bound that is off counts as clear);

@@ -92,9 +92,8 @@ class SafetyConfig(DigaConfig):
     # learns on from where it is; "rollback" rolls the teacher back to its last safe weights (held-out drop
     # within half the rollback bound, confirmed a cycle later) with the lr backed off, and those weights serve
     # in probation: a teacher that drifts slowly on source restarts from a known-good point at a slower pace
-    # instead of drifting on while it waits to be promoted; "restart" rolls back the same way but the shipped
-    # model serves in probation (the safe weights were adapted to conditions that may have passed)
-    serve_drop_action: Literal["shipped", "rollback", "restart"] = "shipped"
+    # instead of drifting on while it waits to be promoted
+    serve_drop_action: Literal["shipped", "rollback"] = "shipped"
 
 
 def frame_signals(t_logits: torch.Tensor, kept: float, features: torch.Tensor | None = None,

@@ -21,11 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..adapt.translators import fourier_translate
 from ..data.datasets import open_dataset
 from ..errors import DigaError
-
-FRAME_LOOK_WINDOW = 0.01  # share of the spectrum (each side) whose amplitude comes from the frame: colour, light, haze
 
 
 class SourceAnchor:
@@ -103,10 +100,8 @@ class SourceCheck:
     def __len__(self) -> int:
         return len(self.anchor.held_images)
 
-    def _confusion(self, predict: Callable[[torch.Tensor], torch.Tensor], k: int,
-                   x: torch.Tensor | None = None) -> torch.Tensor:
-        if x is None:
-            x = self.anchor.held_images[k][None].float().div(255.0)
+    def _confusion(self, predict: Callable[[torch.Tensor], torch.Tensor], k: int) -> torch.Tensor:
+        x = self.anchor.held_images[k][None].float().div(255.0)
         pred = predict(x)[0].long().reshape(-1)
         lab = self.anchor.held_labels[k].long().reshape(-1)
         ok = lab < self.c
@@ -122,21 +117,9 @@ class SourceCheck:
         self.scored.zero_()
         self.adapted.zero_()
 
-    def score(self, predict: Callable[[torch.Tensor], torch.Tensor], look: torch.Tensor | None = None,
-              shipped: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float | None:
-        """Score the next held-out image with `predict`. With `look` (a (1,3,H,W) frame in [0,1]) the image is
-        first given that frame's look (its low-frequency amplitude spectrum, DiGA's Fourier translation) and
-        the `shipped` model is scored on the same translated image: the drop is then measured in the
-        conditions the vehicle drives in now (dusk, fog), not only in the source's."""
+    def score(self, predict: Callable[[torch.Tensor], torch.Tensor]) -> float | None:
         k = self.next
-        if look is None:
-            self.adapted[k] = self._confusion(predict, k)
-        else:
-            if shipped is None:
-                raise ValueError("a held-out check in the frame's look needs the shipped model's predict too")
-            x = in_look(self.anchor.held_images[k][None].float().div(255.0), look)
-            self.adapted[k] = self._confusion(predict, k, x)
-            self.shipped[k] = self._confusion(shipped, k, x)
+        self.adapted[k] = self._confusion(predict, k)
         self.scored[k] = True
         self.next = (k + 1) % len(self)
         if not bool(self.scored.all()):
@@ -144,22 +127,11 @@ class SourceCheck:
         return _miou(self.shipped.sum(0)) - _miou(self.adapted.sum(0))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"srccheck.adapted": self.adapted, "srccheck.shipped": self.shipped,
-                "srccheck.scored": self.scored.to(torch.uint8)}
+        return {"srccheck.adapted": self.adapted, "srccheck.scored": self.scored.to(torch.uint8)}
 
     def load(self, t: dict[str, torch.Tensor], nxt: int) -> None:
         if "srccheck.adapted" in t:
             self.adapted, self.scored, self.next = t["srccheck.adapted"], t["srccheck.scored"].bool(), nxt
-        if "srccheck.shipped" in t:
-            self.shipped = t["srccheck.shipped"]
-
-
-def in_look(image: torch.Tensor, frame: torch.Tensor, window: float = FRAME_LOOK_WINDOW) -> torch.Tensor:
-    """(1,3,H,W) source image in [0,1] given `frame`'s look: its low-frequency amplitude spectrum (resized to
-    the image's size first when the two differ), the source's phase (its content) kept."""
-    if frame.shape[-2:] != image.shape[-2:]:
-        frame = F.interpolate(frame.float(), size=image.shape[-2:], mode="bilinear", align_corners=False)
-    return fourier_translate(image, frame.to(image.dtype), window)
 
 
 def _miou(cm: torch.Tensor) -> float:
