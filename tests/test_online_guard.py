@@ -230,8 +230,8 @@ def test_a_held_out_drop_above_the_serving_bound_can_roll_back_to_the_safe_weigh
     for f in frames[:4]:
         ad.process(f.image)
     assert ad.served is None and ad.counters["rollbacks"] == 0
-    safe = {k: v.clone() for k, v in ad._safe["teacher"].items()}
     for n, f in enumerate(frames[4:8]):
+        safe = {k: v.clone() for k, v in ad._safe["teacher"].items()}  # the safe weights as this frame finds them
         r = ad.process(f.image)
         if r.action == "rollback":
             break
