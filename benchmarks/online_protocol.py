@@ -183,7 +183,8 @@ def offline_gain(warmup: str, final: str, json_path: Path, names: list[str], eve
                             "gain": c["final"].miou() - c["warmup"].miou()} for part, c in cms.items()}
         print(name, {part: round(v["gain"], 2) for part, v in out[name].items()}, flush=True)
     res = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    res.update(offline_gain=out, offline_models={"warmup": warmup, "final": final, "every": every})
+    res.setdefault("offline_gain", {}).update(out)  # streams scored before keep their numbers
+    res["offline_models"] = {"warmup": warmup, "final": final, "every": every}
     atomic_write_json(json_path, res)
     return out
 
