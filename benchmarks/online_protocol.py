@@ -39,7 +39,7 @@ class StreamSpec:
         return f"{self.scenario} seed {self.seed}, {self.frames} frames, {self.segments or 'clear'}"
 
 
-# Tuning: seeds 10-14 of the target family; clear, fog from half-way, the planted class-swap drift, a 900-frame
+# Tuning: seeds 10-13 and 15 of the target family; clear, fog from half-way, the planted class-swap drift, a 900-frame
 # clear stream (long enough for the slow source drift to act) and dusk from frame 250 on (after the teacher
 # first serves).
 # Judging: seeds 20-23, other schedules (dusk mid-stream, fog late), and the new camera2 family.
@@ -48,7 +48,7 @@ STREAMS: dict[str, StreamSpec] = {
     "tune-fog": StreamSpec("tune", "scenario:target", 11, 450, "fog@225"),
     "tune-swap": StreamSpec("tune", "scenario:target", 12, 450, "swap@150"),
     "tune-long": StreamSpec("tune", "scenario:target", 13, 900),
-    "tune-dusk": StreamSpec("tune", "scenario:target", 14, 450, "dusk@250"),
+    "tune-dusk": StreamSpec("tune", "scenario:target", 15, 450, "dusk@250"),
     "judge-clear": StreamSpec("judge", "scenario:target", 20, 900),
     "judge-dusk": StreamSpec("judge", "scenario:target", 21, 900, "dusk@300:600"),
     "judge-camera2": StreamSpec("judge", "scenario:camera2", 22, 900),

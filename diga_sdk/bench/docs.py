@@ -503,6 +503,10 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/online/protocol.md", "protocol-vehicle256-offline", "online_protocol_vehicle256.json", offline_gain_table),
     ("docs/online/protocol.md", "protocol-vehicle256-seeds", "online_protocol_vehicle256.json", seeds_table),
     ("docs/online/protocol.md", "online-ab-vehicle256", "online_ab_vehicle256.json", online_ab_table),
+    ("docs/online/protocol.md", "protocol-vehicle256-v2", "online_protocol_vehicle256_v2.json", protocol_table),
+    ("docs/online/protocol.md", "protocol-vehicle256-v2-offline", "online_protocol_vehicle256_v2.json",
+     offline_gain_table),
+    ("docs/online/protocol.md", "protocol-vehicle256-v2-seeds", "online_protocol_vehicle256_v2.json", seeds_table),
 ]
 
 
