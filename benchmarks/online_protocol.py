@@ -86,7 +86,7 @@ def run_one(name: str, model: str, config: str | None, out: Path, size: tuple[in
 
     res = run_stream(adapter, iter(stream), len(stream), frozen=frozen, window=WINDOW, on_window=partial)
     keep = ("index", "condition", "action", "total_ms", "update_ms", "reasons", "sig_share_divergence",
-            "sig_source_drop", "sig_kept_vs_shipped")
+            "sig_source_drop", "sig_kept_vs_shipped", "sig_look_shift")
     res["per_frame"] = [{k: r[k] for k in keep if k in r} for r in res["per_frame"]]
     res.update({"name": name, "spec": spec.__dict__, "size": list(size), "config": config,
                 "config_values": cfg.model_dump(mode="json"), "model": model, "threads": threads,

@@ -230,7 +230,7 @@ def test_a_held_out_drop_above_the_serving_bound_can_roll_back_to_the_safe_weigh
     for f in frames[:4]:
         ad.process(f.image)
     assert ad.served is None and ad.counters["rollbacks"] == 0
-    for n, f in enumerate(frames[4:8]):
+    for f in frames[4:8]:
         safe = {k: v.clone() for k, v in ad._safe["teacher"].items()}  # the safe weights as this frame finds them
         r = ad.process(f.image)
         if r.action == "rollback":
@@ -241,7 +241,7 @@ def test_a_held_out_drop_above_the_serving_bound_can_roll_back_to_the_safe_weigh
     assert ad.served is not None and ad.served is not ad.shipped  # the safe weights serve in probation
     assert all(torch.equal(v, safe[k]) for k, v in ad.served.module.state_dict().items() if k in safe)
     assert all(torch.equal(v, safe[k]) for k, v in ad.model.state_dict().items() if k in safe)  # the teacher restarts there
-    f = frames[4 + n + 1]
+    f = frames[r.index + 1]
     r = ad.process(f.image)
     assert np.array_equal(r.pred, ad._predict(ad.served, to_tensor(f.image)[None])[2][0].numpy())
 

@@ -84,7 +84,7 @@ from ..models.registry import build_model, channels_last
 from ..results import cpu_has_bf16_units
 from ..runtime.live_onnx import FrozenOnnx, LiveOnnxGraph, onnxruntime_available
 from .replay import ReplayBuffer
-from .safety import SLOW_REASONS, HealthMonitor, SafetyConfig, frame_signals
+from .safety import SLOW_REASONS, HealthMonitor, LookShift, SafetyConfig, frame_signals
 from .source import SourceAnchor, SourceCheck
 
 STATE_VERSION = 2  # 2: the shipped weights (stochastic restore) are part of the state
@@ -326,6 +326,7 @@ class OnlineAdapter:
         self._calib_sums = torch.zeros(self.num_classes, d, dtype=torch.float64)
         self.replay = ReplayBuffer(self.cfg.replay_capacity)
         self.monitor = HealthMonitor(self.cfg.safety)
+        self.look = LookShift(self.cfg.safety.look_fast, self.cfg.safety.look_slow)
         self.strong = StrongView()
         self.source = None
         if self.cfg.source:
@@ -364,6 +365,7 @@ class OnlineAdapter:
         t0 = time.perf_counter()
         i = self.frame_index
         x = to_tensor(image)[None]
+        look_shift = self.look.update(x)
         shipped_out = None  # the shipped model's (logits, features, argmax) on this frame, when it serves
         if self.served is not None:  # probation: the output comes from the confirmed weights
             served_out = self._predict(self.served, x)
@@ -414,6 +416,11 @@ class OnlineAdapter:
                     result.reasons = list(self.monitor.last_reasons)
                 else:
                     self.served, self.clear_since = self.shipped, None  # the output goes back to shipped
+        bound = self.cfg.safety.max_look_shift
+        if (bound is not None and self.cfg.probation and look_shift > bound and self.served is not self.shipped
+                and i >= self.cfg.safety.calib_frames):  # another light or weather: shipped serves until the teacher passes
+            self.served, self.clear_since = self.shipped, None
+            self.counters["look_demotions"] = self.counters.get("look_demotions", 0) + 1
 
         if self.frame_index < self.cfg.safety.calib_frames:
             self._calibrate_centroids(t_feats, pred)
@@ -452,6 +459,8 @@ class OnlineAdapter:
         self.frame_index += 1
         self.counters["frames"] += 1
         result.signals = self.monitor.signals()
+        if self.cfg.safety.max_look_shift is not None:
+            result.signals["look_shift"] = self.look.shift
         if result.update_ms and t_tail is not None:  # the work after an update (signals, bookkeeping), kept as a running max-ish
             tail = (time.perf_counter() - t_tail) * 1e3
             self.cost["tail_ms"] = max(tail, 0.9 * float(self.cost.get("tail_ms") or 0.0))
@@ -576,7 +585,9 @@ class OnlineAdapter:
         """In probation: the teacher serves again once the held-out drop stayed at most
         `safety.promote_max_source_drop` and the share divergence within half its bound for `_promote_span`
         frames in a row (measured on the teacher, while it kept learning)."""
-        if not self._slow_signals_clear(self.cfg.safety.promote_max_source_drop):
+        bound = self.cfg.safety.max_look_shift
+        if not self._slow_signals_clear(self.cfg.safety.promote_max_source_drop) or (
+                bound is not None and self.look.shift > bound):  # and only in a steady look
             self.clear_since = None
             return
         if self.clear_since is None:
@@ -918,7 +929,7 @@ class OnlineAdapter:
                 "clear_since": self.clear_since,
                 "source_check_next": self.source_check.next if self.source_check is not None else 0,
                 "candidate_frame": None if self._candidate is None else self._candidate["frame"],
-                "monitor": self.monitor.state(), "replay_frames": self.replay.frame_ids,
+                "monitor": self.monitor.state(), "look": self.look.state(), "replay_frames": self.replay.frame_ids,
                 "optim_param_groups": opt["param_groups"], "config": self.cfg.model_dump(mode="json"),
                 "meta": self.meta.model_dump(mode="json")}
         with atomic_path(path) as tmp:
@@ -993,6 +1004,8 @@ class OnlineAdapter:
                                "frame": info["candidate_frame"]}
         self.replay.load(t, info["replay_frames"])
         self.monitor.load(info["monitor"])
+        if "look" in info:
+            self.look.load(info["look"])
         self.frame_index, self.counters = info["frame_index"], info["counters"]
         self.suspended, self.last_agreement = info["suspended"], info["last_agreement"]
         self.cost, self.rollback_frames = info["cost"], info["rollback_frames"]

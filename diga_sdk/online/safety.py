@@ -31,6 +31,7 @@ import math
 from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from ..config import DigaConfig
 
@@ -94,6 +95,14 @@ class SafetyConfig(DigaConfig):
     # in probation: a teacher that drifts slowly on source restarts from a known-good point at a slower pace
     # instead of drifting on while it waits to be promoted
     serve_drop_action: Literal["shipped", "rollback"] = "shipped"
+    # the look of the input (`LookShift`: each frame's per-channel mean and spread, a fast and a slow running
+    # mean): a change beyond this (max abs difference of the two, in [0,1] units) hands the output to the shipped
+    # model, and the teacher serves again only once the look is steady (within the bound) and it passes the
+    # promotion rule. Weights adapted to one light or weather are not known to be better than the shipped model
+    # under the next (dusk after clear). None = off
+    max_look_shift: float | None = None
+    look_fast: float = Field(0.1, gt=0.0, le=1.0)  # EMA weight of each frame in the fast look
+    look_slow: float = Field(0.01, gt=0.0, le=1.0)  # and in the slow one (the exact mean over the first frames)
 
 
 def frame_signals(t_logits: torch.Tensor, kept: float, features: torch.Tensor | None = None,
@@ -271,3 +280,41 @@ class HealthMonitor:
         r = self.ref
         self.smooth = {"kept": r["kept"], "entropy": r["entropy"], "distance": r["distance"], "hist": list(r["hist"]),
                        "agreement": 1.0, "kept_vs_shipped": 1.0}
+
+
+class LookShift:
+    """How fast the input's look changes: per-channel mean and spread of each frame (every 4th pixel), a fast
+    and a slow running mean of them; the shift is the largest gap between the two. Scene to scene the look
+    varies (about 0.05 on the clear tuning streams with the default weights); dusk or fog move it by 0.14-0.2."""
+
+    def __init__(self, fast: float, slow: float) -> None:
+        self.fast_w, self.slow_w = fast, slow
+        self.fast: torch.Tensor | None = None
+        self.slow: torch.Tensor | None = None
+        self.n = 0
+
+    def update(self, x: torch.Tensor) -> float:
+        """`x`: (1,3,H,W) frame in [0,1]; returns the shift after it."""
+        v = x[0, :, ::4, ::4].float().flatten(1)
+        stats = torch.cat([v.mean(1), v.std(1)]).double()
+        self.n += 1
+        if self.fast is None or self.slow is None:
+            self.fast, self.slow = stats.clone(), stats.clone()
+        else:
+            self.fast += self.fast_w * (stats - self.fast)
+            self.slow += max(self.slow_w, 1.0 / self.n) * (stats - self.slow)
+        return self.shift
+
+    @property
+    def shift(self) -> float:
+        return 0.0 if self.fast is None or self.slow is None else float((self.fast - self.slow).abs().max())
+
+    def state(self) -> dict[str, Any]:
+        return {"n": self.n, "fast": None if self.fast is None else self.fast.tolist(),
+                "slow": None if self.slow is None else self.slow.tolist()}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.n = state["n"]
+        self.fast = None if state["fast"] is None else torch.tensor(state["fast"], dtype=torch.float64)
+        self.slow = None if state["slow"] is None else torch.tensor(state["slow"], dtype=torch.float64)
+
