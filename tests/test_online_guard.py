@@ -246,6 +246,46 @@ def test_a_held_out_drop_above_the_serving_bound_can_roll_back_to_the_safe_weigh
     assert np.array_equal(r.pred, ad._predict(ad.served, to_tensor(f.image)[None])[2][0].numpy())
 
 
+def test_look_shift_sees_a_change_of_light_not_a_change_of_scene() -> None:
+    from diga_sdk.online.safety import LookShift
+
+    g = torch.Generator().manual_seed(0)
+    look = LookShift(0.1, 0.01)
+    scenes = [torch.rand(1, 3, 32, 64, generator=g) * (0.6 + 0.4 * torch.rand(1, generator=g)) for _ in range(60)]
+    steady = max(look.update(x) for x in scenes)  # other scenes, one light
+    assert steady < 0.08
+    shifts = [look.update(x * 0.3) for x in scenes[:40]]  # dusk: the same scenes, darker
+    assert max(shifts[:5]) > 0.08 and shifts[-1] < max(shifts)  # seen within frames, then the slow mean follows
+    again = LookShift(0.1, 0.01)
+    again.load(look.state())
+    assert again.update(scenes[0]) == look.update(scenes[0])
+
+
+def test_a_change_of_light_hands_the_output_to_the_shipped_model(small_model: Path, tiny_specs: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    from diga_sdk.data.transforms import to_tensor
+
+    ad = open_adapter(small_model, online_cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
+                                        safety={"calib_frames": 3, "max_look_shift": 0.08}))
+    frames = list(FrameStream("scenario:target", 24, ONLINE_SIZE, "dusk@16", seed=3))
+    for f in frames[:16]:
+        r = ad.process(f.image)
+        assert r.signals["look_shift"] < 0.08
+    assert ad.served is None and "look_demotions" not in ad.counters
+    for f in frames[16:20]:
+        r = ad.process(f.image)
+    assert ad.served is ad.shipped and ad.counters["look_demotions"] == 1 and r.signals["look_shift"] > 0.08
+    r = ad.process(frames[20].image)
+    assert np.array_equal(r.pred, ad._predict(ad.shipped, to_tensor(frames[20].image)[None])[2][0].numpy())
+    state = tmp_path / "state.safetensors"
+    ad.save_state(state)
+    resumed = OnlineAdapter.resume(state)
+    assert resumed.look.shift == ad.look.shift and resumed.served is resumed.shipped
+    for f in frames[21:]:  # the look still moving: no promotion
+        ad.process(f.image)
+        assert ad.served is ad.shipped and ad.clear_since is None
+
+
 def test_probation_at_start_serves_the_shipped_model(small_model: Path, tiny_specs: dict[str, str],
                                                      tmp_path: Path) -> None:
     """The shipped model itself serves (no copy of it in memory or in the state file), through a restart."""

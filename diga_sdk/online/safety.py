@@ -102,7 +102,7 @@ class SafetyConfig(DigaConfig):
     # under the next (dusk after clear). None = off
     max_look_shift: float | None = None
     look_fast: float = Field(0.1, gt=0.0, le=1.0)  # EMA weight of each frame in the fast look
-    look_slow: float = Field(0.01, gt=0.0, le=1.0)  # and in the slow one (the exact mean over the first frames)
+    look_slow: float = Field(0.01, gt=0.0, le=1.0)  # and in the slow one (both: the exact mean over the first frames)
 
 
 def frame_signals(t_logits: torch.Tensor, kept: float, features: torch.Tensor | None = None,
@@ -301,7 +301,7 @@ class LookShift:
         if self.fast is None or self.slow is None:
             self.fast, self.slow = stats.clone(), stats.clone()
         else:
-            self.fast += self.fast_w * (stats - self.fast)
+            self.fast += max(self.fast_w, 1.0 / self.n) * (stats - self.fast)  # both the exact mean at first
             self.slow += max(self.slow_w, 1.0 / self.n) * (stats - self.slow)
         return self.shift
 
