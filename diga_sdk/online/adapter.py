@@ -344,7 +344,6 @@ class OnlineAdapter:
         self.reprobe_after = REPROBE_AFTER_SKIPS  # skips in a row before the next probe (doubles per probe)
         self.served: EMATeacher | None = None  # in probation: the confirmed weights that predict (None = teacher)
         self.clear_since: int | None = None  # in probation: first frame of the current run of clear slow signals
-        self.look_probation = False  # the probation began with a look change, no slow rollback since
         if self.cfg.probation_at_start and self.source_check is not None:
             self.served = self.shipped  # frozen: never updated, so the shipped model itself serves
         self.frame_index = 0
@@ -420,7 +419,6 @@ class OnlineAdapter:
         bound = self.cfg.safety.max_look_shift
         if (bound is not None and self.cfg.probation and look_shift > bound and self.served is not self.shipped
                 and i >= self.cfg.safety.calib_frames):  # another light or weather: shipped serves until the teacher passes
-            self.look_probation = self.served is None  # the teacher itself served: nothing held against it
             self.served, self.clear_since = self.shipped, None
             self.counters["look_demotions"] = self.counters.get("look_demotions", 0) + 1
 
@@ -587,18 +585,15 @@ class OnlineAdapter:
         """In probation: the teacher serves again once the held-out drop stayed at most
         `safety.promote_max_source_drop` and the share divergence within half its bound for `_promote_span`
         frames in a row (measured on the teacher, while it kept learning)."""
-        c = self.cfg.safety
-        drop = c.promote_max_source_drop
-        if self.look_probation and c.look_promote_max_source_drop is not None:
-            drop = c.look_promote_max_source_drop
-        if not self._slow_signals_clear(drop) or (
-                c.max_look_shift is not None and self.look.shift > c.max_look_shift):  # and only in a steady look
+        bound = self.cfg.safety.max_look_shift
+        if not self._slow_signals_clear(self.cfg.safety.promote_max_source_drop) or (
+                bound is not None and self.look.shift > bound):  # and only in a steady look
             self.clear_since = None
             return
         if self.clear_since is None:
             self.clear_since = self.frame_index
         elif self.frame_index - self.clear_since >= self._promote_span():
-            self.served, self.clear_since, self.look_probation = None, None, False
+            self.served, self.clear_since = None, None
             self.counters["promotions"] = self.counters.get("promotions", 0) + 1
 
     def _checkpoint_due(self) -> bool:
@@ -815,7 +810,6 @@ class OnlineAdapter:
             self._set_lr()
         if set(reasons or ()) & SLOW_FAILURES:
             self._good, self._safe_candidate = self._safe, None
-            self.look_probation = False
             self.counters["safe_rollbacks"] = self.counters.get("safe_rollbacks", 0) + 1
         if self.source_check is not None:
             self.source_check.reset()
@@ -932,7 +926,7 @@ class OnlineAdapter:
                 "last_source_check": self.last_source_check, "probed": self.probed, "probation": self.served is not None,
                 "served_is_shipped": self.served is self.shipped,
                 "budget_skips_in_row": self.budget_skips_in_row, "reprobe_after": self.reprobe_after,
-                "clear_since": self.clear_since, "look_probation": self.look_probation,
+                "clear_since": self.clear_since,
                 "source_check_next": self.source_check.next if self.source_check is not None else 0,
                 "candidate_frame": None if self._candidate is None else self._candidate["frame"],
                 "monitor": self.monitor.state(), "look": self.look.state(), "replay_frames": self.replay.frame_ids,
@@ -995,7 +989,6 @@ class OnlineAdapter:
         self.budget_skips_in_row = info.get("budget_skips_in_row", 0)
         self.reprobe_after = info.get("reprobe_after", REPROBE_AFTER_SKIPS)
         self.served, self.clear_since = None, info.get("clear_since")
-        self.look_probation = bool(info.get("look_probation", False))
         if info.get("probation") and info.get("served_is_shipped"):
             self.served = self.shipped
         elif info.get("probation"):

@@ -101,10 +101,6 @@ class SafetyConfig(DigaConfig):
     # promotion rule. Weights adapted to one light or weather are not known to be better than the shipped model
     # under the next (dusk after clear). None = off
     max_look_shift: float | None = None
-    # after a look change (and no slow rollback since), the held-out drop within which the teacher serves again
-    # once the look is steady: a look change says nothing against the weights, so the serving bound may apply
-    # rather than the stricter promotion bound. None = promote_max_source_drop
-    look_promote_max_source_drop: float | None = None
     look_fast: float = Field(0.1, gt=0.0, le=1.0)  # EMA weight of each frame in the fast look
     look_slow: float = Field(0.01, gt=0.0, le=1.0)  # and in the slow one (both: the exact mean over the first frames)
 
