@@ -584,7 +584,7 @@ class OnlineAdapter:
     def _maybe_promote(self) -> None:
         """In probation: the teacher serves again once the held-out drop stayed at most
         `safety.promote_max_source_drop` and the share divergence within half its bound for `_promote_span`
-        frames in a row (measured on the teacher, while it kept learning)."""
+        frames in a row (measured on the teacher, while it kept learning), in a steady look (`max_look_shift`)."""
         bound = self.cfg.safety.max_look_shift
         if not self._slow_signals_clear(self.cfg.safety.promote_max_source_drop) or (
                 bound is not None and self.look.shift > bound):  # and only in a steady look

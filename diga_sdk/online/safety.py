@@ -18,6 +18,10 @@ weather or camera change (which moves both alike) does not read as a failure:
 - source_drop (labelled, `online.SourceCheck`): mIoU of the shipped model minus that of the adapted
   teacher on a held-out slice of the carried source images that no update ever sees.
 
+One input signal decides who serves, not whether to roll back:
+- look_shift (`LookShift`): how far the input's per-channel mean and spread moved between a fast and a slow
+  running mean; a change of light or weather hands the output to the shipped model (`max_look_shift`).
+
 The first `calib_frames` frames set the reference. Each signal is smoothed (EMA) and a frame is
 "bad" when any smoothed signal crosses its bound; `patience` bad frames in a row call a collapse.
 Collapse-shaped failures (one class everywhere, blank or noise input, a student drifting away from
