@@ -365,7 +365,7 @@ class OnlineAdapter:
         t0 = time.perf_counter()
         i = self.frame_index
         x = to_tensor(image)[None]
-        look_shift = self.look.update(x)
+        look_shift = self.look.update(x) if self.cfg.safety.max_look_shift is not None else 0.0  # only when it acts
         shipped_out = None  # the shipped model's (logits, features, argmax) on this frame, when it serves
         if self.served is not None:  # probation: the output comes from the confirmed weights
             served_out = self._predict(self.served, x)
