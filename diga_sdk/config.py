@@ -340,6 +340,10 @@ class AdaptConfig(_Strict):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     selftrain: DistilConfig = Field(default_factory=_selftrain_default)
     rounds: Annotated[int, Field(ge=0)] = 1  # extra refinement rounds (pseudo-labels -> centroids -> self-training)
+    # after each warm-up and self-training stage, re-estimate BatchNorm's running statistics on the unlabelled
+    # target-train frames at their stored size ("target", AdaBN) before the stage hands its checkpoint on
+    # (adapt/bn_recalibration.py); "off" keeps the statistics training left
+    bn_recalibration: Literal["off", "target"] = "off"
     crop: Crop = (128, 256)
     scale: ScaleRange = (0.75, 1.25)
     seed: int = 0

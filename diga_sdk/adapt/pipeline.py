@@ -146,6 +146,12 @@ def stage_train(name: str, cfg: AdaptConfig, scfg: DistilConfig, init: str | Pat
     if not init_world().is_main:
         return {}
     ckpt, selection = choose_checkpoint(folder, last, cfg)
+    if cfg.bn_recalibration == "target" and cfg.target:
+        from .bn_recalibration import RECALIBRATED, recalibrated_checkpoint
+
+        images = open_dataset(cfg.target, labelled=False, strict=cfg.data.strict)
+        selection["bn_recalibrated_from"] = str(ckpt)
+        ckpt = recalibrated_checkpoint(ckpt, images, folder / RECALIBRATED, cfg.pseudo.batch_size, cfg.device)
     return {"checkpoint": str(ckpt), "init": str(init), **selection, **evaluate_checkpoint(ckpt, cfg)}
 
 
