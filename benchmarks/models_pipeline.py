@@ -10,6 +10,11 @@ seed 0. A change in the last bit anywhere moves self-training by up to about 2 m
 the models only to within that; the seed means are what the comparison rests on.
 
     python benchmarks/models_pipeline.py [--models light,fast] [--seeds 3] [--out runs/models_pipeline] [--json PATH]
+
+`--set KEY=VALUE` (repeatable) runs every seed's adaptation stages with those settings on top of the demo's,
+from the same source-only models (their folders are shared with the plain run), into `--out/NAME/set-.../seedK`:
+    python benchmarks/models_pipeline.py --seeds 3 --set bn_recalibration=target \
+        --json benchmarks/results/models_pipeline_bn_recalibration.json
 """
 
 from __future__ import annotations
@@ -23,25 +28,38 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ADAPT_STAGES = ("warmup", "selftrain", "selftrain_round2")
 
 
-def run_model(name: str, run: Path, seeds: int) -> dict:
-    """Seed 0 as `diga demo --model NAME`, then the adaptation stages of the other seeds."""
+def run_model(name: str, run: Path, seeds: int, sets: list[str]) -> dict:
+    """Seed 0 as `diga demo --model NAME`, then the adaptation stages of the other seeds; with `sets`, the
+    demo's source-only and oracle models, then every seed's adaptation stages with the settings applied."""
     from diga_sdk.adapt.pipeline import run_pipeline
-    from diga_sdk.bench.ablation import demo_adapt_config
+    from diga_sdk.bench.ablation import demo_adapt_config, gap_closed, train_baselines
+    from diga_sdk.config import with_sets
     from diga_sdk.demo import run_demo
 
-    run_demo(run, model=name)
-    res = json.loads((run / "results.json").read_text())
-    first = {s["name"]: s.get("target_val_miou") for s in res["stages"]}
-    per_seed = {0: {k: first[k] for k in ADAPT_STAGES}}
-    src_ckpt = next(s["checkpoint"] for s in res["stages"] if s["name"] == "source_only")
-    for seed in range(1, seeds):
-        cfg = demo_adapt_config(src_ckpt, model=name).model_copy(update={"seed": seed})
-        stages = run_pipeline(cfg, run / f"seed{seed}", resume=True)["stages"]
+    if sets:
+        baselines = train_baselines(run, model=name)
+        first = {s["name"]: s.get("target_val_miou") for s in baselines}
+        src_ckpt = next(s["checkpoint"] for s in baselines if s["name"] == "source_only")
+        folder, start, closed = run / ("set-" + ",".join(sets)), 0, None
+    else:
+        run_demo(run, model=name)
+        res = json.loads((run / "results.json").read_text())
+        first = {s["name"]: s.get("target_val_miou") for s in res["stages"]}
+        src_ckpt = next(s["checkpoint"] for s in res["stages"] if s["name"] == "source_only")
+        folder, start, closed = run, 1, res.get("gap_closed_percent")
+    per_seed = {} if sets else {0: {k: first[k] for k in ADAPT_STAGES}}
+    for seed in range(start, seeds):
+        cfg = with_sets(demo_adapt_config(src_ckpt, model=name).model_copy(update={"seed": seed}), sets)
+        stages = run_pipeline(cfg, folder / f"seed{seed}", resume=True)["stages"]
         per_seed[seed] = {s["name"]: s.get("target_val_miou") for s in stages if s["name"] in ADAPT_STAGES}
+    if sets:
+        first.update(per_seed[0])
+        rows = [{"name": k, "target_val_miou": v} for k, v in first.items()]
+        closed = {k: gap_closed(rows, k) for k in ADAPT_STAGES}
     src, orc = first["source_only"], first["oracle"]
     mean = {k: statistics.fmean(v[k] for v in per_seed.values()) for k in ADAPT_STAGES}
     std = {k: (statistics.stdev(v[k] for v in per_seed.values()) if seeds > 1 else None) for k in ADAPT_STAGES}
-    return {"target_val_miou": first, "gap_closed_percent": res.get("gap_closed_percent"),
+    return {"target_val_miou": first, "gap_closed_percent": closed,
             "final": first["selftrain_round2"], "per_seed": {str(k): v for k, v in per_seed.items()},
             "mean": mean, "std": std, "final_mean": mean["selftrain_round2"],
             "gap_closed_percent_mean": 100.0 * (mean["selftrain_round2"] - src) / (orc - src)}
@@ -53,14 +71,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="adaptation seeds per model (seed 0 is the demo's)")
     ap.add_argument("--out", type=Path, default=Path("runs/models_pipeline"))
     ap.add_argument("--json", type=Path, default=RESULTS / "models_pipeline.json")
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="KEY=VALUE on top of the demo's adaptation settings, every seed (repeatable)")
     args = ap.parse_args()
     from diga_sdk.io import atomic_write_json
     from diga_sdk.results import env_info
 
     report: dict = {"schedule": "make demo / make ablation pipeline rows", "seeds": args.seeds, "models": {},
+                    "settings": args.sets,
                     "env": env_info()}
     for name in args.models.split(","):
-        report["models"][name] = run_model(name, args.out / name, args.seeds)
+        report["models"][name] = run_model(name, args.out / name, args.seeds, args.sets)
     if {"light", "fast"} <= report["models"].keys():
         light, fast = report["models"]["light"], report["models"]["fast"]
         report["fast_minus_light_final"] = fast["final"] - light["final"]

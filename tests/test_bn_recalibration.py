@@ -10,14 +10,13 @@ import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file
+from test_adapt_pipeline import tiny_adapt_config
 
 from diga_sdk.adapt.bn_recalibration import RECALIBRATED, recalibrate_batchnorm
 from diga_sdk.adapt.pipeline import stage_train
 from diga_sdk.data.datasets import Sample
 from diga_sdk.data.transforms import normalize, to_tensor
 from diga_sdk.errors import DigaError
-
-from test_adapt_pipeline import tiny_adapt_config
 
 
 class Frames:
