@@ -10,8 +10,9 @@ on the `make demo` schedule from each model's source-only checkpoint with the sw
         --model light=runs/demo/source_only/model.safetensors --model fast=PATH --seeds 2 \
         [--set selftrain.target_bn=false] [--json benchmarks/results/heldout_camera2.json]
 
-Both variants of a seed share its warm-up (the switch only acts in self-training), so a seed costs one
-warm-up and two self-training chains. Resumable: finished stages are read back from --out.
+Where the switch only acts in self-training (every `--set` key under `selftrain.`), both variants of a
+seed share its warm-up, so a seed costs one warm-up and two self-training chains; otherwise each variant
+runs its own. Resumable: finished stages are read back from --out.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def main() -> None:
         for seed in range(args.seeds):
             folder = args.out / name / f"seed{seed}"
             runs["default"][str(seed)] = run_variant(name, ckpt, data, folder / "default", seed, [], None)
-            runs["variant"][str(seed)] = run_variant(name, ckpt, data, folder / "variant", seed, sets,
-                                                     folder / "default" / "warmup")
+            # the variant shares the seed's warm-up only when its settings act in self-training alone
+            shared = folder / "default" / "warmup" if all(k.startswith("selftrain.") for k in sets) else None
+            runs["variant"][str(seed)] = run_variant(name, ckpt, data, folder / "variant", seed, sets, shared)
             mean = {v: {k: statistics.fmean(r[k] for r in runs[v].values()) for k in STAGES} for v in runs}
             report["models"][name] = {"source_only": src, "per_seed": runs, "mean": mean,
                                       "final_default_minus_variant": mean["default"]["selftrain_round2"]

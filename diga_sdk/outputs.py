@@ -12,6 +12,7 @@ from .errors import DigaError
 
 # what training commands leave in their folder: results (a finished run) and saved state (an unfinished one)
 RUN_RESULTS = ("model.safetensors", "teacher.safetensors", "translator.safetensors", "centroids.safetensors",
+               "bn_recalibrated.safetensors",
                "manifest.json", "stage.json", "results.json")
 RUN_STATE = ("state", "state_g", "state_d")
 RUN_PARTS = ("labels", "confidence", "snapshots")  # more of what a stage writes; removed by --overwrite

@@ -86,3 +86,23 @@ def test_a_stage_hands_on_the_recalibrated_copy(tiny_specs, tiny_checkpoint, tmp
     off = stage_train("warmup", tiny_adapt_config(tiny_specs, tiny_checkpoint, steps=2), cfg.warmup,
                       tiny_checkpoint, tmp_path / "w_off", resume=False)
     assert "bn_recalibrated_from" not in off and Path(off["checkpoint"]).name == "model.safetensors"
+
+
+def test_cli_recalibrate_writes_a_new_file_and_keeps_the_input(tiny_specs, tiny_checkpoint, tmp_path: Path, capsys):
+    import json
+
+    from diga_sdk.cli import main
+
+    before = tiny_checkpoint.read_bytes()
+    out, js = tmp_path / "recal", tmp_path / "recal.json"
+    args = ["adapt", "recalibrate", "--model", str(tiny_checkpoint), "--target", tiny_specs["target_train"],
+            "--target-val", tiny_specs["target_val"], "--out", str(out), "--json", str(js)]
+    assert main(args) == 0
+    rec = json.loads(js.read_text())
+    assert Path(rec["checkpoint"]) == out / RECALIBRATED and rec["bn_recalibrated_from"] == str(tiny_checkpoint)
+    assert rec["images"] > 0 and rec["target_val_miou"] is not None and rec["source_val_miou"] is None
+    assert tiny_checkpoint.read_bytes() == before
+    capsys.readouterr()
+    assert main(args) == 1  # the folder holds a recalibrated model: no silent overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0

@@ -147,12 +147,22 @@ def stage_train(name: str, cfg: AdaptConfig, scfg: DistilConfig, init: str | Pat
         return {}
     ckpt, selection = choose_checkpoint(folder, last, cfg)
     if cfg.bn_recalibration == "target" and cfg.target:
-        from .bn_recalibration import RECALIBRATED, recalibrated_checkpoint
-
-        images = open_dataset(cfg.target, labelled=False, strict=cfg.data.strict)
-        selection["bn_recalibrated_from"] = str(ckpt)
-        ckpt = recalibrated_checkpoint(ckpt, images, folder / RECALIBRATED, cfg.pseudo.batch_size, cfg.device)
+        rec = stage_recalibrate(cfg, ckpt, folder)
+        selection["bn_recalibrated_from"] = rec["bn_recalibrated_from"]
+        ckpt = Path(rec["checkpoint"])
     return {"checkpoint": str(ckpt), "init": str(init), **selection, **evaluate_checkpoint(ckpt, cfg)}
+
+
+def stage_recalibrate(cfg: AdaptConfig, ckpt: str | Path, folder: Path) -> dict[str, Any]:
+    """`ckpt` with BatchNorm's running statistics re-estimated on the unlabelled target-train frames
+    (`adapt/bn_recalibration.py`), written to `folder`; the checkpoint itself is left as it was."""
+    from .bn_recalibration import RECALIBRATED, recalibrated_checkpoint
+
+    if not cfg.target:
+        raise DigaError("BatchNorm recalibration needs target images: pass --target")
+    images = open_dataset(cfg.target, labelled=False, strict=cfg.data.strict)
+    path = recalibrated_checkpoint(ckpt, images, folder / RECALIBRATED, cfg.pseudo.batch_size, cfg.device)
+    return {"checkpoint": str(path), "bn_recalibrated_from": str(ckpt), "images": len(images)}
 
 
 def stage_pseudo(cfg: AdaptConfig, ckpt: str | Path, folder: Path, with_centroids: bool = False) -> dict[str, Any]:

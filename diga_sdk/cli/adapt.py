@@ -141,6 +141,28 @@ def centroids(
     _report(stage_centroids(cfg, model, out), json_path)
 
 
+@adapt_app.command("recalibrate")
+def recalibrate(
+    model: str = typer.Option(..., "--model", help="checkpoint whose BatchNorm statistics to re-estimate"),
+    out: Path = typer.Option(..., "--out", help="folder for bn_recalibrated.safetensors"),
+    target: str | None = typer.Option(None, "--target", help="unlabelled target frames (dataset spec)"),
+    target_val: str | None = typer.Option(None, "--target-val", help="labelled target validation spec"),
+    config: Path | None = typer.Option(None, "--config"),
+    sets: list[str] = typer.Option([], "--set", help=SET_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a recalibrated model already in --out"),
+    json_path: Path | None = typer.Option(None, "--json"),
+) -> None:
+    """BatchNorm recalibration (AdaBN): the model's running statistics re-estimated on target frames at their
+    stored size, no labels read; the weights and the input checkpoint stay as they were."""
+    from ..adapt.pipeline import evaluate_checkpoint, stage_recalibrate
+
+    cfg = _config(config, {"target": target, "target_val": target_val}, sets=sets)
+    claim_run_folder(out, resume=False, overwrite=overwrite, what="recalibrated model")
+    rec = stage_recalibrate(cfg, model, out)
+    cfg = cfg.model_copy(update={"source_val": None})  # the statistics are the target's now
+    _report({**rec, **evaluate_checkpoint(rec["checkpoint"], cfg)}, json_path)
+
+
 @adapt_app.command("selftrain")
 def selftrain(
     init: str = typer.Option(..., "--init", help="checkpoint to start from (the warm-up model)"),
