@@ -11,8 +11,9 @@ the models only to within that; the seed means are what the comparison rests on.
 
     python benchmarks/models_pipeline.py [--models light,fast] [--seeds 3] [--out runs/models_pipeline] [--json PATH]
 
-`--set KEY=VALUE` (repeatable) runs every seed's adaptation stages with those settings on top of the demo's,
-from the same source-only models (their folders are shared with the plain run), into `--out/NAME/set-.../seedK`:
+`--set KEY=VALUE` (repeatable) compares a switch: the plain run above (resumed where done) beside every
+seed's adaptation stages with those settings on top of the demo's, from the same source-only models, into
+`--out/NAME/set-.../seedK`; the report holds both per model and seed (rendered like the camera2 switches):
     python benchmarks/models_pipeline.py --seeds 3 --set bn_recalibration=target \
         --json benchmarks/results/models_pipeline_bn_recalibration.json
 """
@@ -65,6 +66,28 @@ def run_model(name: str, run: Path, seeds: int, sets: list[str]) -> dict:
             "gap_closed_percent_mean": 100.0 * (mean["selftrain_round2"] - src) / (orc - src)}
 
 
+def switch_report(names: list[str], out: Path, seeds: int, sets: list[str]) -> dict:
+    """Each model's plain pipeline and the pipeline with `sets`, seed by seed from the same source-only model."""
+    from diga_sdk.results import env_info
+
+    report: dict = {"domain": "the embedded benchmark (synthetic target)", "schedule": "make demo / make ablation "
+                    "pipeline rows", "default": "this release's defaults", "variant": sets, "models": {},
+                    "env": env_info()}
+    for name in names:
+        runs = {"default": run_model(name, out / name, seeds, []), "variant": run_model(name, out / name, seeds, sets)}
+        report["models"][name] = {
+            "source_only": runs["default"]["target_val_miou"]["source_only"],
+            "oracle": runs["default"]["target_val_miou"]["oracle"],
+            "per_seed": {v: r["per_seed"] for v, r in runs.items()}, "mean": {v: r["mean"] for v, r in runs.items()},
+            "std": {v: r["std"] for v, r in runs.items()},
+            "final_default_minus_variant": runs["default"]["final_mean"] - runs["variant"]["final_mean"]}
+    if {"light", "fast"} <= report["models"].keys():
+        light, fast = report["models"]["light"], report["models"]["fast"]
+        report["fast_minus_light_final_mean"] = {
+            v: fast["mean"][v]["selftrain_round2"] - light["mean"][v]["selftrain_round2"] for v in ("default", "variant")}
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="light,fast")
@@ -80,6 +103,11 @@ def main() -> None:
     report: dict = {"schedule": "make demo / make ablation pipeline rows", "seeds": args.seeds, "models": {},
                     "settings": args.sets,
                     "env": env_info()}
+    if args.sets:
+        report = switch_report(args.models.split(","), args.out, args.seeds, args.sets)
+        atomic_write_json(args.json, report)
+        print(json.dumps({k: v for k, v in report.items() if k != "env"}, indent=2))
+        return
     for name in args.models.split(","):
         report["models"][name] = run_model(name, args.out / name, args.seeds, args.sets)
     if {"light", "fast"} <= report["models"].keys():
