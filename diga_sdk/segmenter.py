@@ -213,6 +213,22 @@ class Segmenter:
         js = run_semi(cfg, out, resume).to_json()
         return AdaptRun(Path(out), js.pop("stages"), mode="semi", details=js)
 
+    # --------------------------------------------------------------------------------- recalibrate
+    def recalibrate(self, target: str, out: str | Path = "runs/recalibrate", *, overwrite: bool = False,
+                    batch_size: int = 4) -> Segmenter:
+        """BatchNorm statistics re-estimated on the unlabelled `target` frames (AdaBN, `diga adapt recalibrate`);
+        returns a Segmenter of `out/bn_recalibrated.safetensors`. This checkpoint is left as it was."""
+        from .adapt.bn_recalibration import RECALIBRATED, recalibrated_checkpoint
+        from .data.datasets import open_dataset
+        from .outputs import claim_run_folder
+
+        ckpt = self._need_checkpoint("recalibration")
+        claim_run_folder(Path(out), resume=False, overwrite=overwrite, what="recalibrated model")
+        path = recalibrated_checkpoint(ckpt, open_dataset(target, labelled=False), Path(out) / RECALIBRATED,
+                                       batch_size, self.device)
+        return Segmenter(path, runtime=self.runtime_name, device=self.device, precision=self.precision,
+                         threads=self.threads)
+
     # -------------------------------------------------------------------------------------- online
     def online(self, config: OnlineConfig | dict[str, Any] | str | Path | None = None, *,
                state: str | Path | None = None, resume: bool = False) -> OnlineAdapter:

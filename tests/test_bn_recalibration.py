@@ -106,3 +106,15 @@ def test_cli_recalibrate_writes_a_new_file_and_keeps_the_input(tiny_specs, tiny_
     assert main(args) == 1  # the folder holds a recalibrated model: no silent overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_segmenter_recalibrate_returns_the_recalibrated_model(tiny_checkpoint, tiny_specs, tmp_path: Path):
+    import diga_sdk as diga
+
+    seg = diga.Segmenter(tiny_checkpoint, runtime="torch")
+    new = seg.recalibrate(tiny_specs["target_train"], tmp_path / "r")
+    assert new.path == tmp_path / "r" / RECALIBRATED and new.runtime_name == "torch"
+    before, after = load_file(str(tiny_checkpoint)), load_file(str(new.path))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("running_var"))
+    with pytest.raises(DigaError, match="overwrite"):
+        seg.recalibrate(tiny_specs["target_train"], tmp_path / "r")
