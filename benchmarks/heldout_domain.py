@@ -106,6 +106,11 @@ def main() -> None:
                                       "final_default_minus_variant": mean["default"]["selftrain_round2"]
                                       - mean["variant"]["selftrain_round2"]}
             atomic_write_json(args.json, report)
+    if {"light", "fast"} <= report["models"].keys():
+        light, fast = report["models"]["light"]["mean"], report["models"]["fast"]["mean"]
+        report["fast_minus_light_final_mean"] = {v: fast[v]["selftrain_round2"] - light[v]["selftrain_round2"]
+                                                 for v in ("default", "variant")}
+        atomic_write_json(args.json, report)
     print(report["models"])
 
 
