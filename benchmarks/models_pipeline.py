@@ -101,7 +101,6 @@ def main() -> None:
     from diga_sdk.results import env_info
 
     report: dict = {"schedule": "make demo / make ablation pipeline rows", "seeds": args.seeds, "models": {},
-                    "settings": args.sets,
                     "env": env_info()}
     if args.sets:
         report = switch_report(args.models.split(","), args.out, args.seeds, args.sets)
@@ -109,7 +108,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in report.items() if k != "env"}, indent=2))
         return
     for name in args.models.split(","):
-        report["models"][name] = run_model(name, args.out / name, args.seeds, args.sets)
+        report["models"][name] = run_model(name, args.out / name, args.seeds, [])
     if {"light", "fast"} <= report["models"].keys():
         light, fast = report["models"]["light"], report["models"]["fast"]
         report["fast_minus_light_final"] = fast["final"] - light["final"]
