@@ -342,8 +342,9 @@ class AdaptConfig(_Strict):
     rounds: Annotated[int, Field(ge=0)] = 1  # extra refinement rounds (pseudo-labels -> centroids -> self-training)
     # after each warm-up and self-training stage, re-estimate BatchNorm's running statistics on the unlabelled
     # target-train frames at their stored size ("target", AdaBN) before the stage hands its checkpoint on
-    # (adapt/bn_recalibration.py); "off" keeps the statistics training left
-    bn_recalibration: Literal["off", "target"] = "off"
+    # (adapt/bn_recalibration.py); "off" keeps the statistics training left. Default "target": training moves
+    # them towards the small source/mixed crops, while the model labels whole target frames (docs/models.md)
+    bn_recalibration: Literal["off", "target"] = "target"
     crop: Crop = (128, 256)
     scale: ScaleRange = (0.75, 1.25)
     seed: int = 0

@@ -61,6 +61,7 @@ def _recipe(classes: list[int] | None, warmup_steps: int, selftrain_steps: int, 
         "selection": {"kind": "consensus", "centroid_momentum": 1e-4, "centroid_min_pixels": 5,
                       "centroid_labels": "consensus", "centroid_init": "image", "online_centroids": True},
         "rounds": 0,
+        "bn_recalibration": "off",  # the authors' stages hand their weights and statistics on as trained
         "checkpoint_every": 1000,  # a DeepLabV2 training state (student, teacher, momentum) is ~0.5 GB
     }
     train = {"model": model, "optim": _SGD, "steps": warmup_steps, "batch_size": len(warmup_src), "crop": _CROP,
