@@ -82,6 +82,7 @@ def main() -> None:
                     help="the switch's 'off' variant (default: selftrain.target_bn=false)")
     ap.add_argument("--json", type=Path, default=RESULTS / "heldout_camera2.json")
     args = ap.parse_args()
+    from diga_sdk.config import AdaptConfig, settings_of
     from diga_sdk.evaluate_specs import evaluate_specs
     from diga_sdk.io import atomic_write_json
     from diga_sdk.results import env_info
@@ -90,7 +91,7 @@ def main() -> None:
     data = render_camera2(args.data)
     report: dict = {"domain": "scenario:camera2 target scenes, Cityscapes layout, 400 train + 100 val at 256x512",
                     "schedule": "make demo (warm-up 200, self-training 100 per round, one refinement round)",
-                    "default": "this release's defaults", "variant": sets, "models": {}, "env": env_info()}
+                    "default": settings_of(AdaptConfig(), sets), "variant": sets, "models": {}, "env": env_info()}
     for item in args.model:
         name, ckpt = item.split("=", 1)
         src = evaluate_specs(ckpt, [f"cityscapes:{data}@val"])[f"cityscapes:{data}@val"]["miou"]

@@ -68,11 +68,13 @@ def run_model(name: str, run: Path, seeds: int, sets: list[str]) -> dict:
 
 def switch_report(names: list[str], out: Path, seeds: int, sets: list[str]) -> dict:
     """Each model's plain pipeline and the pipeline with `sets`, seed by seed from the same source-only model."""
+    from diga_sdk.bench.ablation import demo_adapt_config
+    from diga_sdk.config import settings_of
     from diga_sdk.results import env_info
 
     report: dict = {"domain": "the embedded benchmark (synthetic target)", "schedule": "make demo / make ablation "
-                    "pipeline rows", "default": "this release's defaults", "variant": sets, "models": {},
-                    "env": env_info()}
+                    "pipeline rows", "default": settings_of(demo_adapt_config("unused"), sets), "variant": sets,
+                    "models": {}, "env": env_info()}
     for name in names:
         runs = {"default": run_model(name, out / name, seeds, []), "variant": run_model(name, out / name, seeds, sets)}
         report["models"][name] = {

@@ -184,6 +184,17 @@ def with_sets(cfg: T, sets: list[str]) -> T:
     return _validate(type(cfg), data)
 
 
+def settings_of(cfg: BaseModel, sets: list[str]) -> list[str]:
+    """The `key=value` strings of `cfg`'s own values for the keys of `sets` (what a switch was compared against)."""
+    out = []
+    for key in parse_sets(sets):
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        out.append(f"{key}={str(node).lower() if isinstance(node, bool) else node}")
+    return out
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     *parents, leaf = key.split(".")
