@@ -105,8 +105,9 @@ def selection_scores(out: Path) -> dict[str, float]:
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     spec = selection_split(out)
     for name in ("supervised", "warmup", "selftrain", "selftrain_round2"):
-        ckpt = out / "semi" / name / "model.safetensors"
-        if name not in cache and (out / "semi" / name / "stage.json").is_file():
+        record = out / "semi" / name / "stage.json"
+        if name not in cache and record.is_file():  # the checkpoint the stage handed on (BN-recalibrated or not)
+            ckpt = json.loads(record.read_text())["checkpoint"]
             cache[name] = evaluate_specs(ckpt, [spec])[spec]["miou"]
             atomic_write_json(cache_file, cache)
     return cache
