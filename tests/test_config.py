@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from diga_sdk.config import AdaptConfig, TrainConfig, load_config, save_config, with_sets
+from diga_sdk.config import AdaptConfig, TrainConfig, load_config, save_config, settings_of, with_sets
 from diga_sdk.errors import DigaError
 
 
@@ -35,6 +35,13 @@ def test_with_sets_applies_dotted_strings_on_a_built_config() -> None:
     assert got.seed == 4 and got.warmup == cfg.warmup and cfg.selftrain.target_bn is True  # the input is untouched
     with pytest.raises(DigaError, match="selftrain.steps"):
         with_sets(cfg, ["selftrain.steps=many"])
+
+
+def test_settings_of_reports_the_configs_own_values_of_switched_keys() -> None:
+    """What a switch report names as the plain run: the config's values, not the switch's."""
+    cfg = with_sets(AdaptConfig(), ["selftrain.optim.lr=0.25"])
+    got = settings_of(cfg, ["bn_recalibration=off", "selftrain.target_bn=false", "selftrain.optim.lr=1"])
+    assert got == ["bn_recalibration=target", "selftrain.target_bn=true", "selftrain.optim.lr=0.25"]
 
 
 def test_the_online_recipes_in_docs_load_and_the_vehicle_bounds_are_ordered():

@@ -32,6 +32,8 @@ def test_gta5_cityscapes_preset_is_the_authors_recipe(capsys) -> None:
     assert cfg["selftrain"]["mix_forward"] == "separate" and cfg["selftrain"]["target_bn"] is False
     assert cfg["selection"]["centroid_min_pixels"] == 5 and cfg["selection"]["centroid_labels"] == "consensus"
     assert cfg["selection"]["centroid_init"] == "image" and cfg["warmup_init"] == "backbone"
+    # the authors' stages hand their weights on as trained; the SDK default re-estimates BatchNorm statistics
+    assert cfg["bn_recalibration"] == "off" and AdaptConfig().bn_recalibration == "target"
 
 
 def test_synthia_cityscapes_preset_has_16_classes_and_ohem(capsys) -> None:
