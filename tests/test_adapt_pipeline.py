@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from diga_sdk.adapt import distill
 from diga_sdk.adapt.distill import SelfTrainInputs, train_distil_stage
+from diga_sdk.adapt.bn_recalibration import RECALIBRATED
 from diga_sdk.adapt.pipeline import aggregate_seeds, stage_train
 from diga_sdk.cli import main
 from diga_sdk.config import AdaptConfig, DistilConfig, SelectionConfig
@@ -73,9 +74,10 @@ def test_cli_pipeline_writes_every_stage(pipeline_run, tiny_specs):
     for r in (1, 2):
         assert len(list((out / f"pseudo_r{r}" / "labels").glob("*.png"))) == 12
         assert (out / f"pseudo_r{r}" / "centroids.safetensors").is_file()  # same pass as the labels
-    # round 2 is labelled by the self-trained model, round 1 by the warm-up model
-    assert json.loads((out / "pseudo_r2" / "stage.json").read_text())["labelled_by"].endswith(
-        "selftrain/model.safetensors")
+    # round 2 is labelled by the self-trained model as the stage handed it on (BatchNorm recalibrated, the default)
+    handed_on = res["stages"][1]["checkpoint"]
+    assert handed_on.endswith("selftrain/bn_recalibrated.safetensors")
+    assert json.loads((out / "pseudo_r2" / "stage.json").read_text())["labelled_by"] == handed_on
     assert json.loads((out / "results.json").read_text())["stages"][0]["name"] == "warmup"
 
 
@@ -116,10 +118,10 @@ def _assert_same(a: Path, b: Path) -> None:
 
 
 def test_selftrain_is_deterministic_and_resumes_after_a_crash(pipeline_run, tiny_specs, tmp_path, monkeypatch):
-    out, _ = pipeline_run
+    out, res = pipeline_run
     cfg = tiny_adapt_config(tiny_specs)
     inputs = SelfTrainInputs(out / "pseudo_r1", out / "pseudo_r1" / "centroids.safetensors", cfg.selection)
-    init = out / "warmup" / "model.safetensors"
+    init = Path(res["stages"][0]["checkpoint"])  # the warm-up as the pipeline handed it on
     a = train_distil_stage("selftrain", cfg, cfg.selftrain, init, tmp_path / "a", selftrain=inputs)
     # Same seed, same inputs: the same weights as the pipeline's own self-training stage.
     _assert_same(a, out / "selftrain" / "model.safetensors")
@@ -160,7 +162,8 @@ def test_select_best_is_opt_in_and_recorded(tiny_specs, tiny_checkpoint, tmp_pat
     assert rec["checkpoint_selection"] == "best_target_val_uses_target_labels"
     scores = rec["candidates_target_val_miou"]
     assert len(scores) == 3  # snapshots at steps 1, 2 and the last checkpoint
-    assert scores[rec["checkpoint"]] == max(scores.values())
+    # the chosen checkpoint is the one recalibrated and handed on
+    assert scores[rec["bn_recalibrated_from"]] == max(scores.values()) and rec["checkpoint"].endswith(RECALIBRATED)
 
 
 def test_threshold_baseline_and_no_mix_ablation_via_cli(pipeline_run, tiny_specs, tmp_path):
@@ -180,9 +183,9 @@ def test_threshold_baseline_and_no_mix_ablation_via_cli(pipeline_run, tiny_specs
 
 
 def test_stage_commands_pseudo_and_centroids(pipeline_run, tiny_specs, tmp_path):
-    out, _ = pipeline_run
+    out, res = pipeline_run
     cfg_path = _yaml(tiny_adapt_config(tiny_specs), tmp_path / "cfg.yaml")
-    ckpt = out / "warmup" / "model.safetensors"
+    ckpt = res["stages"][0]["checkpoint"]  # the model that labelled round 1
     assert main(["adapt", "pseudo", "--model", str(ckpt), "--config", str(cfg_path), "--out", str(tmp_path / "p")]) == 0
     for a, b in zip(sorted((tmp_path / "p" / "labels").glob("*.png")), sorted((out / "pseudo_r1" / "labels").glob("*.png")),
                     strict=True):

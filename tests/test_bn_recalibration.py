@@ -75,7 +75,7 @@ def test_recalibration_refuses_a_model_without_batchnorm():
 
 
 def test_a_stage_hands_on_the_recalibrated_copy(tiny_specs, tiny_checkpoint, tmp_path: Path):
-    cfg = tiny_adapt_config(tiny_specs, tiny_checkpoint, steps=2, bn_recalibration="target")
+    cfg = tiny_adapt_config(tiny_specs, tiny_checkpoint, steps=2)  # the default: bn_recalibration "target"
     rec = stage_train("warmup", cfg, cfg.warmup, tiny_checkpoint, tmp_path / "w", resume=False)
     assert Path(rec["checkpoint"]).name == RECALIBRATED
     trained = load_file(rec["bn_recalibrated_from"])
@@ -83,7 +83,7 @@ def test_a_stage_hands_on_the_recalibrated_copy(tiny_specs, tiny_checkpoint, tmp
     stats = [k for k in trained if k.endswith("running_mean")]
     assert stats and any(not torch.equal(trained[k], recal[k]) for k in stats)
     assert all(torch.equal(trained[k], recal[k]) for k in trained if "running" not in k and "num_batches" not in k)
-    off = stage_train("warmup", tiny_adapt_config(tiny_specs, tiny_checkpoint, steps=2), cfg.warmup,
+    off = stage_train("warmup", tiny_adapt_config(tiny_specs, tiny_checkpoint, steps=2, bn_recalibration="off"), cfg.warmup,
                       tiny_checkpoint, tmp_path / "w_off", resume=False)
     assert "bn_recalibrated_from" not in off and Path(off["checkpoint"]).name == "model.safetensors"
 
