@@ -12,8 +12,8 @@ import yaml
 from safetensors.torch import load_file
 
 from diga_sdk.adapt import distill
-from diga_sdk.adapt.distill import SelfTrainInputs, train_distil_stage
 from diga_sdk.adapt.bn_recalibration import RECALIBRATED
+from diga_sdk.adapt.distill import SelfTrainInputs, train_distil_stage
 from diga_sdk.adapt.pipeline import aggregate_seeds, stage_train
 from diga_sdk.cli import main
 from diga_sdk.config import AdaptConfig, DistilConfig, SelectionConfig
