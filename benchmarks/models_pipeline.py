@@ -14,8 +14,7 @@ the models only to within that; the seed means are what the comparison rests on.
 `--set KEY=VALUE` (repeatable) compares a switch: the plain run above (resumed where done) beside every
 seed's adaptation stages with those settings on top of the demo's, from the same source-only models, into
 `--out/NAME/set-.../seedK`; the report holds both per model and seed (rendered like the camera2 switches):
-    python benchmarks/models_pipeline.py --seeds 3 --set bn_recalibration=target \
-        --json benchmarks/results/models_pipeline_bn_recalibration.json
+    python benchmarks/models_pipeline.py --seeds 3 --set bn_recalibration=off --json runs/models_pipeline_bn_off.json
 """
 
 from __future__ import annotations
