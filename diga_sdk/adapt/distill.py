@@ -33,7 +33,6 @@ from ..data.transforms import normalize, step_rng
 from ..errors import DigaError
 from ..interrupt import interrupt_at_step_boundary, stopped
 from ..io import file_sha256
-from ..models.auxiliary import auxiliary_outputs
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.recompute import enable_activation_checkpointing
 from ..models.registry import channels_last
@@ -46,7 +45,7 @@ from .mixture import cross_domain_mixture
 from .optim import make_optimizer, set_poly_lr
 from .pseudo import PseudoLabelledDataset
 from .state import has_train_state, load_train_state, save_train_state
-from .supervised import check_crop, seg_loss_with_aux, step_batches, workers_of
+from .supervised import check_crop, seg_loss, step_batches, workers_of
 from .translators import Translator, build_translator
 
 
@@ -125,24 +124,19 @@ def diga_step(ctx: StepContext, step: int, x_s: torch.Tensor, y_s: torch.Tensor,
         if scfg.mix_forward == "joint":
             student_in.append(mix_img)
 
-    with auxiliary_outputs(ctx.net) as aux:
-        logits, _ = ctx.net(normalize(torch.cat(student_in)))
+    logits, _ = ctx.net(normalize(torch.cat(student_in)))
     if scfg.distil:
-        loss_ce = seg_loss_with_aux(logits[:b], [a[:b] for a in aux], y_s, ctx.seg_loss)
+        loss_ce = seg_loss(logits[:b], y_s, ctx.seg_loss)
         loss_kd = scfg.lambda_distil * kernels.symmetric_distillation_loss(t_logits[:2 * b], logits[:2 * b],
                                                                           scfg.mixed_scale)
     else:  # ablation: both views are plain supervised inputs
-        loss_ce = seg_loss_with_aux(logits[:2 * b], [a[:2 * b] for a in aux], torch.cat([y_s, y_s]), ctx.seg_loss)
+        loss_ce = seg_loss(logits[:2 * b], torch.cat([y_s, y_s]), ctx.seg_loss)
         loss_kd = torch.zeros((), device=device)
     loss = loss_ce + loss_kd
     out = {"ce": loss_ce.item(), "kd": loss_kd.item()}
     if selftrain:
-        if scfg.mix_forward == "joint":
-            mix_logits, mix_aux = logits[2 * b:], [a[2 * b:] for a in aux]
-        else:
-            with auxiliary_outputs(ctx.net) as mix_aux:
-                mix_logits = ctx.net(normalize(mix_img))[0]
-        loss_st = seg_loss_with_aux(mix_logits, mix_aux, mix_lab)
+        mix_logits = logits[2 * b:] if scfg.mix_forward == "joint" else ctx.net(normalize(mix_img))[0]
+        loss_st = seg_loss(mix_logits, mix_lab)
         loss = loss + loss_st
         out["st"] = loss_st.item()
     ctx.optimizer.zero_grad(set_to_none=True)

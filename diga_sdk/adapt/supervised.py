@@ -17,7 +17,6 @@ from ..data.transforms import normalize
 from ..errors import DigaError
 from ..interrupt import interrupt_at_step_boundary, stopped
 from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
-from ..models.auxiliary import AUX_WEIGHT, auxiliary_outputs
 from ..models.recompute import enable_activation_checkpointing
 from ..models.registry import build_model, channels_last
 from ..progress import log, progress_bar
@@ -43,16 +42,6 @@ def seg_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce") -> to
         threshold = max(float(p_true.kthvalue(kth + 1).values), OHEM_THRESHOLD)
     hard = pixel[valid][p_true < threshold]
     return hard.mean() if hard.numel() else pixel[valid].mean()
-
-
-def seg_loss_with_aux(logits: torch.Tensor, aux: list[torch.Tensor], labels: torch.Tensor,
-                      kind: str = "ce") -> torch.Tensor:
-    """`seg_loss` on the model's logits plus `AUX_WEIGHT` x the same on each auxiliary head's logits of the
-    same rows (training-only deep supervision; none for a model without such heads)."""
-    loss = seg_loss(logits, labels, kind)
-    for extra in aux:
-        loss = loss + AUX_WEIGHT * seg_loss(extra, labels, kind)
-    return loss
 
 
 def label_lut(classes: list[int] | None) -> np.ndarray | None:
@@ -146,9 +135,8 @@ def train_supervised(cfg: TrainConfig, out_dir: str | Path, stage: str = "source
         for step, batch in enumerate(stream, start):
             lr = set_poly_lr(optimizer, cfg.optim, step, cfg.steps)
             x, y = batch.on(cfg.device)
-            with auxiliary_outputs(model) as aux:
-                logits, _ = model(normalize(x))
-            loss = seg_loss_with_aux(logits, aux, y, cfg.seg_loss)
+            logits, _ = model(normalize(x))
+            loss = seg_loss(logits, y, cfg.seg_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -17,7 +17,6 @@ from ..data.labels import CLASS_NAMES, PALETTE
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import DigaError
 from ..io import atomic_path, file_sha256
-from .auxiliary import TRAINING_ONLY_PREFIX
 from .registry import build_model
 
 META_KEY = "diga_meta"
@@ -87,13 +86,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except (SafetensorError, OSError, ValueError) as exc:
         raise DigaError(f"checkpoint {p} is corrupt ({exc}); re-export or re-train it") from None
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise DigaError(f"checkpoint {p} does not fit model {meta.model_name!r}: {str(exc).splitlines()[0]}") from None
-    missing = [k for k in missing if not k.startswith(TRAINING_ONLY_PREFIX)]  # written before its training head
-    if missing or unexpected:
-        raise DigaError(f"checkpoint {p} does not fit model {meta.model_name!r}: missing keys {missing[:3]}, "
-                        f"unexpected keys {unexpected[:3]}; load it with the diga version that wrote it")
     model.to(device).eval()
     model.diga_meta = meta  # type: ignore[attr-defined]
     return model, meta

@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .auxiliary import AuxiliaryHead, AuxiliarySink
 from .light import ResidualBlock, _cbr
 from .registry import register
 
@@ -77,18 +76,13 @@ class FastSegmenter(nn.Module):
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(feature_dim, num_classes, 1)
         self.num_classes, self.feature_dim = num_classes, feature_dim
-        # training only: deep supervision of the first context stage (1/16), as DDRNet/PIDNet train theirs
-        self.aux_head = AuxiliaryHead(4 * w, 2 * w, num_classes)
-        self.auxiliary = AuxiliarySink()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = c = self.stem(x)
-        for stage, (detail, context, to_detail, to_context) in enumerate(zip(
-                self.detail, self.context, self.to_detail, self.to_context, strict=True)):
+        for detail, context, to_detail, to_context in zip(self.detail, self.context, self.to_detail,
+                                                          self.to_context, strict=True):
             d, c = detail(d), context(c)
             d, c = F.relu(d + _resize(to_detail(c), d)), F.relu(c + to_context(d))
-            if stage == 0:
-                self.auxiliary.emit(self, self.aux_head, c)
         f = self.head(torch.cat([d, _resize(self.pyramid(c), d)], 1))
         return self.classifier(self.dropout(f)), f
 
