@@ -40,8 +40,8 @@ class StreamSpec:
 
 
 # Tuning: seeds 10-13 and 15 of the target family; clear, fog from half-way, the planted class-swap drift, a 900-frame
-# clear stream (long enough for the slow source drift to act) and dusk from frame 250 on (after the teacher
-# first serves).
+# clear stream (long enough for the slow source drift to act), dusk from frame 250 on (after the teacher
+# first serves), and a dusk that ends (frames 250-400 of 600: the light comes back).
 # Judging: seeds 20-23, other schedules (dusk mid-stream, fog late), and the new camera2 family.
 STREAMS: dict[str, StreamSpec] = {
     "tune-clear": StreamSpec("tune", "scenario:target", 10, 450),
@@ -49,6 +49,7 @@ STREAMS: dict[str, StreamSpec] = {
     "tune-swap": StreamSpec("tune", "scenario:target", 12, 450, "swap@150"),
     "tune-long": StreamSpec("tune", "scenario:target", 13, 900),
     "tune-dusk": StreamSpec("tune", "scenario:target", 15, 450, "dusk@250"),
+    "tune-return": StreamSpec("tune", "scenario:target", 16, 600, "dusk@250:400"),
     "judge-clear": StreamSpec("judge", "scenario:target", 20, 900),
     "judge-dusk": StreamSpec("judge", "scenario:target", 21, 900, "dusk@300:600"),
     "judge-camera2": StreamSpec("judge", "scenario:camera2", 22, 900),

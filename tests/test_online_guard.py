@@ -291,6 +291,55 @@ def test_a_change_of_light_hands_the_output_to_the_shipped_model(small_model: Pa
     assert ad.served is ad.shipped and ad.clear_since is None  # but the look is still moving
 
 
+@pytest.mark.parametrize("serve_on_return", [True, False])
+def test_when_the_light_comes_back_the_weights_that_served_before_serve_again(
+        small_model: Path, tiny_specs: dict[str, str], tmp_path: Path, serve_on_return: bool) -> None:
+    """Dusk hands the output to the shipped model and keeps the teacher's weights of that moment; when the
+    light is back, those weights serve again (still in probation) while the teacher learns on; through a
+    restart in the dusk. With `serve_on_look_return: false` the shipped model keeps serving."""
+    from diga_sdk.data.transforms import to_tensor
+
+    ad = open_adapter(small_model, online_cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
+                                        safety={"calib_frames": 3, "max_look_shift": 0.08,
+                                                "serve_on_look_return": serve_on_return}))
+    frames = list(FrameStream("scenario:target", 90, ONLINE_SIZE, "dusk@40:55", seed=3))
+    for f in frames[:40]:
+        ad.process(f.image)
+    assert ad.served is None
+    for f in frames[40:55]:
+        ad.process(f.image)
+        if ad.served is ad.shipped:
+            break
+    assert ad.counters["look_demotions"] == 1
+    if not serve_on_return:
+        assert ad.served_before is None
+        for f in frames[f.index + 1:]:
+            ad.process(f.image)
+        assert ad.served is ad.shipped and "look_returns" not in ad.counters
+        return
+    before = ad.served_before
+    assert before is not None and before is not ad.teacher and before is not ad.shipped
+    kept = {k: v.clone() for k, v in before.module.state_dict().items()}
+    state = tmp_path / "state.safetensors"
+    ad.save_state(state)
+    resumed = OnlineAdapter.resume(state)
+    assert torch.equal(resumed.look_before, ad.look_before)
+    assert all(torch.equal(resumed.served_before.module.state_dict()[k], v) for k, v in kept.items())
+    for f in frames[f.index + 1:55]:  # the dusk: the shipped model serves
+        r = ad.process(f.image)
+        assert ad.served is ad.shipped or ad.served is before
+    assert ad.served is ad.shipped and "look_returns" not in ad.counters
+    for f in frames[55:]:
+        r = ad.process(f.image)
+        if ad.served is before:
+            break
+    assert ad.served is before and ad.counters["look_returns"] == 1 and ad.served_before is None
+    assert all(torch.equal(before.module.state_dict()[k], v) for k, v in kept.items())  # as they served then
+    assert not all(torch.equal(ad.teacher.module.state_dict()[k], v) for k, v in kept.items())  # it learned on
+    x = to_tensor(f.image)[None]
+    assert np.array_equal(r.pred, ad._predict(before, x)[2][0].numpy())
+
+
 def test_probation_at_start_serves_the_shipped_model(small_model: Path, tiny_specs: dict[str, str],
                                                      tmp_path: Path) -> None:
     """The shipped model itself serves (no copy of it in memory or in the state file), through a restart."""

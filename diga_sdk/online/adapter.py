@@ -344,6 +344,9 @@ class OnlineAdapter:
         self.reprobe_after = REPROBE_AFTER_SKIPS  # skips in a row before the next probe (doubles per probe)
         self.served: EMATeacher | None = None  # in probation: the confirmed weights that predict (None = teacher)
         self.clear_since: int | None = None  # in probation: first frame of the current run of clear slow signals
+        # at a look demotion: the look before the change and the weights that served in it (serve_on_look_return)
+        self.look_before: torch.Tensor | None = None
+        self.served_before: EMATeacher | None = None
         if self.cfg.probation_at_start and self.source_check is not None:
             self.served = self.shipped  # frozen: never updated, so the shipped model itself serves
         self.frame_index = 0
@@ -366,6 +369,8 @@ class OnlineAdapter:
         i = self.frame_index
         x = to_tensor(image)[None]
         look_shift = self.look.update(x) if self.cfg.safety.max_look_shift is not None else 0.0  # only when it acts
+        if self.served_before is not None and self.look_before is not None and self.served is self.shipped:
+            self._maybe_serve_on_look_return()
         shipped_out = None  # the shipped model's (logits, features, argmax) on this frame, when it serves
         if self.served is not None:  # probation: the output comes from the confirmed weights
             served_out = self._predict(self.served, x)
@@ -419,6 +424,9 @@ class OnlineAdapter:
         bound = self.cfg.safety.max_look_shift
         if (bound is not None and self.cfg.probation and look_shift > bound and self.served is not self.shipped
                 and i >= self.cfg.safety.calib_frames):  # another light or weather: shipped serves until the teacher passes
+            if self.cfg.safety.serve_on_look_return and self.look.slow is not None:
+                self.look_before = self.look.slow.clone()  # the slow look still holds the look before the change
+                self.served_before = self.served if self.served is not None else self._frozen_copy(self.teacher.module)
             self.served, self.clear_since = self.shipped, None
             self.counters["look_demotions"] = self.counters.get("look_demotions", 0) + 1
 
@@ -594,7 +602,19 @@ class OnlineAdapter:
             self.clear_since = self.frame_index
         elif self.frame_index - self.clear_since >= self._promote_span():
             self.served, self.clear_since = None, None
+            self.look_before = self.served_before = None  # the teacher is confirmed in the look of now
             self.counters["promotions"] = self.counters.get("promotions", 0) + 1
+
+    def _maybe_serve_on_look_return(self) -> None:
+        """The shipped model serves since a look change: once the fast look is back within `max_look_shift` of
+        the look before the change, the weights that served then serve again (still in probation, so the
+        promotion rule decides when the teacher takes over)."""
+        bound = self.cfg.safety.max_look_shift
+        if bound is None or self.look_before is None or self.look.gap_to(self.look_before) > bound:
+            return
+        self.served, self.clear_since = self.served_before, None
+        self.look_before = self.served_before = None
+        self.counters["look_returns"] = self.counters.get("look_returns", 0) + 1
 
     def _checkpoint_due(self) -> bool:
         """Whether the frame being finished (frame_index already advanced) ends with a state save."""
@@ -908,6 +928,9 @@ class OnlineAdapter:
             tensors.update(self.source_check.tensors())
         if self.served is not None and self.served is not self.shipped:
             tensors.update({f"served.{k}": v.detach().cpu().contiguous() for k, v in self.served.module.state_dict().items()})
+        if self.served_before is not None:
+            tensors.update({f"before.{k}": v.detach().cpu().contiguous()
+                            for k, v in self.served_before.module.state_dict().items()})
         if self._candidate is not None:
             for part in ("student", "teacher"):
                 tensors.update({f"cand.{part}.{k}": v.contiguous() for k, v in self._candidate[part].items()})
@@ -927,6 +950,7 @@ class OnlineAdapter:
                 "served_is_shipped": self.served is self.shipped,
                 "budget_skips_in_row": self.budget_skips_in_row, "reprobe_after": self.reprobe_after,
                 "clear_since": self.clear_since,
+                "look_before": None if self.look_before is None else self.look_before.tolist(),
                 "source_check_next": self.source_check.next if self.source_check is not None else 0,
                 "candidate_frame": None if self._candidate is None else self._candidate["frame"],
                 "monitor": self.monitor.state(), "look": self.look.state(), "replay_frames": self.replay.frame_ids,
@@ -994,6 +1018,10 @@ class OnlineAdapter:
         elif info.get("probation"):
             self.served = self._frozen_copy(self.teacher.module)
             self.served.module.load_state_dict({k[7:]: v for k, v in t.items() if k.startswith("served.")})
+        if info.get("look_before") is not None and any(k.startswith("before.") for k in t):
+            self.look_before = torch.tensor(info["look_before"], dtype=torch.float64)
+            self.served_before = self._frozen_copy(self.teacher.module)
+            self.served_before.module.load_state_dict({k[7:]: v for k, v in t.items() if k.startswith("before.")})
         if self.source_check is not None:
             self.source_check.load(t, info.get("source_check_next", 0))
         self._candidate = None

@@ -105,6 +105,10 @@ class SafetyConfig(DigaConfig):
     # promotion rule. Weights adapted to one light or weather are not known to be better than the shipped model
     # under the next (dusk after clear). None = off
     max_look_shift: float | None = None
+    # when the look comes back (the fast look within max_look_shift of the look before the change), the weights
+    # that served before the change serve again, in probation, instead of the shipped model: they served under
+    # this look (dusk ends, the tunnel is left). False = the shipped model serves until the teacher is promoted
+    serve_on_look_return: bool = True
     look_fast: float = Field(0.1, gt=0.0, le=1.0)  # EMA weight of each frame in the fast look
     look_slow: float = Field(0.01, gt=0.0, le=1.0)  # and in the slow one (both: the exact mean over the first frames)
 
@@ -312,6 +316,10 @@ class LookShift:
     @property
     def shift(self) -> float:
         return 0.0 if self.fast is None or self.slow is None else float((self.fast - self.slow).abs().max())
+
+    def gap_to(self, look: torch.Tensor) -> float:
+        """How far the fast look is from an earlier (slow) look, in the units of `shift`."""
+        return float("inf") if self.fast is None else float((self.fast - look).abs().max())
 
     def state(self) -> dict[str, Any]:
         return {"n": self.n, "fast": None if self.fast is None else self.fast.tolist(),
