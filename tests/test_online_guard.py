@@ -13,7 +13,7 @@ from online_fixtures import ONLINE_SIZE, online_cfg
 
 from diga_sdk.data.streams import FrameStream
 from diga_sdk.online.adapter import OnlineAdapter, open_adapter
-from diga_sdk.online.safety import HealthMonitor, SafetyConfig, share_divergence
+from diga_sdk.online.safety import HealthMonitor, LookShift, SafetyConfig, share_divergence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -247,7 +247,6 @@ def test_a_held_out_drop_above_the_serving_bound_can_roll_back_to_the_safe_weigh
 
 
 def test_look_shift_sees_a_change_of_light_not_a_change_of_scene() -> None:
-    from diga_sdk.online.safety import LookShift
 
     g = torch.Generator().manual_seed(0)
     look = LookShift(0.1, 0.01)
@@ -289,6 +288,23 @@ def test_a_change_of_light_hands_the_output_to_the_shipped_model(small_model: Pa
     assert ad.look.shift > 0.08
     ad._maybe_promote()
     assert ad.served is ad.shipped and ad.clear_since is None  # but the look is still moving
+
+
+def test_the_look_settles_back_on_the_look_before_a_change() -> None:
+    """After a long dusk the slow mean still leans to it when the light is back, so the way back reads as a
+    change of its own; settling on the look before the dusk ends that."""
+    look = LookShift(0.1, 0.01)
+    clear = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2
+    for _ in range(100):
+        look.update(clear)
+    before = look.slow.clone()
+    for _ in range(150):
+        look.update(clear * 0.3)
+    for _ in range(40):
+        look.update(clear)
+    assert look.gap_to(before) < 0.01 and look.shift > 0.08
+    look.settle(before)
+    assert look.shift < 0.01
 
 
 @pytest.mark.parametrize("serve_on_return", [True, False])
@@ -334,10 +350,14 @@ def test_when_the_light_comes_back_the_weights_that_served_before_serve_again(
         if ad.served is before:
             break
     assert ad.served is before and ad.counters["look_returns"] == 1 and ad.served_before is None
+    assert ad.look.shift <= 0.08  # the look before the dusk is the steady look again: no second demotion
     assert all(torch.equal(before.module.state_dict()[k], v) for k, v in kept.items())  # as they served then
     assert not all(torch.equal(ad.teacher.module.state_dict()[k], v) for k, v in kept.items())  # it learned on
     x = to_tensor(f.image)[None]
     assert np.array_equal(r.pred, ad._predict(before, x)[2][0].numpy())
+    for f in frames[f.index + 1:]:  # the rest of the clear frames: no second demotion on the way back
+        ad.process(f.image)
+    assert ad.counters["look_demotions"] == 1 and ad.served is not ad.shipped
 
 
 def test_probation_at_start_serves_the_shipped_model(small_model: Path, tiny_specs: dict[str, str],

@@ -612,6 +612,7 @@ class OnlineAdapter:
         bound = self.cfg.safety.max_look_shift
         if bound is None or self.look_before is None or self.look.gap_to(self.look_before) > bound:
             return
+        self.look.settle(self.look_before)
         self.served, self.clear_since = self.served_before, None
         self.look_before = self.served_before = None
         self.counters["look_returns"] = self.counters.get("look_returns", 0) + 1

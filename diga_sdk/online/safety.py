@@ -317,6 +317,11 @@ class LookShift:
     def shift(self) -> float:
         return 0.0 if self.fast is None or self.slow is None else float((self.fast - self.slow).abs().max())
 
+    def settle(self, look: torch.Tensor) -> None:
+        """Take `look` as the steady look again (the light came back to it): the slow mean restarts there, so
+        the way back is not read as a new change while the slow mean would still be catching up."""
+        self.slow = look.clone()
+
     def gap_to(self, look: torch.Tensor) -> float:
         """How far the fast look is from an earlier (slow) look, in the units of `shift`."""
         return float("inf") if self.fast is None else float((self.fast - look).abs().max())
