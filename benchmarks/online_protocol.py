@@ -115,6 +115,7 @@ def summarise(res: dict) -> dict:
             "overall_gain": res["overall"]["adapted_miou"] - res["overall"]["frozen_miou"],
             "probations": res["adapter"].get("probations", 0), "probation_frames": res["adapter"].get("probation_frames", 0),
             "promotions": res["adapter"].get("promotions", 0),
+            "look_demotions": res["adapter"].get("look_demotions", 0), "look_returns": res["adapter"].get("look_returns", 0),
             "rollbacks": res["adapter"]["rollbacks"], "rollback_reasons": reasons,
             "rollback_frames": res["adapter"]["rollback_frames"], "updates": res["adapter"]["updates"],
             "lr_backoff": res["adapter"]["lr_backoff"], "cost_ms": res["cost_ms"]}

@@ -247,7 +247,6 @@ def test_a_held_out_drop_above_the_serving_bound_can_roll_back_to_the_safe_weigh
 
 
 def test_look_shift_sees_a_change_of_light_not_a_change_of_scene() -> None:
-
     g = torch.Generator().manual_seed(0)
     look = LookShift(0.1, 0.01)
     scenes = [torch.rand(1, 3, 32, 64, generator=g) * (0.6 + 0.4 * torch.rand(1, generator=g)) for _ in range(60)]
@@ -329,8 +328,8 @@ def test_when_the_light_comes_back_the_weights_that_served_before_serve_again(
     assert ad.counters["look_demotions"] == 1
     if not serve_on_return:
         assert ad.served_before is None
-        for f in frames[f.index + 1:]:
-            ad.process(f.image)
+        for g in frames[f.index + 1:]:
+            ad.process(g.image)
         assert ad.served is ad.shipped and "look_returns" not in ad.counters
         return
     before = ad.served_before
@@ -341,8 +340,8 @@ def test_when_the_light_comes_back_the_weights_that_served_before_serve_again(
     resumed = OnlineAdapter.resume(state)
     assert torch.equal(resumed.look_before, ad.look_before)
     assert all(torch.equal(resumed.served_before.module.state_dict()[k], v) for k, v in kept.items())
-    for f in frames[f.index + 1:55]:  # the dusk: the shipped model serves
-        r = ad.process(f.image)
+    for g in frames[f.index + 1:55]:  # the dusk: the shipped model serves
+        r = ad.process(g.image)
         assert ad.served is ad.shipped or ad.served is before
     assert ad.served is ad.shipped and "look_returns" not in ad.counters
     for f in frames[55:]:
@@ -355,8 +354,8 @@ def test_when_the_light_comes_back_the_weights_that_served_before_serve_again(
     assert not all(torch.equal(ad.teacher.module.state_dict()[k], v) for k, v in kept.items())  # it learned on
     x = to_tensor(f.image)[None]
     assert np.array_equal(r.pred, ad._predict(before, x)[2][0].numpy())
-    for f in frames[f.index + 1:]:  # the rest of the clear frames: no second demotion on the way back
-        ad.process(f.image)
+    for g in frames[f.index + 1:]:  # the rest of the clear frames: no second demotion on the way back
+        ad.process(g.image)
     assert ad.counters["look_demotions"] == 1 and ad.served is not ad.shipped
 
 

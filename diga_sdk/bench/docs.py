@@ -525,6 +525,10 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/online/protocol.md", "protocol-vehicle256-v2-offline", "online_protocol_vehicle256_v2.json",
      offline_gain_table),
     ("docs/online/protocol.md", "protocol-vehicle256-v2-seeds", "online_protocol_vehicle256_v2.json", seeds_table),
+    ("docs/online/protocol.md", "protocol-vehicle256-v3", "online_protocol_vehicle256_v3.json", protocol_table),
+    ("docs/online/protocol.md", "protocol-vehicle256-v3-offline", "online_protocol_vehicle256_v3.json",
+     offline_gain_table),
+    ("docs/online/protocol.md", "protocol-vehicle256-v3-seeds", "online_protocol_vehicle256_v3.json", seeds_table),
 ]
 
 
