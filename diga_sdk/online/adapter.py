@@ -370,7 +370,8 @@ class OnlineAdapter:
         x = to_tensor(image)[None]
         look_shift = self.look.update(x) if self.cfg.safety.max_look_shift is not None else 0.0  # only when it acts
         if self.served_before is not None and self.look_before is not None and self.served is self.shipped:
-            self._maybe_serve_on_look_return()
+            if self._maybe_serve_on_look_return():
+                look_shift = self.look.shift  # against the settled slow look: this frame is no new change
         shipped_out = None  # the shipped model's (logits, features, argmax) on this frame, when it serves
         if self.served is not None:  # probation: the output comes from the confirmed weights
             served_out = self._predict(self.served, x)
@@ -605,17 +606,18 @@ class OnlineAdapter:
             self.look_before = self.served_before = None  # the teacher is confirmed in the look of now
             self.counters["promotions"] = self.counters.get("promotions", 0) + 1
 
-    def _maybe_serve_on_look_return(self) -> None:
+    def _maybe_serve_on_look_return(self) -> bool:
         """The shipped model serves since a look change: once the fast look is back within `max_look_shift` of
         the look before the change, the weights that served then serve again (still in probation, so the
-        promotion rule decides when the teacher takes over)."""
+        promotion rule decides when the teacher takes over). True when they do."""
         bound = self.cfg.safety.max_look_shift
         if bound is None or self.look_before is None or self.look.gap_to(self.look_before) > bound:
-            return
+            return False
         self.look.settle(self.look_before)
         self.served, self.clear_since = self.served_before, None
         self.look_before = self.served_before = None
         self.counters["look_returns"] = self.counters.get("look_returns", 0) + 1
+        return True
 
     def _checkpoint_due(self) -> bool:
         """Whether the frame being finished (frame_index already advanced) ends with a state save."""
