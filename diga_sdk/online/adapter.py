@@ -369,9 +369,8 @@ class OnlineAdapter:
         i = self.frame_index
         x = to_tensor(image)[None]
         look_shift = self.look.update(x) if self.cfg.safety.max_look_shift is not None else 0.0  # only when it acts
-        if self.served_before is not None and self.look_before is not None and self.served is self.shipped:
-            if self._maybe_serve_on_look_return():
-                look_shift = self.look.shift  # against the settled slow look: this frame is no new change
+        if self.served is self.shipped and self._maybe_serve_on_look_return():
+            look_shift = self.look.shift  # against the settled slow look: this frame is no new change
         shipped_out = None  # the shipped model's (logits, features, argmax) on this frame, when it serves
         if self.served is not None:  # probation: the output comes from the confirmed weights
             served_out = self._predict(self.served, x)
@@ -487,6 +486,12 @@ class OnlineAdapter:
         """A no-grad copy that predicts (teacher, shipped, served): its folded graph stays contiguous when
         onnxruntime reads its weights."""
         return EMATeacher(module, fold_channels_last=not self.onnx_predict)
+
+    def _frozen_copy_of(self, tensors: dict[str, torch.Tensor], prefix: str) -> EMATeacher:
+        """A predicting copy with the weights a state file keeps under `prefix`."""
+        copy = self._frozen_copy(self.teacher.module)
+        copy.module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        return copy
 
     def _predict(self, model: EMATeacher, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, features, full-resolution argmax) of a frozen forward on a (1,3,H,W) frame in [0,1]."""
@@ -611,7 +616,8 @@ class OnlineAdapter:
         the look before the change, the weights that served then serve again (still in probation, so the
         promotion rule decides when the teacher takes over). True when they do."""
         bound = self.cfg.safety.max_look_shift
-        if bound is None or self.look_before is None or self.look.gap_to(self.look_before) > bound:
+        if (bound is None or self.look_before is None or self.served_before is None
+                or self.look.gap_to(self.look_before) > bound):
             return False
         self.look.settle(self.look_before)
         self.served, self.clear_since = self.served_before, None
@@ -1019,12 +1025,10 @@ class OnlineAdapter:
         if info.get("probation") and info.get("served_is_shipped"):
             self.served = self.shipped
         elif info.get("probation"):
-            self.served = self._frozen_copy(self.teacher.module)
-            self.served.module.load_state_dict({k[7:]: v for k, v in t.items() if k.startswith("served.")})
+            self.served = self._frozen_copy_of(t, "served.")
         if info.get("look_before") is not None and any(k.startswith("before.") for k in t):
             self.look_before = torch.tensor(info["look_before"], dtype=torch.float64)
-            self.served_before = self._frozen_copy(self.teacher.module)
-            self.served_before.module.load_state_dict({k[7:]: v for k, v in t.items() if k.startswith("before.")})
+            self.served_before = self._frozen_copy_of(t, "before.")
         if self.source_check is not None:
             self.source_check.load(t, info.get("source_check_next", 0))
         self._candidate = None
