@@ -42,6 +42,16 @@ def child(model: str, config: str, size: tuple[int, int], frames: int, warmup: i
             "times_ms": t.tolist(), "actions": actions[warmup:]}
 
 
+def side_config(code: str, config: str) -> Path:
+    """A side's recipe: a relative path is the file in that side's own checkout (its version of the recipe),
+    not the one in the directory the bench was started from."""
+    path = Path(config)
+    found = path if path.is_absolute() else Path(code) / path
+    if not found.is_file():
+        raise SystemExit(f"bench_online_ab: no recipe {found} (CODE_DIR:CONFIG, CONFIG relative to CODE_DIR)")
+    return found.resolve()
+
+
 def _commit(code: str) -> str | None:
     """The git commit of a side's code checkout (None outside git)."""
     out = subprocess.run(["git", "-C", code, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -51,7 +61,7 @@ def _commit(code: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--a", default=None, help="CODE_DIR:CONFIG of the first side (today's)")
+    p.add_argument("--a", default=None, help="CODE_DIR:CONFIG of the first side (today's); CONFIG relative to CODE_DIR")
     p.add_argument("--b", default=None, help="CODE_DIR:CONFIG of the second side (the new one)")
     p.add_argument("--c", default=None, help="CODE_DIR:CONFIG of an optional third side (another reference)")
     p.add_argument("--size", default="128x256")
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         for side, (code, config) in sides.items():
             env = {**os.environ, "PYTHONPATH": str(Path(code).resolve()), "OMP_NUM_THREADS": "1"}
             cmd = [sys.executable, __file__, "--model", a.model, "--size", a.size, "--frames", str(a.frames),
-                   "--warmup", str(a.warmup), "--child", str(Path(config).resolve())]
+                   "--warmup", str(a.warmup), "--child", str(side_config(code, config))]
             if a.budget_ms is not None:
                 cmd += ["--budget-ms", str(a.budget_ms)]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
