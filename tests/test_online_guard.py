@@ -310,8 +310,9 @@ def test_the_look_settles_back_on_the_look_before_a_change() -> None:
 def test_when_the_light_comes_back_the_weights_that_served_before_serve_again(
         small_model: Path, tiny_specs: dict[str, str], tmp_path: Path, serve_on_return: bool) -> None:
     """Dusk hands the output to the shipped model and keeps the teacher's weights of that moment; when the
-    light is back, those weights serve again (still in probation) while the teacher learns on; through a
-    restart in the dusk. With `serve_on_look_return: false` the shipped model keeps serving."""
+    light is back, those weights serve again (still in probation) while the teacher learns on, at the lr of
+    before the dusk (a rollback in the dusk halved it); through a restart in the dusk. With
+    `serve_on_look_return: false` the shipped model keeps serving."""
     from diga_sdk.data.transforms import to_tensor
 
     ad = open_adapter(small_model, online_cfg(source=tiny_specs["source_train"], source_samples=4, source_holdout=2,
@@ -340,6 +341,10 @@ def test_when_the_light_comes_back_the_weights_that_served_before_serve_again(
     resumed = OnlineAdapter.resume(state)
     assert torch.equal(resumed.look_before, ad.look_before)
     assert all(torch.equal(resumed.served_before.module.state_dict()[k], v) for k, v in kept.items())
+    backoff_at_change = ad.lr_backoff
+    assert resumed.lr_backoff_before == ad.lr_backoff_before == backoff_at_change
+    ad._rollback(["shipped"])  # as in a long dusk: the teacher loses to the shipped model there
+    assert ad.lr_backoff == backoff_at_change * ad.cfg.rollback_lr_factor
     for g in frames[f.index + 1:55]:  # the dusk: the shipped model serves
         r = ad.process(g.image)
         assert ad.served is ad.shipped or ad.served is before
@@ -350,6 +355,9 @@ def test_when_the_light_comes_back_the_weights_that_served_before_serve_again(
         if ad.served is before:
             break
     assert ad.served is before and ad.counters["look_returns"] == 1 and ad.served_before is None
+    assert ad.lr_backoff == backoff_at_change and ad.lr_backoff_before is None  # the dusk's backoffs are undone
+    assert all(g["lr"] == pytest.approx(ad.cfg.lr * backoff_at_change * g.get("lr_mult", 1.0) * ad.lr_gate())
+               for g in ad.optimizer.param_groups)
     assert ad.look.shift <= 0.08  # the look before the dusk is the steady look again: no second demotion
     assert all(torch.equal(before.module.state_dict()[k], v) for k, v in kept.items())  # as they served then
     assert not all(torch.equal(ad.teacher.module.state_dict()[k], v) for k, v in kept.items())  # it learned on

@@ -347,6 +347,8 @@ class OnlineAdapter:
         # at a look demotion: the look before the change and the weights that served in it (serve_on_look_return)
         self.look_before: torch.Tensor | None = None
         self.served_before: EMATeacher | None = None
+        # and the lr backoff of that moment: the rollbacks in the changed look judged weights in that look
+        self.lr_backoff_before: float | None = None
         if self.cfg.probation_at_start and self.source_check is not None:
             self.served = self.shipped  # frozen: never updated, so the shipped model itself serves
         self.frame_index = 0
@@ -427,6 +429,7 @@ class OnlineAdapter:
             if self.cfg.safety.serve_on_look_return and self.look.slow is not None:
                 self.look_before = self.look.slow.clone()  # the slow look still holds the look before the change
                 self.served_before = self.served if self.served is not None else self._frozen_copy(self.teacher.module)
+                self.lr_backoff_before = self.lr_backoff
             self.served, self.clear_since = self.shipped, None
             self.counters["look_demotions"] = self.counters.get("look_demotions", 0) + 1
 
@@ -608,20 +611,25 @@ class OnlineAdapter:
             self.clear_since = self.frame_index
         elif self.frame_index - self.clear_since >= self._promote_span():
             self.served, self.clear_since = None, None
-            self.look_before = self.served_before = None  # the teacher is confirmed in the look of now
+            self.look_before = self.served_before = self.lr_backoff_before = None  # confirmed in the look of now
             self.counters["promotions"] = self.counters.get("promotions", 0) + 1
 
     def _maybe_serve_on_look_return(self) -> bool:
         """The shipped model serves since a look change: once the fast look is back within `max_look_shift` of
         the look before the change, the weights that served then serve again (still in probation, so the
-        promotion rule decides when the teacher takes over). True when they do."""
+        promotion rule decides when the teacher takes over), and the lr backoff returns to what it was then: the
+        rollbacks in the changed look found weights wanting in that look, and without this a long dusk halves the
+        lr to nothing for the rest of the drive. True when they do."""
         bound = self.cfg.safety.max_look_shift
         if (bound is None or self.look_before is None or self.served_before is None
                 or self.look.gap_to(self.look_before) > bound):
             return False
         self.look.settle(self.look_before)
         self.served, self.clear_since = self.served_before, None
-        self.look_before = self.served_before = None
+        if self.lr_backoff_before is not None and self.lr_backoff < self.lr_backoff_before:
+            self.lr_backoff = self.lr_backoff_before
+            self._set_lr()
+        self.look_before = self.served_before = self.lr_backoff_before = None
         self.counters["look_returns"] = self.counters.get("look_returns", 0) + 1
         return True
 
@@ -960,6 +968,7 @@ class OnlineAdapter:
                 "budget_skips_in_row": self.budget_skips_in_row, "reprobe_after": self.reprobe_after,
                 "clear_since": self.clear_since,
                 "look_before": None if self.look_before is None else self.look_before.tolist(),
+                "lr_backoff_before": self.lr_backoff_before,
                 "source_check_next": self.source_check.next if self.source_check is not None else 0,
                 "candidate_frame": None if self._candidate is None else self._candidate["frame"],
                 "monitor": self.monitor.state(), "look": self.look.state(), "replay_frames": self.replay.frame_ids,
@@ -1029,6 +1038,7 @@ class OnlineAdapter:
         if info.get("look_before") is not None and any(k.startswith("before.") for k in t):
             self.look_before = torch.tensor(info["look_before"], dtype=torch.float64)
             self.served_before = self._frozen_copy_of(t, "before.")
+            self.lr_backoff_before = info.get("lr_backoff_before")
         if self.source_check is not None:
             self.source_check.load(t, info.get("source_check_next", 0))
         self._candidate = None
