@@ -356,6 +356,8 @@ def test_when_the_light_comes_back_the_weights_that_served_before_serve_again(
             break
     assert ad.served is before and ad.counters["look_returns"] == 1 and ad.served_before is None
     assert ad.lr_backoff == backoff_at_change and ad.lr_backoff_before is None  # the dusk's backoffs are undone
+    # the distance reference, which followed the dusk, is measured again; the return frame was the first of it
+    assert ad.monitor.rebase_left == ad.cfg.safety.calib_frames - 1
     assert all(g["lr"] == pytest.approx(ad.cfg.lr * backoff_at_change * g.get("lr_mult", 1.0) * ad.lr_gate())
                for g in ad.optimizer.param_groups)
     assert ad.look.shift <= 0.08  # the look before the dusk is the steady look again: no second demotion

@@ -619,12 +619,16 @@ class OnlineAdapter:
         the look before the change, the weights that served then serve again (still in probation, so the
         promotion rule decides when the teacher takes over), and the lr backoff returns to what it was then: the
         rollbacks in the changed look found weights wanting in that look, and without this a long dusk halves the
-        lr to nothing for the rest of the drive. True when they do."""
+        lr to nothing for the rest of the drive. The feature-distance reference, which follows healthy frames,
+        followed the changed look; it is measured again (otherwise the way back reads as a distance violation,
+        and a rollback cannot change the input: a judged dusk stream rolled back every 2nd frame after its
+        return). True when they do."""
         bound = self.cfg.safety.max_look_shift
         if (bound is None or self.look_before is None or self.served_before is None
                 or self.look.gap_to(self.look_before) > bound):
             return False
         self.look.settle(self.look_before)
+        self.monitor.rebase_distance()  # the distance reference followed the changed look: measure it again
         self.served, self.clear_since = self.served_before, None
         if self.lr_backoff_before is not None and self.lr_backoff < self.lr_backoff_before:
             self.lr_backoff = self.lr_backoff_before

@@ -164,8 +164,8 @@ class HealthMonitor:
         self.rebase_left = state.get("rebase_left", 0)
 
     def rebase_distance(self) -> None:
-        """The centroids were replaced (fleet model): the distance reference, measured against the old
-        ones, no longer applies; the next `calib_frames` frames measure it again (distance unchecked meanwhile)."""
+        """The centroids were replaced (fleet model), or the light came back after a look change: the distance
+        reference no longer applies; the next `calib_frames` frames measure it again (distance unchecked meanwhile)."""
         if self.calibrated:
             self.rebase_left = self.cfg.calib_frames
             self.ref["n_distance_rebase"] = 0
