@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -380,7 +381,7 @@ def offline_gain_table(res: dict[str, Any]) -> str:
             passes = ("first pass", "second pass", "adapter seed")
             if suffix.startswith(passes) and other.get("last_third_mean_gain") is not None:
                 label, _, detail = suffix.partition(": ")
-                label = label.split(" (")[0] + (f", {detail.split(' (')[0]}" if detail else "")
+                label = re.sub(r" \([^)]*\)", "", label) + (f", {detail.split(' (')[0]}" if detail else "")
                 others.append(f"{label}: {other['last_third_mean_gain']:+.2f}")
         lines.append(f"| {name} | {g['all']['gain']:+.2f} ({g['all']['warmup']:.2f} -> {g['all']['final']:.2f}) | "
                      f"{off:+.2f} ({g['last']['warmup']:.2f} -> {g['last']['final']:.2f}) | "
@@ -529,6 +530,11 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/online/protocol.md", "protocol-vehicle256-v3-offline", "online_protocol_vehicle256_v3.json",
      offline_gain_table),
     ("docs/online/protocol.md", "protocol-vehicle256-v3-seeds", "online_protocol_vehicle256_v3.json", seeds_table),
+    ("docs/online/protocol.md", "protocol-vehicle256-v4", "online_protocol_vehicle256_v4.json", protocol_table),
+    ("docs/online/protocol.md", "protocol-vehicle256-v4-offline", "online_protocol_vehicle256_v4.json",
+     offline_gain_table),
+    ("docs/online/protocol.md", "protocol-vehicle256-v4-seeds", "online_protocol_vehicle256_v4.json", seeds_table),
+    ("docs/online/protocol.md", "online-ab-vehicle256-v4", "online_ab_vehicle256_v4.json", online_ab_table),
 ]
 
 
