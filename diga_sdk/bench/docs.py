@@ -503,6 +503,12 @@ def readme_with_headline(readme: str, headline: str) -> str:
     return doc_with_block(readme, README_BEGIN, README_END, headline, "README.md")
 
 
+def _protocol_blocks(name: str, source: str) -> list[tuple[str, str, str, Callable[[dict[str, Any]], str]]]:
+    """One protocol pass's three blocks in docs/online/protocol.md: its runs, the offline gains, the seeds."""
+    return [("docs/online/protocol.md", name + suffix, source, table) for suffix, table in
+            (("", protocol_table), ("-offline", offline_gain_table), ("-seeds", seeds_table))]
+
+
 # docs pages with generated blocks: (page, block name, results file, renderer)
 BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/modes.md", "modes-dg", "modes_dg.json", dg_table),
@@ -518,22 +524,10 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/models.md", "online-models", "online_models.json", online_models_table),
     ("docs/kernels.md", "kernels", "bench_kernels.json", _kernels),
     ("docs/online/protocol.md", "protocol-fast256", "online_protocol_fast256.json", protocol_table),
-    ("docs/online/protocol.md", "protocol-vehicle256", "online_protocol_vehicle256.json", protocol_table),
-    ("docs/online/protocol.md", "protocol-vehicle256-offline", "online_protocol_vehicle256.json", offline_gain_table),
-    ("docs/online/protocol.md", "protocol-vehicle256-seeds", "online_protocol_vehicle256.json", seeds_table),
+    *_protocol_blocks("protocol-vehicle256", "online_protocol_vehicle256.json"),
     ("docs/online/protocol.md", "online-ab-vehicle256", "online_ab_vehicle256.json", online_ab_table),
-    ("docs/online/protocol.md", "protocol-vehicle256-v2", "online_protocol_vehicle256_v2.json", protocol_table),
-    ("docs/online/protocol.md", "protocol-vehicle256-v2-offline", "online_protocol_vehicle256_v2.json",
-     offline_gain_table),
-    ("docs/online/protocol.md", "protocol-vehicle256-v2-seeds", "online_protocol_vehicle256_v2.json", seeds_table),
-    ("docs/online/protocol.md", "protocol-vehicle256-v3", "online_protocol_vehicle256_v3.json", protocol_table),
-    ("docs/online/protocol.md", "protocol-vehicle256-v3-offline", "online_protocol_vehicle256_v3.json",
-     offline_gain_table),
-    ("docs/online/protocol.md", "protocol-vehicle256-v3-seeds", "online_protocol_vehicle256_v3.json", seeds_table),
-    ("docs/online/protocol.md", "protocol-vehicle256-v4", "online_protocol_vehicle256_v4.json", protocol_table),
-    ("docs/online/protocol.md", "protocol-vehicle256-v4-offline", "online_protocol_vehicle256_v4.json",
-     offline_gain_table),
-    ("docs/online/protocol.md", "protocol-vehicle256-v4-seeds", "online_protocol_vehicle256_v4.json", seeds_table),
+    *(block for v in (2, 3, 4)
+      for block in _protocol_blocks(f"protocol-vehicle256-v{v}", f"online_protocol_vehicle256_v{v}.json")),
     ("docs/online/protocol.md", "online-ab-vehicle256-v4", "online_ab_vehicle256_v4.json", online_ab_table),
 ]
 
