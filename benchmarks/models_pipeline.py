@@ -15,6 +15,8 @@ the models only to within that; the seed means are what the comparison rests on.
 seed's adaptation stages with those settings on top of the demo's, from the same source-only models, into
 `--out/NAME/set-.../seedK`; the report holds both per model and seed (rendered like the camera2 switches):
     python benchmarks/models_pipeline.py --seeds 3 --set bn_recalibration=off --json runs/models_pipeline_bn_off.json
+
+`--reuse NAME=REPORT` takes a model's entry from an earlier report (when only the other model changed).
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="adaptation seeds per model (seed 0 is the demo's)")
     ap.add_argument("--out", type=Path, default=Path("runs/models_pipeline"))
     ap.add_argument("--json", type=Path, default=RESULTS / "models_pipeline.json")
+    ap.add_argument("--reuse", action="append", default=[], metavar="NAME=REPORT",
+                    help="read model NAME's entry back from an earlier report instead of running it again "
+                         "(a model whose code and runs did not change; the report records where it came from)")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="KEY=VALUE on top of the demo's adaptation settings, every seed (repeatable)")
     args = ap.parse_args()
@@ -108,8 +113,14 @@ def main() -> None:
         atomic_write_json(args.json, report)
         print(json.dumps({k: v for k, v in report.items() if k != "env"}, indent=2))
         return
+    reuse = dict(r.split("=", 1) for r in args.reuse)
     for name in args.models.split(","):
-        report["models"][name] = run_model(name, args.out / name, args.seeds, [])
+        if name in reuse:
+            earlier = json.loads(Path(reuse[name]).read_text())
+            report["models"][name] = {**earlier["models"][name], "reused_from": {"report": reuse[name],
+                                                                                  "env": earlier["env"]}}
+        else:
+            report["models"][name] = run_model(name, args.out / name, args.seeds, [])
     if {"light", "fast"} <= report["models"].keys():
         light, fast = report["models"]["light"], report["models"]["fast"]
         report["fast_minus_light_final"] = fast["final"] - light["final"]

@@ -19,7 +19,7 @@ def evaluate_specs(checkpoint: str | Path, specs: Sequence[str], subset: int | N
     """{spec: summary} for each labelled dataset spec; `scales` max-fuses multi-scale logits."""
     if subset not in (None, 19, 16, 13):
         raise DigaError(f"subset {subset} is not a protocol; use 19, 16 or 13 classes")
-    model, _ = load_checkpoint(checkpoint, device)
+    model, _ = load_checkpoint(checkpoint, device, fold=True)
     channels_last(model)
     out: dict[str, Any] = {}
     for spec in specs:

@@ -276,6 +276,13 @@ def test_fast_model_exports_with_parity_to_onnx_int8_and_openvino(tiny_specs: di
     report = export_model(ckpt, "onnx", fp32, parity_data=tiny_specs["target_val"], parity_images=2)
     assert report["parity"]["passed"] and report["parity"]["max_abs_logit_diff"] <= 1e-4
     assert onnx_props(fp32)["model_name"] == "fast"
+    import torch
+
+    from diga_sdk.models.fast import FastSegmenter
+
+    # the deployed graph is the folded one: as many convolutions as the model without training branches
+    plain_convs = sum(isinstance(m, torch.nn.Conv2d) for m in FastSegmenter(reparam=False).modules())
+    assert sum(n.op_type == "Conv" for n in onnx.load(str(fp32)).graph.node) == plain_convs
     imgs = _images(tiny_specs)[:, :56, :120]  # a size the model never saw: the fusions resize dynamically
     ref = open_runtime(ckpt, "torch").logits(imgs)
     got = open_runtime(fp32, "openvino", precision="fp32").logits(imgs)

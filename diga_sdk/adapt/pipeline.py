@@ -168,7 +168,7 @@ def stage_recalibrate(cfg: AdaptConfig, ckpt: str | Path, folder: Path) -> dict[
 def stage_pseudo(cfg: AdaptConfig, ckpt: str | Path, folder: Path, with_centroids: bool = False) -> dict[str, Any]:
     """Pseudo-labels of target-train; `with_centroids` also writes the initial class centroids of the
     same model (`folder/centroids.safetensors`) from the same pass, as `stage_centroids` would."""
-    model, meta = load_checkpoint(ckpt, cfg.device)
+    model, meta = load_checkpoint(ckpt, cfg.device, fold=True)
     channels_last(model)
     data = open_dataset(cfg.target)  # labels, if any, only feed the recorded diagnostic
     acc = (CentroidAccumulator(meta.num_classes, cfg.selection.centroid_init, cfg.selection.centroid_min_pixels)
@@ -188,7 +188,7 @@ def stage_pseudo(cfg: AdaptConfig, ckpt: str | Path, folder: Path, with_centroid
 
 
 def stage_centroids(cfg: AdaptConfig, ckpt: str | Path, folder: Path) -> dict[str, Any]:
-    model, meta = load_checkpoint(ckpt, cfg.device)
+    model, meta = load_checkpoint(ckpt, cfg.device, fold=True)
     channels_last(model)
     data = open_dataset(cfg.target, labelled=False)
     with progress_bar("centroids", len(data)) as bar:

@@ -189,6 +189,9 @@ def models_pipeline_table(res: dict[str, Any]) -> str:
     if "fast_minus_light_final" in res:
         tail = f"\nFinal stage, fast minus light: {res['fast_minus_light_final']:+.2f} mIoU (seed 0)"
         tail += (f", {res['fast_minus_light_final_mean']:+.2f} over the mean of {n} seeds.\n" if n > 1 else ".\n")
+    for m in names:
+        if "reused_from" in res["models"][m]:
+            tail += f"\n`{m}`: its runs are read back from `{res['models'][m]['reused_from']['report']}`.\n"
     return "\n".join(lines) + "\n" + tail + _machine(res.get("env"))
 
 
@@ -516,6 +519,7 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/modes.md", "modes-semi-selftrain-bn-off", "modes_semi_selftrain_bn_off.json", semi_table),
     ("docs/modes.md", "modes-semi-bn-recalibration-off", "modes_semi_bn_recalibration_off.json", semi_table),
     ("docs/models.md", "models-pipeline", "models_pipeline.json", models_pipeline_table),
+    ("docs/models.md", "models-pipeline-fast-plain", "models_pipeline_fast_plain.json", models_pipeline_table),
     ("docs/models.md", "models-pipeline-selftrain-bn-off", "models_pipeline_selftrain_bn_off.json",
      models_pipeline_table),
     ("docs/models.md", "heldout-camera2", "heldout_camera2.json", heldout_table),

@@ -276,7 +276,7 @@ def checkpoint_gflops(checkpoint: str | Path, sizes: list[tuple[int, int]]) -> d
     from ..models.checkpoint import load_checkpoint
     from ..models.flops import model_gflops
 
-    model, _ = load_checkpoint(checkpoint)
+    model, _ = load_checkpoint(checkpoint, fold=True)
     return {f"{h}x{w}": model_gflops(model, (h, w)) for h, w in sizes}
 
 

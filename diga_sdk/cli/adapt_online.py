@@ -78,11 +78,11 @@ def online(
     else:
         if state is not None and state.exists():
             raise DigaError(f"--state {state} already exists; pass --resume to continue it or choose a new file")
-        shipped, meta = load_checkpoint(model)
+        shipped, meta = load_checkpoint(model, fold=True)
         meta = meta.model_copy(update={"extra": {**meta.extra, SHIPPED_HASH_KEY: model_hash}})
         cents = load_centroids(centroids) if centroids else None
         adapter = OnlineAdapter(shipped, cfg, meta=meta, centroids=cents, state_path=state)
-    frozen = load_checkpoint(model)[0] if compare_frozen else None
+    frozen = load_checkpoint(model, fold=True)[0] if compare_frozen else None
     start = adapter.frame_index
     result = run_stream(adapter, fs.frames(start), len(fs) - start, frozen, window)
     result["stream"] = fs.describe()

@@ -21,7 +21,7 @@ class VehicleClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         from ..models.checkpoint import load_checkpoint
 
-        template = load_checkpoint(self.spec.checkpoint)[0].state_dict()
+        template = load_checkpoint(self.spec.checkpoint, fold=True)[0].state_dict()
         state, cents, counts = arrays_to_state(parameters, template)
         fresh = int(config.get("round", 1)) == 1
         adapter, info = drive(self.spec, self.vid, int(config.get("frames_per_round", self.spec.frames_per_round)),

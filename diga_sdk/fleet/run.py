@@ -24,14 +24,14 @@ FLEET_MODEL = "fleet_model.safetensors"
 
 def initial_arrays(spec: FleetSpec) -> list[np.ndarray]:
     """The shipped model's weights, with no centroids yet (zero counts: vehicles calibrate their own)."""
-    model, meta = load_checkpoint(spec.checkpoint)
+    model, meta = load_checkpoint(spec.checkpoint, fold=True)
     d = getattr(model, "feature_dim", 256)
     return state_to_arrays(model.state_dict(), torch.zeros(meta.num_classes, d), torch.zeros(meta.num_classes))
 
 
 def save_fleet_model(spec: FleetSpec, arrays: list[np.ndarray], out: str | Path, stage: str) -> Path:
     """Write the fleet model (checkpoint) and its centroids (centroids.safetensors) into `out`."""
-    model, meta = load_checkpoint(spec.checkpoint)
+    model, meta = load_checkpoint(spec.checkpoint, fold=True)
     state, cents, counts = arrays_to_state(arrays, model.state_dict())
     model.load_state_dict(state)
     out = Path(out)

@@ -18,6 +18,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import DigaError
 from ..io import atomic_path, file_sha256
 from .registry import build_model
+from .reparam import fold_reparam, has_reparam, is_folded_state
 
 META_KEY = "diga_meta"
 
@@ -76,8 +77,11 @@ def read_meta(path: str | Path) -> ModelMeta:
         raise DigaError(f"checkpoint {p} has unreadable metadata: {exc}") from None
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
-    """Rebuild the model from a checkpoint; returns (model in eval mode, metadata)."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    fold: bool = False) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild the model from a checkpoint; returns (model in eval mode, metadata). `fold=True` gives the
+    deployed form (training-only re-parameterised branches folded: same outputs, fewer convolutions) for
+    inference, export and on-device adaptation; training stages load the form they train."""
     p = _check_file(path)
     meta = read_meta(p)
     model = build_model(meta.model_name, meta.num_classes, **meta.model_options)
@@ -86,12 +90,23 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except (SafetensorError, OSError, ValueError) as exc:
         raise DigaError(f"checkpoint {p} is corrupt ({exc}); re-export or re-train it") from None
     try:
-        model.load_state_dict(state)
+        load_weights(model, state)
     except RuntimeError as exc:
         raise DigaError(f"checkpoint {p} does not fit model {meta.model_name!r}: {str(exc).splitlines()[0]}") from None
+    if fold:
+        fold_reparam(model)
     model.to(device).eval()
     model.diga_meta = meta  # type: ignore[attr-defined]
     return model, meta
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """`model.load_state_dict(state)`, folding the model's re-parameterised branches first when `state`
+    was saved folded (an exported or on-device-adapted model, or one trained before the branches)."""
+    if has_reparam(model) and is_folded_state(state):
+        fold_reparam(model)
+    model.load_state_dict(state)
+    return model
 
 
 def checkpoint_hash(path: str | Path) -> str:

@@ -13,6 +13,10 @@ frame); here only 64 channels run at 1/8 and the wide layers run at 1/16 and 1/3
 the per-part FLOPs and measured latencies). Only dense convolutions: depthwise ones save FLOPs but not
 time on a CPU's convolution kernels. Every Conv2d is followed by a BatchNorm2d that only it feeds, so
 the BN-folded teacher copy (`models/folded.py`) folds them all.
+
+`reparam` (the default) trains each 3x3 convolution with RepVGG-style 1x1 and identity branches
+(`models/reparam.py`) that fold into it for deployment: more capacity in training, the same graph and
+latency deployed. `reparam=False` builds the folded (deployed) layout directly.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 
 from .light import ResidualBlock, _cbr
 from .registry import register
+from .reparam import RepConvBN
 
 
 def _cb(cin: int, cout: int, k: int = 1, stride: int = 1) -> nn.Sequential:
@@ -61,16 +66,25 @@ class FastSegmenter(nn.Module):
     # channel: trainers that may see a single small image (the online adapter) give it at least this many
     min_train_images = 2
 
-    def __init__(self, num_classes: int = 19, width: int = 32, feature_dim: int = 256) -> None:
+    def __init__(self, num_classes: int = 19, width: int = 32, feature_dim: int = 256, reparam: bool = True) -> None:
         super().__init__()
         w = width
-        self.stem = nn.Sequential(_cbr(3, w, 3, 2), _cbr(w, w, 3, 2), ResidualBlock(w, 2 * w, stride=2))
-        self.detail = nn.ModuleList([ResidualBlock(2 * w, 2 * w), ResidualBlock(2 * w, 2 * w)])
-        self.context = nn.ModuleList([ResidualBlock(2 * w, 4 * w, stride=2), ResidualBlock(4 * w, 8 * w, stride=2)])
+        # the 3x3 convolutions with (cbr3) and without (cb3) ReLU, trained with folding branches or plain
+        def cbr3(cin: int, cout: int, stride: int) -> nn.Module:
+            return RepConvBN(cin, cout, stride) if reparam else _cbr(cin, cout, 3, stride)
+
+        def cb3(cin: int, cout: int, stride: int) -> nn.Module:
+            return RepConvBN(cin, cout, stride, relu=False) if reparam else _cb(cin, cout, 3, stride)
+
+        def block(cin: int, cout: int, stride: int = 1) -> ResidualBlock:
+            return ResidualBlock(cin, cout, stride, reparam=reparam)
+
+        self.stem = nn.Sequential(cbr3(3, w, 2), cbr3(w, w, 2), block(w, 2 * w, stride=2))
+        self.detail = nn.ModuleList([block(2 * w, 2 * w), block(2 * w, 2 * w)])
+        self.context = nn.ModuleList([block(2 * w, 4 * w, stride=2), block(4 * w, 8 * w, stride=2)])
         # context -> detail: 1x1 projection, upsampled and added; detail -> context: strided 3x3s, added
         self.to_detail = nn.ModuleList([_cb(4 * w, 2 * w), _cb(8 * w, 2 * w)])
-        self.to_context = nn.ModuleList([_cb(2 * w, 4 * w, 3, 2),
-                                         nn.Sequential(_cbr(2 * w, 4 * w, 3, 2), _cb(4 * w, 8 * w, 3, 2))])
+        self.to_context = nn.ModuleList([cb3(2 * w, 4 * w, 2), nn.Sequential(cbr3(2 * w, 4 * w, 2), cb3(4 * w, 8 * w, 2))])
         self.pyramid = PoolingContext(8 * w, mid=2 * w, out=4 * w)
         self.head = _cbr(2 * w + 4 * w, feature_dim, 1)
         self.dropout = nn.Dropout2d(0.1)
@@ -88,5 +102,6 @@ class FastSegmenter(nn.Module):
 
 
 @register("fast")
-def fast(num_classes: int = 19, width: int = 32, feature_dim: int = 256, **_: object) -> nn.Module:
-    return FastSegmenter(num_classes, width, feature_dim)
+def fast(num_classes: int = 19, width: int = 32, feature_dim: int = 256, reparam: bool = True,
+         **_: object) -> nn.Module:
+    return FastSegmenter(num_classes, width, feature_dim, reparam)

@@ -16,6 +16,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .reparam import fold_reparam
+
 
 def _conv_bn_pairs(gm: fx.GraphModule) -> list[tuple[str, str, fx.Node]]:
     """(conv target, bn target, bn node) for every BatchNorm2d whose only input is a Conv2d used only by it."""
@@ -41,9 +43,12 @@ class FoldedCopy:
         self.channels_last = channels_last
         src_mods = dict(source.named_modules())
         gm_mods = dict(gm.named_modules())
-        self._convs = [src_mods[c] for c, _ in pairs]
-        self._bns = [src_mods[b] for _, b in pairs]
-        self._folded = [gm_mods[c] for c, _ in pairs]
+        # a pair is a Conv2d -> BatchNorm2d of the source, or the fold of one of its RepConvBN modules
+        plain = [(c, b) for c, b in pairs if c in src_mods]
+        self._convs = [src_mods[c] for c, _ in plain]
+        self._bns = [src_mods[b] for _, b in plain]
+        self._folded = [gm_mods[c] for c, _ in plain]
+        self._reps = [(src_mods[c.rsplit(".", 1)[0]], gm_mods[c]) for c, _ in pairs if c not in src_mods]
         # every other parameter/buffer of the copy mirrors the source's one by name
         src_state = dict(source.named_parameters()) | dict(source.named_buffers())
         self._mirror = [(t, src_state[n]) for n, t in list(gm.named_parameters()) + list(gm.named_buffers())
@@ -52,8 +57,8 @@ class FoldedCopy:
     @classmethod
     def build(cls, module: nn.Module, channels_last: bool = True) -> FoldedCopy | None:
         """`channels_last=False` keeps the copy's weights contiguous (for a runtime that reads them as arrays)."""
-        try:
-            gm = fx.symbolic_trace(copy.deepcopy(module))
+        try:  # re-parameterised branches fold first (the teacher runs the deployed form)
+            gm = fx.symbolic_trace(fold_reparam(copy.deepcopy(module)).eval())
         except Exception:  # noqa: BLE001  (data-dependent control flow: run the module unfolded)
             return None
         pairs = _conv_bn_pairs(gm)
@@ -84,6 +89,10 @@ class FoldedCopy:
             out.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
             shift = bn.bias - bn.running_mean * scale
             out.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
+        for rep, out in self._reps:
+            weight, bias = rep.fused()
+            out.weight.copy_(weight)
+            out.bias.copy_(bias)
         for mine, theirs in self._mirror:
             mine.copy_(theirs)
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register
+from .reparam import RepConvBN
 
 
 def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -20,13 +21,20 @@ def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1) ->
 
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with a skip connection (projected when widths differ)."""
+    """Two 3x3 convolutions with a skip connection (projected when widths differ); `reparam` trains each
+    3x3 with folding branches (`reparam.RepConvBN`, undilated only), folded it is the plain block."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1, reparam: bool = False) -> None:
         super().__init__()
-        self.conv1 = _cbr(cin, cout, 3, stride, dilation)
-        self.conv2 = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, dilation, dilation=dilation, bias=False),
-                                   nn.BatchNorm2d(cout))
+        if reparam:
+            if dilation != 1:
+                raise ValueError("re-parameterised blocks are undilated")
+            self.conv1: nn.Module = RepConvBN(cin, cout, stride)
+            self.conv2: nn.Module = RepConvBN(cout, cout, relu=False)
+        else:
+            self.conv1 = _cbr(cin, cout, 3, stride, dilation)
+            self.conv2 = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, dilation, dilation=dilation, bias=False),
+                                       nn.BatchNorm2d(cout))
         self.skip = (nn.Identity() if cin == cout and stride == 1 else
                      nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
 

@@ -79,8 +79,9 @@ from ..data.labels import IGNORE_INDEX
 from ..data.transforms import normalize, step_rng, to_tensor
 from ..errors import DigaError
 from ..io import atomic_path
-from ..models.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from ..models.checkpoint import ModelMeta, load_checkpoint, load_weights, save_checkpoint
 from ..models.registry import build_model, channels_last
+from ..models.reparam import fold_reparam
 from ..results import cpu_has_bf16_units
 from ..runtime.live_onnx import FrozenOnnx, LiveOnnxGraph, onnxruntime_available
 from .replay import ReplayBuffer
@@ -274,13 +275,14 @@ class OnlineAdapter:
                  state_path: str | Path | None = None) -> None:
         self.cfg = cfg or OnlineConfig()
         if isinstance(model, str | Path):
-            model, meta = load_checkpoint(model)
+            model, meta = load_checkpoint(model, fold=True)
         if meta is None:
             meta = getattr(model, "diga_meta", None)
         if meta is None:
             raise DigaError("OnlineAdapter needs the model's ModelMeta (load it with diga_sdk.load_checkpoint)")
         self.meta = meta
         self.num_classes = meta.num_classes
+        fold_reparam(model)  # the vehicle adapts the deployed form (training-only branches folded, in place)
         # channels-last weights: oneDNN convolves NHWC faster (fast, fwd+bwd of 8 crops of 128x256 on 1 thread:
         # 123 -> 98 ms); the teacher and shipped copies below inherit the layout, saved states are contiguous
         self.student = channels_last(model)
@@ -998,7 +1000,7 @@ class OnlineAdapter:
             raise DigaError(f"online state {p} has version {info.get('version')}, expected {STATE_VERSION}")
         meta = ModelMeta.model_validate(info["meta"])
         model = build_model(meta.model_name, meta.num_classes, **meta.model_options)
-        model.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("student.")})
+        load_weights(model, {k[8:]: v for k, v in t.items() if k.startswith("student.")})
         self = cls(model, cfg or OnlineConfig.model_validate(info["config"]), meta=meta, state_path=p)
         self.teacher.module.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("teacher.")})
         self.shipped.module.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("shipped.")})
@@ -1070,7 +1072,7 @@ def open_adapter(checkpoint: str | Path, cfg: OnlineConfig | None = None, state:
     """A fresh adapter from a checkpoint, or (with `resume` and an existing `state`) the saved one."""
     if resume and state is not None and Path(state).is_file():
         return OnlineAdapter.resume(state, cfg)
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = load_checkpoint(checkpoint, fold=True)
     return OnlineAdapter(model, cfg, meta=meta, state_path=state)
 
 

@@ -74,7 +74,7 @@ def export_onnx_model(checkpoint: str | Path, *, opset: int = DEFAULT_OPSET, dyn
     if not low <= opset <= high:
         why = "is too old" if opset < low else "is newer than the installed exporter supports"
         raise DigaError(f"opset {opset} {why}; use --opset {low} to {high}")
-    model, meta = load_checkpoint(checkpoint, "cpu")
+    model, meta = load_checkpoint(checkpoint, "cpu", fold=True)
     graph = graph_info(embed_pre, embed_post, opset)
     wrapper = DeployGraph(model, meta, embed_pre, embed_post).eval()
     h, w = meta.input_size

@@ -150,7 +150,7 @@ class TorchRuntime(Runtime):
             raise DigaError("device cuda requested but PyTorch sees no CUDA GPU; use --device cpu")
         if threads:
             torch.set_num_threads(threads)
-        model, meta = load_checkpoint(path, device)
+        model, meta = load_checkpoint(path, device, fold=True)
         if precision == "bf16-emulated":
             emulate_bf16(model)
         super().__init__(meta, checkpoint_hash(path), device)
