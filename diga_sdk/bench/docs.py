@@ -298,6 +298,16 @@ def _precision(res: dict[str, Any]) -> str:
     return precision_table(res)
 
 
+def reparam_table(res: dict[str, Any]) -> str:
+    """Median ms per case and the ratios the docs cite."""
+    lines = ["| case | median ms |", "|---|---:|"]
+    lines += [f"| {k} | {1000 * v:.1f} |" for k, v in res["median_s"].items()]
+    lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
+    env = res.get("env", {})
+    return "\n".join(lines) + (f"\n\n_Machine: {env.get('cpu')}, {env.get('torch_threads')} threads, "
+                               f"ISA {', '.join(env.get('isa_flags', []))}._\n")
+
+
 # (file, heading, one line on what it is, table renderer)
 SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("demo_results.json", "Adaptation on the embedded benchmark (`make demo`)",
@@ -325,6 +335,10 @@ SECTIONS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
      "Every runtime path for one checkpoint, measured interleaved in worker processes.", _latency),
     ("precision.json", "Accuracy per deployment precision (`diga bench precision`)",
      "mIoU of each precision against PyTorch fp32 on the same validation images.", _precision),
+    ("precision_fast.json", "Accuracy per deployment precision, `fast` (`diga bench precision`)",
+     "The `fast` model trained with its folding branches (warm-up checkpoint), deployed folded.", _precision),
+    ("reparam_cost.json", "What `fast`'s training-time branches cost (`benchmarks/bench_reparam.py`)",
+     "One training step (4 crops of 128x256) and one eval forward at 512x1024, timed round-robin.", reparam_table),
     ("bench_serving.json", "Serving throughput (`benchmarks/bench_serving.py`)",
      "`diga serve` on loopback under concurrent clients, against the same runtime called in-process.", serving_table),
     ("modes_dg.json", "Domain generalisation (`benchmarks/bench_modes.py --mode dg`)",
