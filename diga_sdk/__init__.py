@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 
-def load_model(path: str, device: str = "cpu") -> nn.Module:
-    """Load a diga checkpoint (.safetensors) as a PyTorch model in eval mode; its metadata is `model.diga_meta`."""
+def load_model(path: str, device: str = "cpu", fold: bool = False) -> nn.Module:
+    """Load a diga checkpoint (.safetensors) as a PyTorch model in eval mode; its metadata is `model.diga_meta`.
+    `fold=True` gives the deployed form (a model's training-only branches folded: same outputs, less work)."""
     from .models.checkpoint import load_checkpoint
 
-    return load_checkpoint(path, device)[0]
+    return load_checkpoint(path, device, fold=fold)[0]
 
 
 __all__ = ["AdaptConfig", "AdaptRun", "DigaConfig", "DigaError", "EvalResult", "ExportReport", "LatencyReport",

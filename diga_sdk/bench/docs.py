@@ -547,6 +547,7 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     *(block for v in (2, 3, 4)
       for block in _protocol_blocks(f"protocol-vehicle256-v{v}", f"online_protocol_vehicle256_v{v}.json")),
     ("docs/online/protocol.md", "online-ab-vehicle256-v4", "online_ab_vehicle256_v4.json", online_ab_table),
+    *_protocol_blocks("protocol-vehicle256-v4-reparam", "online_protocol_vehicle256_v4_reparam.json")[:2],
 ]
 
 
