@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -193,6 +194,18 @@ def models_pipeline_table(res: dict[str, Any]) -> str:
         if "reused_from" in res["models"][m]:
             tail += f"\n`{m}`: its runs are read back from `{res['models'][m]['reused_from']['report']}`.\n"
     return "\n".join(lines) + "\n" + tail + _machine(res.get("env"))
+
+
+def variants_table(res: dict[str, Any]) -> str:
+    """Model variants through the same pipeline, seed by seed: each stage's target-val mIoU and the seed mean."""
+    stages = ("warmup", "selftrain", "selftrain_round2")
+    lines = ["| variant | " + " | ".join(stages) + " | final per seed |", "|---|" + "---:|" * len(stages) + "---|"]
+    for name, run in res["variants"].items():
+        seeds = run["seeds"]
+        means = [statistics.fmean(v[st] for v in seeds.values()) for st in stages]
+        finals = ", ".join(f"{v['selftrain_round2']:.2f}" for v in seeds.values())
+        lines.append(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {finals} |")
+    return "\n".join(lines) + f"\n\nMeans over {len(seeds)} seeds.\n" + _machine(res.get("env"))
 
 
 def _plain_label(res: dict[str, Any]) -> str:
@@ -537,6 +550,7 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/models.md", "models-pipeline-selftrain-bn-off", "models_pipeline_selftrain_bn_off.json",
      models_pipeline_table),
     ("docs/models.md", "heldout-camera2", "heldout_camera2.json", heldout_table),
+    ("docs/models.md", "heldout-camera2-fast-branches", "heldout_camera2_fast_branches.json", variants_table),
     ("docs/models.md", "models-pipeline-bn-recalibration", "models_pipeline_bn_recalibration.json", heldout_table),
     ("docs/models.md", "heldout-camera2-bn-recalibration", "heldout_camera2_bn_recalibration.json", heldout_table),
     ("docs/models.md", "online-models", "online_models.json", online_models_table),
