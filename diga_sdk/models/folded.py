@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .reparam import fold_reparam
+from .reparam import bn_affine, fold_reparam
 
 
 def _conv_bn_pairs(gm: fx.GraphModule) -> list[tuple[str, str, fx.Node]]:
@@ -85,9 +85,8 @@ class FoldedCopy:
         """Recompute the folded weights (and copy every other tensor) from the source module; a loop
         over layers, measured 2x faster than the same with torch._foreach ops on this CPU."""
         for conv, bn, out in zip(self._convs, self._bns, self._folded, strict=True):
-            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            scale, shift = bn_affine(bn)
             out.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-            shift = bn.bias - bn.running_mean * scale
             out.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
         for rep, out in self._reps:
             weight, bias = rep.fused()

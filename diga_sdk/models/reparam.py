@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) of an eval-mode BatchNorm: bn(x) = scale * x + shift per channel."""
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     return scale, bn.bias - bn.running_mean * scale
@@ -54,13 +54,13 @@ class RepConvBN(nn.Module):
     @torch.no_grad()
     def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) of the one 3x3 convolution equal to this module before its ReLU, in eval mode."""
-        scale, shift = _bn_affine(self.bn)
+        scale, shift = bn_affine(self.bn)
         weight = self.conv.weight * scale.reshape(-1, 1, 1, 1)
-        s1, b1 = _bn_affine(self.bn1x1)
+        s1, b1 = bn_affine(self.bn1x1)
         weight[:, :, 1:2, 1:2] += self.conv1x1.weight * s1.reshape(-1, 1, 1, 1)
         shift = shift + b1
         if self.bn_identity is not None:
-            si, bi = _bn_affine(self.bn_identity)
+            si, bi = bn_affine(self.bn_identity)
             weight[torch.arange(weight.shape[0]), torch.arange(weight.shape[0]), 1, 1] += si
             shift = shift + bi
         return weight, shift
@@ -105,4 +105,4 @@ def is_folded_state(state: dict[str, torch.Tensor]) -> bool:
     return not any(".conv1x1." in k for k in state)
 
 
-__all__ = ["RepConvBN", "fold_reparam", "has_reparam", "is_folded_state"]
+__all__ = ["RepConvBN", "bn_affine", "fold_reparam", "has_reparam", "is_folded_state"]
