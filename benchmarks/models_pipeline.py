@@ -16,13 +16,17 @@ seed's adaptation stages with those settings on top of the demo's, from the same
 `--out/NAME/set-.../seedK`; the report holds both per model and seed (rendered like the camera2 switches):
     python benchmarks/models_pipeline.py --seeds 3 --set bn_recalibration=off --json runs/models_pipeline_bn_off.json
 
-`--reuse NAME=REPORT` takes a model's entry from an earlier report (when only the other model changed).
+`--reuse NAME=REPORT` takes a model's entry from an earlier report (when only the other model changed); with
+more `--seeds` than it holds, the missing seeds run here from the source-only model retrained into `--out/NAME`
+(more seeds for a model whose runs are no longer on disk). The report gives fast minus light over the seed
+means with its standard error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -30,19 +34,31 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ADAPT_STAGES = ("warmup", "selftrain", "selftrain_round2")
 
 
-def run_model(name: str, run: Path, seeds: int, sets: list[str]) -> dict:
+def run_model(name: str, run: Path, seeds: int, sets: list[str], earlier: dict | None = None) -> dict:
     """Seed 0 as `diga demo --model NAME`, then the adaptation stages of the other seeds; with `sets`, the
-    demo's source-only and oracle models, then every seed's adaptation stages with the settings applied."""
+    demo's source-only and oracle models, then every seed's adaptation stages with the settings applied.
+    With `earlier` (the model's entry of an earlier report), its seeds are read back and only the seeds it
+    lacks run, from the source-only model retrained here (its target-val mIoU is recorded beside the one
+    on record: float order can move it in the last digits)."""
     from diga_sdk.adapt.pipeline import run_pipeline
     from diga_sdk.bench.ablation import demo_adapt_config, gap_closed, train_baselines
     from diga_sdk.config import with_sets
     from diga_sdk.demo import run_demo
 
+    extra = {k: earlier[k] for k in ("source_only_retrained",) if earlier is not None and k in earlier}
     if sets:
         baselines = train_baselines(run, model=name)
         first = {s["name"]: s.get("target_val_miou") for s in baselines}
         src_ckpt = next(s["checkpoint"] for s in baselines if s["name"] == "source_only")
         folder, start, closed = run / ("set-" + ",".join(sets)), 0, None
+    elif earlier is not None:
+        first, closed = dict(earlier["target_val_miou"]), earlier["gap_closed_percent"]
+        start = len(earlier["per_seed"])
+        if start < seeds:
+            retrained = train_baselines(run, model=name, names=("source_only",))[0]
+            src_ckpt, folder = retrained["checkpoint"], run
+            extra["source_only_retrained"] = {"target_val_miou": retrained.get("target_val_miou"),
+                                              "seeds": list(range(start, seeds))}
     else:
         run_demo(run, model=name)
         res = json.loads((run / "results.json").read_text())
@@ -50,6 +66,8 @@ def run_model(name: str, run: Path, seeds: int, sets: list[str]) -> dict:
         src_ckpt = next(s["checkpoint"] for s in res["stages"] if s["name"] == "source_only")
         folder, start, closed = run, 1, res.get("gap_closed_percent")
     per_seed = {} if sets else {0: {k: first[k] for k in ADAPT_STAGES}}
+    if earlier is not None:
+        per_seed = {int(k): v for k, v in earlier["per_seed"].items() if int(k) < seeds}
     for seed in range(start, seeds):
         cfg = with_sets(demo_adapt_config(src_ckpt, model=name).model_copy(update={"seed": seed}), sets)
         stages = run_pipeline(cfg, folder / f"seed{seed}", resume=True)["stages"]
@@ -58,13 +76,14 @@ def run_model(name: str, run: Path, seeds: int, sets: list[str]) -> dict:
         first.update(per_seed[0])
         rows = [{"name": k, "target_val_miou": v} for k, v in first.items()]
         closed = {k: gap_closed(rows, k) for k in ADAPT_STAGES}
+    n = len(per_seed)
     src, orc = first["source_only"], first["oracle"]
     mean = {k: statistics.fmean(v[k] for v in per_seed.values()) for k in ADAPT_STAGES}
-    std = {k: (statistics.stdev(v[k] for v in per_seed.values()) if seeds > 1 else None) for k in ADAPT_STAGES}
+    std = {k: (statistics.stdev(v[k] for v in per_seed.values()) if n > 1 else None) for k in ADAPT_STAGES}
     return {"target_val_miou": first, "gap_closed_percent": closed,
-            "final": first["selftrain_round2"], "per_seed": {str(k): v for k, v in per_seed.items()},
+            "final": first["selftrain_round2"], "per_seed": {str(k): v for k, v in sorted(per_seed.items())},
             "mean": mean, "std": std, "final_mean": mean["selftrain_round2"],
-            "gap_closed_percent_mean": 100.0 * (mean["selftrain_round2"] - src) / (orc - src)}
+            "gap_closed_percent_mean": 100.0 * (mean["selftrain_round2"] - src) / (orc - src), **extra}
 
 
 def switch_report(names: list[str], out: Path, seeds: int, sets: list[str]) -> dict:
@@ -115,16 +134,29 @@ def main() -> None:
         return
     reuse = dict(r.split("=", 1) for r in args.reuse)
     for name in args.models.split(","):
+        earlier = None
         if name in reuse:
-            earlier = json.loads(Path(reuse[name]).read_text())
-            report["models"][name] = {**earlier["models"][name], "reused_from": {"report": reuse[name],
-                                                                                  "env": earlier["env"]}}
-        else:
-            report["models"][name] = run_model(name, args.out / name, args.seeds, [])
+            before = json.loads(Path(reuse[name]).read_text())
+            earlier = before["models"][name]
+        entry = run_model(name, args.out / name, args.seeds, [], earlier)
+        if earlier is not None:
+            origin = earlier.get("reused_from") or {"report": reuse[name], "env": before["env"]}
+            entry["reused_from"] = {**origin, "seeds": sorted(int(k) for k in entry["per_seed"] if k in earlier["per_seed"])}
+        report["models"][name] = entry
     if {"light", "fast"} <= report["models"].keys():
         light, fast = report["models"]["light"], report["models"]["fast"]
         report["fast_minus_light_final"] = fast["final"] - light["final"]
         report["fast_minus_light_final_mean"] = fast["final_mean"] - light["final_mean"]
+        # the difference over the first k seeds of both, k = 1..n: how far more seeds moved it
+        common = sorted(set(light["per_seed"]) & set(fast["per_seed"]), key=int)
+        report["fast_minus_light_final_mean_first_k"] = [
+            statistics.fmean(fast["per_seed"][k]["selftrain_round2"] for k in common[:n])
+            - statistics.fmean(light["per_seed"][k]["selftrain_round2"] for k in common[:n])
+            for n in range(1, len(common) + 1)]
+        # the standard error of the difference of two independent seed means
+        report["fast_minus_light_final_mean_stderr"] = math.sqrt(sum(
+            m["std"]["selftrain_round2"] ** 2 / len(m["per_seed"]) for m in (light, fast)
+            if m["std"]["selftrain_round2"] is not None))
     atomic_write_json(args.json, report)
     print(json.dumps({k: v for k, v in report.items() if k != "env"}, indent=2))
 

@@ -95,3 +95,28 @@ def test_seed_table_counts_the_seeds_that_reach_both_targets():
     # offline DiGA gains under 3 there: only the windows count
     assert rows["judge-b (gain target does not apply)"].endswith("| 2 of 2 |")
     assert set(rows) == {"judge-a", "judge-b (gain target does not apply)"}  # one seed, or a tuning stream: no row
+
+
+def test_a_model_topped_up_with_more_seeds_says_which_seeds_were_read_back():
+    from diga_sdk.bench.docs import models_pipeline_table
+
+    def model(finals: list[float], **extra: object) -> dict:
+        per_seed = {str(k): {"warmup": 30.0, "selftrain": 35.0, "selftrain_round2": f} for k, f in enumerate(finals)}
+        stages = ("warmup", "selftrain", "selftrain_round2")
+        return {"target_val_miou": {"source_only": 14.0, "oracle": 44.0, **per_seed["0"]},
+                "gap_closed_percent": {"selftrain_round2": 90.0}, "per_seed": per_seed,
+                "mean": dict.fromkeys(stages, 1.0), "std": dict.fromkeys(stages, 1.0), "gap_closed_percent_mean": 90.0,
+                **extra}
+
+    res = {"seeds": 4, "models": {
+        "light": model([42.0, 40.0, 43.0, 41.0], reused_from={"report": "old.json", "seeds": [0, 1, 2]},
+                       source_only_retrained={"target_val_miou": 14.00004, "seeds": [3]}),
+        "fast": model([41.0, 40.5, 40.7, 41.5])},
+        "fast_minus_light_final": -1.0, "fast_minus_light_final_mean": -0.574,
+        "fast_minus_light_final_mean_stderr": 0.61, "fast_minus_light_final_mean_first_k": [-1.0, -0.25, -0.93, -0.58]}
+    text = models_pipeline_table(res)
+    assert "Final stage per seed: `light` 42.00, 40.00, 43.00, 41.00; `fast` 41.00, 40.50, 40.70, 41.50." in text
+    assert "-0.57 over the mean of 4 seeds (standard error 0.61)" in text
+    assert "first k seeds, k = 1, 2, ...: -1.00, -0.25, -0.93, -0.58." in text
+    assert ("`light`: seeds 0, 1, 2 are read back from `old.json`; seeds 3 from its source-only model trained again "
+            "(target-val 14.0000 against 14.0000 on record).") in text

@@ -47,13 +47,17 @@ def demo_adapt_config(init_checkpoint: str, quick: bool = False, model: str = "l
                                   "selftrain": cfg.selftrain.model_copy(update={"steps": 100})})
 
 
-def train_baselines(out: Path, quick: bool = False, model: str = "light") -> list[dict[str, Any]]:
-    """source_only and oracle (supervised, 500 steps each), evaluated on source-val and target-val."""
+def train_baselines(out: Path, quick: bool = False, model: str = "light",
+                    names: tuple[str, ...] = ("source_only", "oracle")) -> list[dict[str, Any]]:
+    """source_only and oracle (supervised, 500 steps each; `names` picks which), evaluated on source-val and
+    target-val."""
     from ..adapt.supervised import train_supervised
 
     steps = 20 if quick else TrainConfig().steps
     entries = []
     for name, data in (("source_only", SOURCE_TRAIN), ("oracle", TARGET_TRAIN)):
+        if name not in names:
+            continue
         cfg = TrainConfig(train_data=data, steps=steps, model=ModelConfig(name=model))
 
         def work(cfg: TrainConfig = cfg, name: str = name) -> dict[str, Any]:

@@ -187,12 +187,32 @@ def models_pipeline_table(res: dict[str, Any]) -> str:
            (f" (seed mean {res['models'][m]['gap_closed_percent_mean']:.1f})" if n > 1 else "") for m in names]
     lines.append("| gap closed by selftrain_round2 (%) | " + " | ".join(gap) + " |")
     tail = ""
+    if n > 3:
+        tail += "\nFinal stage per seed: " + "; ".join(
+            f"`{m}` " + ", ".join(f"{v['selftrain_round2']:.2f}" for v in res["models"][m]["per_seed"].values())
+            for m in names) + ".\n"
     if "fast_minus_light_final" in res:
-        tail = f"\nFinal stage, fast minus light: {res['fast_minus_light_final']:+.2f} mIoU (seed 0)"
-        tail += (f", {res['fast_minus_light_final_mean']:+.2f} over the mean of {n} seeds.\n" if n > 1 else ".\n")
+        tail += f"\nFinal stage, fast minus light: {res['fast_minus_light_final']:+.2f} mIoU (seed 0)"
+        if n > 1:
+            tail += f", {res['fast_minus_light_final_mean']:+.2f} over the mean of {n} seeds"
+            if "fast_minus_light_final_mean_stderr" in res:
+                tail += f" (standard error {res['fast_minus_light_final_mean_stderr']:.2f})"
+        tail += ".\n"
+        if len(res.get("fast_minus_light_final_mean_first_k") or []) > 3:
+            tail += ("\nThe same difference over the first k seeds, k = 1, 2, ...: " +
+                     ", ".join(f"{d:+.2f}" for d in res["fast_minus_light_final_mean_first_k"]) + ".\n")
     for m in names:
-        if "reused_from" in res["models"][m]:
-            tail += f"\n`{m}`: its runs are read back from `{res['models'][m]['reused_from']['report']}`.\n"
+        r = res["models"][m]
+        if "reused_from" in r:
+            seeds = r["reused_from"].get("seeds")
+            which = f"seeds {', '.join(map(str, seeds))} are" if seeds and len(seeds) < len(r["per_seed"]) else "its runs are"
+            tail += f"\n`{m}`: {which} read back from `{r['reused_from']['report']}`"
+            again = r.get("source_only_retrained")
+            if again:
+                tail += (f"; seeds {', '.join(map(str, again['seeds']))} from its source-only model trained again "
+                         f"(target-val {_f(again['target_val_miou'], 4)} against {_f(r['target_val_miou']['source_only'], 4)}"
+                         " on record)")
+            tail += ".\n"
     return "\n".join(lines) + "\n" + tail + _machine(res.get("env"))
 
 
