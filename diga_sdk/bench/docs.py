@@ -210,7 +210,7 @@ def models_pipeline_table(res: dict[str, Any]) -> str:
             again = r.get("source_only_retrained")
             if again:
                 tail += (f"; seeds {', '.join(map(str, again['seeds']))} from its source-only model trained again "
-                         f"(target-val {_f(again['target_val_miou'], 4)} against {_f(r['target_val_miou']['source_only'], 4)}"
+                         f"(target-val {_f(again['target_val_miou'], 6)} against {_f(r['target_val_miou']['source_only'], 6)}"
                          " on record)")
             tail += ".\n"
     return "\n".join(lines) + "\n" + tail + _machine(res.get("env"))
