@@ -10,6 +10,9 @@ on the `make demo` schedule from each model's source-only checkpoint with the sw
         --model light=runs/demo/source_only/model.safetensors --model fast=PATH --seeds 2 \
         [--set selftrain.target_bn=false] [--json benchmarks/results/heldout_camera2.json]
 
+`--no-switch` runs only the release's defaults: the two models compared on the held-out target
+(`--json benchmarks/results/heldout_camera2_models.json`).
+
 Where the switch only acts in self-training (every `--set` key under `selftrain.`), both variants of a
 seed share its warm-up, so a seed costs one warm-up and two self-training chains; otherwise each variant
 runs its own. Resumable: finished stages are read back from --out.
@@ -80,6 +83,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--set", dest="sets", action="append", default=None,
                     help="the switch's 'off' variant (default: selftrain.target_bn=false)")
+    ap.add_argument("--no-switch", action="store_true", help="the defaults only: compare the models")
     ap.add_argument("--json", type=Path, default=RESULTS / "heldout_camera2.json")
     args = ap.parse_args()
     from diga_sdk.config import AdaptConfig, settings_of
@@ -87,7 +91,8 @@ def main() -> None:
     from diga_sdk.io import atomic_write_json
     from diga_sdk.results import env_info
 
-    sets = args.sets or ["selftrain.target_bn=false"]
+    sets = [] if args.no_switch else (args.sets or ["selftrain.target_bn=false"])
+    variants = ("default",) if args.no_switch else ("default", "variant")
     data = render_camera2(args.data)
     report: dict = {"domain": "scenario:camera2 target scenes, Cityscapes layout, 400 train + 100 val at 256x512",
                     "schedule": "make demo (warm-up 200, self-training 100 per round, one refinement round)",
@@ -95,22 +100,24 @@ def main() -> None:
     for item in args.model:
         name, ckpt = item.split("=", 1)
         src = evaluate_specs(ckpt, [f"cityscapes:{data}@val"])[f"cityscapes:{data}@val"]["miou"]
-        runs: dict[str, dict[str, dict[str, float]]] = {"default": {}, "variant": {}}
+        runs: dict[str, dict[str, dict[str, float]]] = {v: {} for v in variants}
         for seed in range(args.seeds):
             folder = args.out / name / f"seed{seed}"
             runs["default"][str(seed)] = run_variant(name, ckpt, data, folder / "default", seed, [], None)
             # the variant shares the seed's warm-up only when its settings act in self-training alone
             shared = folder / "default" / "warmup" if all(k.startswith("selftrain.") for k in sets) else None
-            runs["variant"][str(seed)] = run_variant(name, ckpt, data, folder / "variant", seed, sets, shared)
+            if "variant" in runs:
+                runs["variant"][str(seed)] = run_variant(name, ckpt, data, folder / "variant", seed, sets, shared)
             mean = {v: {k: statistics.fmean(r[k] for r in runs[v].values()) for k in STAGES} for v in runs}
-            report["models"][name] = {"source_only": src, "per_seed": runs, "mean": mean,
-                                      "final_default_minus_variant": mean["default"]["selftrain_round2"]
-                                      - mean["variant"]["selftrain_round2"]}
+            report["models"][name] = {"source_only": src, "per_seed": runs, "mean": mean}
+            if "variant" in runs:
+                report["models"][name]["final_default_minus_variant"] = (mean["default"]["selftrain_round2"]
+                                                                         - mean["variant"]["selftrain_round2"])
             atomic_write_json(args.json, report)
     if {"light", "fast"} <= report["models"].keys():
         light, fast = report["models"]["light"]["mean"], report["models"]["fast"]["mean"]
         report["fast_minus_light_final_mean"] = {v: fast[v]["selftrain_round2"] - light[v]["selftrain_round2"]
-                                                 for v in ("default", "variant")}
+                                                 for v in variants}
         atomic_write_json(args.json, report)
     print(report["models"])
 

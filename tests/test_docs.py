@@ -120,3 +120,20 @@ def test_a_model_topped_up_with_more_seeds_says_which_seeds_were_read_back():
     assert "first k seeds, k = 1, 2, ...: -1.00, -0.25, -0.93, -0.58." in text
     assert ("`light`: seeds 0, 1, 2 are read back from `old.json`; seeds 3 from its source-only model trained again "
             "(target-val 14.000040 against 14.000000 on record).") in text
+
+
+def test_a_held_out_report_without_a_switch_compares_the_models_on_the_defaults():
+    from diga_sdk.bench.docs import heldout_table
+
+    def model(finals: list[float]) -> dict:
+        per = {str(k): {"warmup": 30.0, "selftrain": 33.0, "selftrain_round2": f} for k, f in enumerate(finals)}
+        mean = {"warmup": 30.0, "selftrain": 33.0, "selftrain_round2": sum(finals) / len(finals)}
+        return {"source_only": 14.0, "per_seed": {"default": per}, "mean": {"default": mean}}
+
+    res = {"default": [], "variant": [], "models": {"light": model([35.0, 32.0]), "fast": model([33.0, 33.0])},
+           "fast_minus_light_final_mean": {"default": -0.5}}
+    lines = heldout_table(res).splitlines()
+    assert lines[2] == "| light | defaults | 14.0 | 30.0 | 33.0 | 33.5 | 35.0, 32.0 |"
+    assert lines[3] == "| fast | defaults | 14.0 | 30.0 | 33.0 | 33.0 | 33.0, 33.0 |"
+    assert "Final stage, fast minus light (mean of 2 seeds): -0.50 with defaults." in lines
+    assert not any("switched" in line for line in lines)

@@ -238,25 +238,31 @@ def _plain_label(res: dict[str, Any]) -> str:
 def heldout_table(res: dict[str, Any]) -> str:
     """A pipeline switch on one target (camera2: `benchmarks/heldout_domain.py`; the benchmark:
     `benchmarks/models_pipeline.py --set`): per model and variant, the mean over seeds of each stage's
-    target-val mIoU, each seed's final stage, and (both models) fast minus light."""
+    target-val mIoU, each seed's final stage, and (both models) fast minus light. A report without a switch
+    (`--no-switch`) has the defaults' rows only."""
     lines = ["| model | variant | source-only | warmup | selftrain | selftrain_round2 | final per seed |",
              "|---|---|---:|---:|---:|---:|---|"]
     plain = _plain_label(res)
     for name, r in res["models"].items():
         for variant, label in (("default", plain), ("variant", ", ".join(res["variant"]))):
+            if variant not in r["per_seed"]:
+                continue
             m, per = r["mean"][variant], r["per_seed"][variant]
             finals = ", ".join(f"{v['selftrain_round2']:.1f}" for _, v in sorted(per.items()))
             lines.append(f"| {name} | {label} | {r['source_only']:.1f} | {m['warmup']:.1f} | {m['selftrain']:.1f} | "
                          f"{m['selftrain_round2']:.1f} | {finals} |")
-    gaps = ", ".join(f"{n} {r['final_default_minus_variant']:+.2f}" for n, r in res["models"].items())
     n = max(len(r["per_seed"]["default"]) for r in res["models"].values())
+    switched = all("final_default_minus_variant" in r for r in res["models"].values())
+    head = ""
+    if switched:
+        gaps = ", ".join(f"{n} {r['final_default_minus_variant']:+.2f}" for n, r in res["models"].items())
+        head = f"Final stage, plain minus switched (mean of {n} seed(s)): {gaps}.\n"
     tail = ""
     if "fast_minus_light_final_mean" in res:
         d = res["fast_minus_light_final_mean"]
-        tail = (f"Final stage, fast minus light (mean of {n} seeds): {d['default']:+.2f} with {plain}, "
-                f"{d['variant']:+.2f} with {', '.join(res['variant'])}.\n")
-    return ("\n".join(lines) + f"\n\nFinal stage, plain minus switched (mean of {n} seed(s)): {gaps}.\n"
-            + tail + _machine(res.get("env")))
+        tail = f"Final stage, fast minus light (mean of {n} seeds): {d['default']:+.2f} with {plain}"
+        tail += f", {d['variant']:+.2f} with {', '.join(res['variant'])}.\n" if switched else ".\n"
+    return "\n".join(lines) + "\n\n" + head + tail + _machine(res.get("env"))
 
 
 def online_models_table(res: dict[str, Any]) -> str:
