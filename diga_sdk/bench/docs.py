@@ -577,6 +577,7 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
      models_pipeline_table),
     ("docs/models.md", "heldout-camera2", "heldout_camera2.json", heldout_table),
     ("docs/models.md", "heldout-camera2-fast-branches", "heldout_camera2_fast_branches.json", variants_table),
+    ("docs/models.md", "heldout-camera2-models", "heldout_camera2_models.json", heldout_table),
     ("docs/models.md", "models-pipeline-bn-recalibration", "models_pipeline_bn_recalibration.json", heldout_table),
     ("docs/models.md", "heldout-camera2-bn-recalibration", "heldout_camera2_bn_recalibration.json", heldout_table),
     ("docs/models.md", "online-models", "online_models.json", online_models_table),
