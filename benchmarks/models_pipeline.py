@@ -53,6 +53,7 @@ def run_model(name: str, run: Path, seeds: int, sets: list[str], earlier: dict |
         folder, start, closed = run / ("set-" + ",".join(sets)), 0, None
     elif earlier is not None:
         first, closed = dict(earlier["target_val_miou"]), earlier["gap_closed_percent"]
+        per_seed = {int(k): v for k, v in earlier["per_seed"].items() if int(k) < seeds}
         start = len(earlier["per_seed"])
         if start < seeds:
             retrained = train_baselines(run, model=name, names=("source_only",))[0]
@@ -65,9 +66,8 @@ def run_model(name: str, run: Path, seeds: int, sets: list[str], earlier: dict |
         first = {s["name"]: s.get("target_val_miou") for s in res["stages"]}
         src_ckpt = next(s["checkpoint"] for s in res["stages"] if s["name"] == "source_only")
         folder, start, closed = run, 1, res.get("gap_closed_percent")
-    per_seed = {} if sets else {0: {k: first[k] for k in ADAPT_STAGES}}
-    if earlier is not None:
-        per_seed = {int(k): v for k, v in earlier["per_seed"].items() if int(k) < seeds}
+    if earlier is None:
+        per_seed = {} if sets else {0: {k: first[k] for k in ADAPT_STAGES}}
     for seed in range(start, seeds):
         cfg = with_sets(demo_adapt_config(src_ckpt, model=name).model_copy(update={"seed": seed}), sets)
         stages = run_pipeline(cfg, folder / f"seed{seed}", resume=True)["stages"]
@@ -140,8 +140,10 @@ def main() -> None:
             earlier = before["models"][name]
         entry = run_model(name, args.out / name, args.seeds, [], earlier)
         if earlier is not None:
+            # the seeds that came from a report (reusing a topped-up entry keeps its first report's seeds)
             origin = earlier.get("reused_from") or {"report": reuse[name], "env": before["env"]}
-            entry["reused_from"] = {**origin, "seeds": sorted(int(k) for k in entry["per_seed"] if k in earlier["per_seed"])}
+            seeds = origin.get("seeds", sorted(map(int, earlier["per_seed"])))
+            entry["reused_from"] = {**origin, "seeds": [k for k in seeds if str(k) in entry["per_seed"]]}
         report["models"][name] = entry
     if {"light", "fast"} <= report["models"].keys():
         light, fast = report["models"]["light"], report["models"]["fast"]
