@@ -13,6 +13,12 @@ on the `make demo` schedule from each model's source-only checkpoint with the sw
 `--no-switch` runs only the release's defaults: the two models compared on the held-out target
 (`--json benchmarks/results/heldout_camera2_models.json`).
 
+`--source-seeds K` also varies the source-only model every run starts from: seed 0 is the given
+checkpoint, seeds 1..K-1 are trained here (`train_baselines`' source-only recipe with that training
+seed); adaptation seed k runs from source-only seed k. Each source-only model is scored on camera2 and
+on the benchmark's target-val, and the report adds the K pairs' means and fast minus light with its
+standard error: a comparison that does not rest on one source-only model per architecture.
+
 Where the switch only acts in self-training (every `--set` key under `selftrain.`), both variants of a
 seed share its warm-up, so a seed costs one warm-up and two self-training chains; otherwise each variant
 runs its own. Resumable: finished stages are read back from --out.
@@ -75,6 +81,28 @@ def run_variant(model: str, source_ckpt: str, data: Path, out: Path, seed: int, 
     return {s["name"]: s["target_val_miou"] for s in stages if s["name"] in STAGES}
 
 
+def source_seed_runs(name: str, ckpt: str, data: Path, out: Path, seeds: int,
+                     first_pair: dict[str, float]) -> dict:
+    """Source-only seeds 0..seeds-1 of one model (0 = `ckpt`), each scored on camera2 and the benchmark's
+    target-val, and adaptation seed k on camera2 from source-only seed k (pair 0 is `first_pair`)."""
+    from diga_sdk.bench.ablation import train_baselines
+    from diga_sdk.evaluate_specs import evaluate_specs
+
+    camera2, benchmark = f"cityscapes:{data}@val", "synthetic:target@val"
+    scores = evaluate_specs(ckpt, [camera2, benchmark])
+    source = {"0": {"camera2": scores[camera2]["miou"], "benchmark_target_val": scores[benchmark]["miou"]}}
+    pairs = {"0": first_pair}
+    for k in range(1, seeds):
+        folder = out / name / f"source{k}"
+        entry = train_baselines(folder, model=name, names=("source_only",), seed=k)[0]
+        source[str(k)] = {"camera2": evaluate_specs(entry["checkpoint"], [camera2])[camera2]["miou"],
+                          "benchmark_target_val": entry["target_val_miou"]}
+        pairs[str(k)] = run_variant(name, entry["checkpoint"], data, folder / f"seed{k}", k, [], None)
+    return {"source_only": source, "pairs": pairs,
+            "pairs_mean": {k: statistics.fmean(r[k] for r in pairs.values()) for k in STAGES},
+            "source_only_camera2_mean": statistics.fmean(r["camera2"] for r in source.values())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("runs/camera2"))
@@ -84,8 +112,14 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=None,
                     help="the switch's 'off' variant (default: selftrain.target_bn=false)")
     ap.add_argument("--no-switch", action="store_true", help="the defaults only: compare the models")
+    ap.add_argument("--source-seeds", type=int, default=1,
+                    help="source-only models per model (seed 0 = the given checkpoint); adaptation seed k runs "
+                         "from source-only seed k (with --no-switch)")
     ap.add_argument("--json", type=Path, default=RESULTS / "heldout_camera2.json")
     args = ap.parse_args()
+    if args.source_seeds > 1 and not args.no_switch:
+        ap.error("--source-seeds compares the models with the defaults: give --no-switch as well")
+    from diga_sdk.bench.seeds import mean_difference
     from diga_sdk.config import AdaptConfig, settings_of
     from diga_sdk.evaluate_specs import evaluate_specs
     from diga_sdk.io import atomic_write_json
@@ -114,10 +148,20 @@ def main() -> None:
                 report["models"][name]["final_default_minus_variant"] = (mean["default"]["selftrain_round2"]
                                                                          - mean["variant"]["selftrain_round2"])
             atomic_write_json(args.json, report)
+        if args.source_seeds > 1:
+            report["models"][name]["source_seeds"] = source_seed_runs(
+                name, ckpt, data, args.out, args.source_seeds, runs["default"]["0"])
+            atomic_write_json(args.json, report)
     if {"light", "fast"} <= report["models"].keys():
-        light, fast = report["models"]["light"]["mean"], report["models"]["fast"]["mean"]
-        report["fast_minus_light_final_mean"] = {v: fast[v]["selftrain_round2"] - light[v]["selftrain_round2"]
-                                                 for v in variants}
+        light, fast = report["models"]["light"], report["models"]["fast"]
+        report["fast_minus_light_final_mean"] = {
+            v: fast["mean"][v]["selftrain_round2"] - light["mean"][v]["selftrain_round2"] for v in variants}
+        if args.source_seeds > 1:
+            finals = [[r["selftrain_round2"] for r in m["source_seeds"]["pairs"].values()] for m in (light, fast)]
+            diff, stderr = mean_difference(*finals)
+            report["fast_minus_light_pairs"] = {"final_mean": diff, "final_mean_stderr": stderr,
+                                                "source_only_camera2_mean": fast["source_seeds"]["source_only_camera2_mean"]
+                                                - light["source_seeds"]["source_only_camera2_mean"]}
         atomic_write_json(args.json, report)
     print(report["models"])
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
 
@@ -122,6 +121,7 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="KEY=VALUE on top of the demo's adaptation settings, every seed (repeatable)")
     args = ap.parse_args()
+    from diga_sdk.bench.seeds import mean_difference
     from diga_sdk.io import atomic_write_json
     from diga_sdk.results import env_info
 
@@ -155,10 +155,8 @@ def main() -> None:
             statistics.fmean(fast["per_seed"][k]["selftrain_round2"] for k in common[:n])
             - statistics.fmean(light["per_seed"][k]["selftrain_round2"] for k in common[:n])
             for n in range(1, len(common) + 1)]
-        # the standard error of the difference of two independent seed means
-        report["fast_minus_light_final_mean_stderr"] = math.sqrt(sum(
-            m["std"]["selftrain_round2"] ** 2 / len(m["per_seed"]) for m in (light, fast)
-            if m["std"]["selftrain_round2"] is not None))
+        report["fast_minus_light_final_mean_stderr"] = mean_difference(
+            *[[r["selftrain_round2"] for r in m["per_seed"].values()] for m in (light, fast)])[1]
     atomic_write_json(args.json, report)
     print(json.dumps({k: v for k, v in report.items() if k != "env"}, indent=2))
 

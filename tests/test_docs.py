@@ -137,3 +137,35 @@ def test_a_held_out_report_without_a_switch_compares_the_models_on_the_defaults(
     assert lines[3] == "| fast | defaults | 14.0 | 30.0 | 33.0 | 33.0 | 33.0, 33.0 |"
     assert "Final stage, fast minus light (mean of 2 seeds): -0.50 with defaults." in lines
     assert not any("switched" in line for line in lines)
+
+
+def test_a_held_out_report_over_source_only_seeds_pairs_each_adaptation_seed_with_its_source_model():
+    from diga_sdk.bench.docs import heldout_table
+
+    def model(src_cam: list[float], finals: list[float]) -> dict:
+        pairs = {str(k): {"warmup": 30.0, "selftrain": 33.0, "selftrain_round2": f} for k, f in enumerate(finals)}
+        source = {str(k): {"camera2": c, "benchmark_target_val": 14.0} for k, c in enumerate(src_cam)}
+        mean = {"warmup": 30.0, "selftrain": 33.0, "selftrain_round2": sum(finals) / len(finals)}
+        return {"source_only": src_cam[0], "per_seed": {"default": {"0": pairs["0"]}}, "mean": {"default": mean},
+                "source_seeds": {"source_only": source, "pairs": pairs, "pairs_mean": mean,
+                                 "source_only_camera2_mean": sum(src_cam) / len(src_cam)}}
+
+    res = {"default": [], "variant": [], "models": {"light": model([16.0, 14.0], [35.0, 31.0]),
+                                                     "fast": model([15.0, 15.0], [32.0, 33.0])},
+           "fast_minus_light_final_mean": {"default": -3.0},
+           "fast_minus_light_pairs": {"final_mean": -0.5, "final_mean_stderr": 1.58, "source_only_camera2_mean": 0.0}}
+    lines = heldout_table(res).splitlines()
+    assert "| light | 1 | 14.0 | 14.0 | 30.0 | 33.0 | 31.0 |" in lines
+    assert "| light | mean | 15.0 | 14.0 | 30.0 | 33.0 | 33.0 |" in lines
+    assert "| fast | mean | 15.0 | 14.0 | 30.0 | 33.0 | 32.5 |" in lines
+    assert ("Fast minus light over the 2 pairs: final stage -0.50 (standard error 1.58); source-only on camera2 "
+            "+0.00.") in lines
+
+
+def test_the_standard_error_of_a_difference_of_seed_means_adds_both_variances():
+    from diga_sdk.bench.seeds import mean_difference
+
+    diff, se = mean_difference([40.0, 42.0, 44.0], [41.0, 41.0])
+    assert diff == -1.0
+    assert abs(se - (4.0 / 3) ** 0.5) < 1e-12  # variances 4 and 0, over 3 and 2 seeds
+    assert mean_difference([40.0], [41.0, 43.0]) == (2.0, None)

@@ -48,9 +48,9 @@ def demo_adapt_config(init_checkpoint: str, quick: bool = False, model: str = "l
 
 
 def train_baselines(out: Path, quick: bool = False, model: str = "light",
-                    names: tuple[str, ...] = ("source_only", "oracle")) -> list[dict[str, Any]]:
-    """source_only and oracle (supervised, 500 steps each; `names` picks which), evaluated on source-val and
-    target-val."""
+                    names: tuple[str, ...] = ("source_only", "oracle"), seed: int = 0) -> list[dict[str, Any]]:
+    """source_only and oracle (supervised, 500 steps each; `names` picks which; `seed` their training seed),
+    evaluated on source-val and target-val."""
     from ..adapt.supervised import train_supervised
 
     steps = 20 if quick else TrainConfig().steps
@@ -58,7 +58,7 @@ def train_baselines(out: Path, quick: bool = False, model: str = "light",
     for name, data in (("source_only", SOURCE_TRAIN), ("oracle", TARGET_TRAIN)):
         if name not in names:
             continue
-        cfg = TrainConfig(train_data=data, steps=steps, model=ModelConfig(name=model))
+        cfg = TrainConfig(train_data=data, steps=steps, model=ModelConfig(name=model), seed=seed)
 
         def work(cfg: TrainConfig = cfg, name: str = name) -> dict[str, Any]:
             ckpt = train_supervised(cfg, out / name, stage=name, resume=True)

@@ -262,7 +262,35 @@ def heldout_table(res: dict[str, Any]) -> str:
         d = res["fast_minus_light_final_mean"]
         tail = f"Final stage, fast minus light (mean of {n} seeds): {d['default']:+.2f} with {plain}"
         tail += f", {d['variant']:+.2f} with {', '.join(res['variant'])}.\n" if switched else ".\n"
-    return "\n".join(lines) + "\n\n" + head + tail + _machine(res.get("env"))
+    pairs = source_seed_pairs(res) if all("source_seeds" in r for r in res["models"].values()) else ""
+    return "\n".join(lines) + "\n\n" + head + tail + pairs + _machine(res.get("env"))
+
+
+def source_seed_pairs(res: dict[str, Any]) -> str:
+    """`heldout_domain.py --source-seeds`: per model and source-only seed k, that model's mIoU on camera2 and
+    on the benchmark's target-val, and adaptation seed k's stages on camera2 from it; the means; fast minus
+    light over the pairs."""
+    lines = ["| model | source-only seed | source-only camera2 | source-only benchmark target-val | warmup | "
+             "selftrain | selftrain_round2 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in res["models"].items():
+        src, pairs = r["source_seeds"]["source_only"], r["source_seeds"]["pairs"]
+        for k in sorted(pairs, key=int):
+            p = pairs[k]
+            lines.append(f"| {name} | {k} | {src[k]['camera2']:.1f} | {src[k]['benchmark_target_val']:.1f} | "
+                         f"{p['warmup']:.1f} | {p['selftrain']:.1f} | {p['selftrain_round2']:.1f} |")
+        m = r["source_seeds"]["pairs_mean"]
+        bench = statistics.fmean(v["benchmark_target_val"] for v in src.values())
+        lines.append(f"| {name} | mean | {r['source_seeds']['source_only_camera2_mean']:.1f} | {bench:.1f} | "
+                     f"{m['warmup']:.1f} | {m['selftrain']:.1f} | {m['selftrain_round2']:.1f} |")
+    text = ("\nEach source-only model with its own training seed, and adaptation seed k on camera2 from "
+            "source-only seed k:\n\n" + "\n".join(lines) + "\n")
+    d = res.get("fast_minus_light_pairs")
+    if d is not None:
+        n = min(len(r["source_seeds"]["pairs"]) for r in res["models"].values())
+        se = "" if d["final_mean_stderr"] is None else f" (standard error {d['final_mean_stderr']:.2f})"
+        text += (f"\nFast minus light over the {n} pairs: final stage {d['final_mean']:+.2f}{se}; source-only "
+                 f"on camera2 {d['source_only_camera2_mean']:+.2f}.\n")
+    return text
 
 
 def online_models_table(res: dict[str, Any]) -> str:
