@@ -1,5 +1,7 @@
 """A switch of the DiGA pipeline judged on a target domain it was not chosen on: `scenario:camera2`.
 
+`--camera camera3` renders another camera (`camera3_render`) to choose on, so that camera2 stays a judge.
+
 The embedded benchmark's target is where the pipeline's defaults were chosen. This script renders a
 second labelled target, the benchmark's target scenes through the `scenario:camera2` camera (another
 colour drift, white balance, exposure, blur, noise and vignette; written for the online protocol's judged
@@ -36,18 +38,41 @@ COUNTS = {"train": 400, "val": 100}
 SIZE = (256, 512)
 
 
-def render_camera2(root: Path) -> Path:
-    """The camera2 target in the Cityscapes layout (label IDs), frames keyed apart from the benchmark's."""
+def camera3_render():  # noqa: ANN201 - a RenderStyle
+    """A tuning camera: the target scenes with a palette shift about as large as camera2's, through other
+    camera settings (brighter, less blur, noise and vignette, stronger lighting gradient). A change to
+    the models or the pipeline can be chosen here and judged on camera2, which no choice is made on."""
+    from diga_sdk.data.synthetic_render import _SOURCE_BASE, _TARGET_BASE, RenderStyle, _lut
+
+    return RenderStyle(base=0.5 * _lut(_SOURCE_BASE) + 0.5 * _lut(_TARGET_BASE), instance_jitter=16.0,
+                       texture=0.15, exposure=(0.85, 1.3), gradient=0.4, shadows=1.5, white_balance=0.08,
+                       blur_sigma=(0.2, 0.6), noise_sigma=(2.0, 5.0), vignette=0.15)
+
+
+CAMERAS = ("camera2", "camera3")
+
+
+def camera_style(camera: str):  # noqa: ANN201 - a RenderStyle
+    """camera2 (the online protocol's judged scenario, held out here) or the tuning camera3."""
+    if camera == "camera2":
+        from diga_sdk.data.streams import camera2_render
+
+        return camera2_render()
+    return camera3_render()
+
+
+def render_camera(root: Path, camera: str = "camera2") -> Path:
+    """The target scenes through `camera` in the Cityscapes layout (label IDs), frames keyed apart from the
+    benchmark's and from the other camera's."""
     import numpy as np
     from PIL import Image
 
-    from diga_sdk.data.streams import camera2_render
     from diga_sdk.data.synthetic import CITIES, _item_seed
     from diga_sdk.data.synthetic_render import render
     from diga_sdk.data.synthetic_scene import TARGET_SCENE, make_scene
     from diga_sdk.io import atomic_path
 
-    style = camera2_render()  # one style object for every frame (it builds colour tables)
+    style = camera_style(camera)  # one style object for every frame (it builds colour tables)
     for split, n in COUNTS.items():
         for i in range(n):
             city = CITIES[split][i % len(CITIES[split])]
@@ -56,7 +81,7 @@ def render_camera2(root: Path) -> Path:
             lab = root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
             if img.is_file() and lab.is_file():
                 continue
-            rng = np.random.default_rng(_item_seed(0, "camera2-offline", split, i))
+            rng = np.random.default_rng(_item_seed(0, f"{camera}-offline", split, i))
             scene = make_scene(SIZE[0], SIZE[1], TARGET_SCENE, rng)
             for path, arr in ((lab, scene.label), (img, render(scene, style, rng))):
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,29 +108,32 @@ def run_variant(model: str, source_ckpt: str, data: Path, out: Path, seed: int, 
 
 def source_seed_runs(name: str, ckpt: str, data: Path, out: Path, seeds: int,
                      first_pair: dict[str, float]) -> dict:
-    """Source-only seeds 0..seeds-1 of one model (0 = `ckpt`), each scored on camera2 and the benchmark's
-    target-val, and adaptation seed k on camera2 from source-only seed k (pair 0 is `first_pair`)."""
+    """Source-only seeds 0..seeds-1 of one model (0 = `ckpt`), each scored on the held-out camera and the
+    benchmark's target-val, and adaptation seed k on that camera from source-only seed k (pair 0 is
+    `first_pair`)."""
     from diga_sdk.bench.ablation import train_baselines
     from diga_sdk.evaluate_specs import evaluate_specs
 
-    camera2, benchmark = f"cityscapes:{data}@val", "synthetic:target@val"
-    scores = evaluate_specs(ckpt, [camera2, benchmark])
-    source = {"0": {"camera2": scores[camera2]["miou"], "benchmark_target_val": scores[benchmark]["miou"]}}
+    held_out, benchmark = f"cityscapes:{data}@val", "synthetic:target@val"
+    scores = evaluate_specs(ckpt, [held_out, benchmark])
+    source = {"0": {"held_out": scores[held_out]["miou"], "benchmark_target_val": scores[benchmark]["miou"]}}
     pairs = {"0": first_pair}
     for k in range(1, seeds):
         folder = out / name / f"source{k}"
         entry = train_baselines(folder, model=name, names=("source_only",), seed=k)[0]
-        source[str(k)] = {"camera2": evaluate_specs(entry["checkpoint"], [camera2])[camera2]["miou"],
+        source[str(k)] = {"held_out": evaluate_specs(entry["checkpoint"], [held_out])[held_out]["miou"],
                           "benchmark_target_val": entry["target_val_miou"]}
         pairs[str(k)] = run_variant(name, entry["checkpoint"], data, folder / f"seed{k}", k, [], None)
     return {"source_only": source, "pairs": pairs,
             "pairs_mean": {k: statistics.fmean(r[k] for r in pairs.values()) for k in STAGES},
-            "source_only_camera2_mean": statistics.fmean(r["camera2"] for r in source.values())}
+            "source_only_held_out_mean": statistics.fmean(r["held_out"] for r in source.values())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("runs/camera2"))
+    ap.add_argument("--camera", choices=CAMERAS, default="camera2",
+                    help="the held-out camera; camera3 is for choosing, camera2 for judging")
+    ap.add_argument("--data", type=Path, default=Path("runs/camera2"), help="where that camera's frames are written")
     ap.add_argument("--out", type=Path, default=Path("runs/heldout"))
     ap.add_argument("--model", action="append", required=True, help="NAME=SOURCE_ONLY_CHECKPOINT")
     ap.add_argument("--seeds", type=int, default=1)
@@ -127,8 +155,9 @@ def main() -> None:
 
     sets = [] if args.no_switch else (args.sets or ["selftrain.target_bn=false"])
     variants = ("default",) if args.no_switch else ("default", "variant")
-    data = render_camera2(args.data)
-    report: dict = {"domain": "scenario:camera2 target scenes, Cityscapes layout, 400 train + 100 val at 256x512",
+    data = render_camera(args.data, args.camera)
+    report: dict = {"camera": args.camera,
+                    "domain": f"{args.camera}: the target scenes, Cityscapes layout, 400 train + 100 val at 256x512",
                     "schedule": "make demo (warm-up 200, self-training 100 per round, one refinement round)",
                     "default": settings_of(AdaptConfig(), sets), "variant": sets, "models": {}, "env": env_info()}
     for item in args.model:
@@ -160,8 +189,8 @@ def main() -> None:
             finals = [[r["selftrain_round2"] for r in m["source_seeds"]["pairs"].values()] for m in (light, fast)]
             diff, stderr = mean_difference(*finals)
             report["fast_minus_light_pairs"] = {"final_mean": diff, "final_mean_stderr": stderr,
-                                                "source_only_camera2_mean": fast["source_seeds"]["source_only_camera2_mean"]
-                                                - light["source_seeds"]["source_only_camera2_mean"]}
+                                                "source_only_held_out_mean": fast["source_seeds"]["source_only_held_out_mean"]
+                                                - light["source_seeds"]["source_only_held_out_mean"]}
         atomic_write_json(args.json, report)
     print(report["models"])
 

@@ -144,16 +144,16 @@ def test_a_held_out_report_over_source_only_seeds_pairs_each_adaptation_seed_wit
 
     def model(src_cam: list[float], finals: list[float]) -> dict:
         pairs = {str(k): {"warmup": 30.0, "selftrain": 33.0, "selftrain_round2": f} for k, f in enumerate(finals)}
-        source = {str(k): {"camera2": c, "benchmark_target_val": 14.0} for k, c in enumerate(src_cam)}
+        source = {str(k): {"held_out": c, "benchmark_target_val": 14.0} for k, c in enumerate(src_cam)}
         mean = {"warmup": 30.0, "selftrain": 33.0, "selftrain_round2": sum(finals) / len(finals)}
         return {"source_only": src_cam[0], "per_seed": {"default": {"0": pairs["0"]}}, "mean": {"default": mean},
                 "source_seeds": {"source_only": source, "pairs": pairs, "pairs_mean": mean,
-                                 "source_only_camera2_mean": sum(src_cam) / len(src_cam)}}
+                                 "source_only_held_out_mean": sum(src_cam) / len(src_cam)}}
 
     res = {"default": [], "variant": [], "models": {"light": model([16.0, 14.0], [35.0, 31.0]),
                                                      "fast": model([15.0, 15.0], [32.0, 33.0])},
            "fast_minus_light_final_mean": {"default": -3.0},
-           "fast_minus_light_pairs": {"final_mean": -0.5, "final_mean_stderr": 1.58, "source_only_camera2_mean": 0.0}}
+           "fast_minus_light_pairs": {"final_mean": -0.5, "final_mean_stderr": 1.58, "source_only_held_out_mean": 0.0}}
     lines = heldout_table(res).splitlines()
     assert "| light | 1 | 14.0 | 14.0 | 30.0 | 33.0 | 31.0 |" in lines
     assert "| light | mean | 15.0 | 14.0 | 30.0 | 33.0 | 33.0 |" in lines

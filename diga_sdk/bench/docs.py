@@ -267,29 +267,30 @@ def heldout_table(res: dict[str, Any]) -> str:
 
 
 def source_seed_pairs(res: dict[str, Any]) -> str:
-    """`heldout_domain.py --source-seeds`: per model and source-only seed k, that model's mIoU on camera2 and
-    on the benchmark's target-val, and adaptation seed k's stages on camera2 from it; the means; fast minus
-    light over the pairs."""
-    lines = ["| model | source-only seed | source-only camera2 | source-only benchmark target-val | warmup | "
+    """`heldout_domain.py --source-seeds`: per model and source-only seed k, that model's mIoU on the held-out
+    camera and on the benchmark's target-val, and adaptation seed k's stages there from it; the means; fast
+    minus light over the pairs."""
+    camera = res.get("camera", "camera2")
+    lines = [f"| model | source-only seed | source-only {camera} | source-only benchmark target-val | warmup | "
              "selftrain | selftrain_round2 |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in res["models"].items():
         src, pairs = r["source_seeds"]["source_only"], r["source_seeds"]["pairs"]
         for k in sorted(pairs, key=int):
             p = pairs[k]
-            lines.append(f"| {name} | {k} | {src[k]['camera2']:.1f} | {src[k]['benchmark_target_val']:.1f} | "
+            lines.append(f"| {name} | {k} | {src[k]['held_out']:.1f} | {src[k]['benchmark_target_val']:.1f} | "
                          f"{p['warmup']:.1f} | {p['selftrain']:.1f} | {p['selftrain_round2']:.1f} |")
         m = r["source_seeds"]["pairs_mean"]
         bench = statistics.fmean(v["benchmark_target_val"] for v in src.values())
-        lines.append(f"| {name} | mean | {r['source_seeds']['source_only_camera2_mean']:.1f} | {bench:.1f} | "
+        lines.append(f"| {name} | mean | {r['source_seeds']['source_only_held_out_mean']:.1f} | {bench:.1f} | "
                      f"{m['warmup']:.1f} | {m['selftrain']:.1f} | {m['selftrain_round2']:.1f} |")
-    text = ("\nEach source-only model with its own training seed, and adaptation seed k on camera2 from "
+    text = (f"\nEach source-only model with its own training seed, and adaptation seed k on {camera} from "
             "source-only seed k:\n\n" + "\n".join(lines) + "\n")
     d = res.get("fast_minus_light_pairs")
     if d is not None:
         n = min(len(r["source_seeds"]["pairs"]) for r in res["models"].values())
         se = "" if d["final_mean_stderr"] is None else f" (standard error {d['final_mean_stderr']:.2f})"
         text += (f"\nFast minus light over the {n} pairs: final stage {d['final_mean']:+.2f}{se}; source-only "
-                 f"on camera2 {d['source_only_camera2_mean']:+.2f}.\n")
+                 f"on {camera} {d['source_only_held_out_mean']:+.2f}.\n")
     return text
 
 
