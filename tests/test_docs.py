@@ -169,3 +169,19 @@ def test_the_standard_error_of_a_difference_of_seed_means_adds_both_variances():
     assert diff == -1.0
     assert abs(se - (4.0 / 3) ** 0.5) < 1e-12  # variances 4 and 0, over 3 and 2 seeds
     assert mean_difference([40.0], [41.0, 43.0]) == (2.0, None)
+
+
+def test_the_pseudo_label_swap_table_puts_each_student_on_each_models_labels():
+    from diga_sdk.bench.docs import pseudo_label_swap_table
+
+    res = {"seeds": 2, "pseudo_label_miou_vs_gt": {"light": 33.41, "fast": 31.97}, "students": {
+        "light": {"warmup": 33.3, "labels": {"light": {"per_seed": {"0": 36.3, "1": 35.1}, "mean": 35.7},
+                                             "fast": {"per_seed": {"1": 34.0, "0": 33.0}, "mean": 33.5}}},
+        "fast": {"warmup": 30.9, "labels": {"light": {"per_seed": {"0": 33.0, "1": 34.0}, "mean": 33.5},
+                                            "fast": {"per_seed": {"0": 32.0, "1": 32.4}, "mean": 32.2}}}}}
+    lines = pseudo_label_swap_table(res).splitlines()
+    assert lines[0] == ("| student | warm-up | on light's pseudo-labels (33.4 vs ground truth) | "
+                        "on fast's pseudo-labels (32.0 vs ground truth) |")
+    assert lines[2] == "| light | 33.3 | 35.7 (36.3, 35.1) | 33.5 (33.0, 34.0) |"
+    assert lines[3] == "| fast | 30.9 | 33.5 (33.0, 34.0) | 32.2 (32.0, 32.4) |"
+    assert "mean of 2 seeds" in lines[5]

@@ -260,7 +260,8 @@ def heldout_table(res: dict[str, Any]) -> str:
     tail = ""
     if "fast_minus_light_final_mean" in res:
         d = res["fast_minus_light_final_mean"]
-        tail = f"Final stage, fast minus light (mean of {n} seeds): {d['default']:+.2f} with {plain}"
+        over = f"mean of {n} seeds" if n > 1 else "one seed"
+        tail = f"Final stage, fast minus light ({over}): {d['default']:+.2f} with {plain}"
         tail += f", {d['variant']:+.2f} with {', '.join(res['variant'])}.\n" if switched else ".\n"
     pairs = source_seed_pairs(res) if all("source_seeds" in r for r in res["models"].values()) else ""
     return "\n".join(lines) + "\n\n" + head + tail + pairs + _machine(res.get("env"))
@@ -292,6 +293,23 @@ def source_seed_pairs(res: dict[str, Any]) -> str:
         text += (f"\nFast minus light over the {n} pairs: final stage {d['final_mean']:+.2f}{se}; source-only "
                  f"on {camera} {d['source_only_held_out_mean']:+.2f}.\n")
     return text
+
+
+def pseudo_label_swap_table(res: dict[str, Any]) -> str:
+    """`benchmarks/pseudo_label_swap.py`: each student's first self-training round on each model's round-1
+    pseudo-labels (mean over seeds, each seed in brackets), beside the student's warm-up."""
+    sources = list(res["pseudo_label_miou_vs_gt"])
+    head = " | ".join(f"on {n}'s pseudo-labels ({res['pseudo_label_miou_vs_gt'][n]:.1f} vs ground truth)" for n in sources)
+    lines = [f"| student | warm-up | {head} |", "|---|---:|" + "---:|" * len(sources)]
+    for student, r in res["students"].items():
+        cells = []
+        for n in sources:
+            c = r["labels"][n]
+            seeds = ", ".join(f"{v:.1f}" for _, v in sorted(c["per_seed"].items(), key=lambda kv: int(kv[0])))
+            cells.append(f"{c['mean']:.1f} ({seeds})")
+        lines.append(f"| {student} | {r['warmup']:.1f} | {' | '.join(cells)} |")
+    return ("\n".join(lines) + f"\n\nTarget-val mIoU after the first self-training round, mean of {res['seeds']} "
+            "seeds (each seed in brackets).\n" + _machine(res.get("env")))
 
 
 def online_models_table(res: dict[str, Any]) -> str:
@@ -607,6 +625,8 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/models.md", "heldout-camera2", "heldout_camera2.json", heldout_table),
     ("docs/models.md", "heldout-camera2-fast-branches", "heldout_camera2_fast_branches.json", variants_table),
     ("docs/models.md", "heldout-camera2-models", "heldout_camera2_models.json", heldout_table),
+    ("docs/models.md", "heldout-camera3-models", "heldout_camera3_models.json", heldout_table),
+    ("docs/models.md", "pseudo-label-swap-camera3", "pseudo_label_swap_camera3.json", pseudo_label_swap_table),
     ("docs/models.md", "models-pipeline-bn-recalibration", "models_pipeline_bn_recalibration.json", heldout_table),
     ("docs/models.md", "heldout-camera2-bn-recalibration", "heldout_camera2_bn_recalibration.json", heldout_table),
     ("docs/models.md", "online-models", "online_models.json", online_models_table),
