@@ -1,7 +1,5 @@
 """A switch of the DiGA pipeline judged on a target domain it was not chosen on: `scenario:camera2`.
 
-`--camera camera3` renders another camera (`camera3_render`) to choose on, so that camera2 stays a judge.
-
 The embedded benchmark's target is where the pipeline's defaults were chosen. This script renders a
 second labelled target, the benchmark's target scenes through the `scenario:camera2` camera (another
 colour drift, white balance, exposure, blur, noise and vignette; written for the online protocol's judged
@@ -17,9 +15,12 @@ on the `make demo` schedule from each model's source-only checkpoint with the sw
 
 `--source-seeds K` also varies the source-only model every run starts from: seed 0 is the given
 checkpoint, seeds 1..K-1 are trained here (`train_baselines`' source-only recipe with that training
-seed); adaptation seed k runs from source-only seed k. Each source-only model is scored on camera2 and
-on the benchmark's target-val, and the report adds the K pairs' means and fast minus light with its
-standard error: a comparison that does not rest on one source-only model per architecture.
+seed); adaptation seed k runs from source-only seed k. Each source-only model is scored on the held-out
+camera and on the benchmark's target-val, and the report adds the K pairs' means and fast minus light
+with its standard error: a comparison that does not rest on one source-only model per architecture.
+
+`--camera camera3` renders another camera (`camera3_render`) to choose changes on, so that camera2 stays
+a judge no choice was made on.
 
 Where the switch only acts in self-training (every `--set` key under `selftrain.`), both variants of a
 seed share its warm-up, so a seed costs one warm-up and two self-training chains; otherwise each variant
