@@ -107,17 +107,16 @@ def run_variant(model: str, source_ckpt: str, data: Path, out: Path, seed: int, 
     return {s["name"]: s["target_val_miou"] for s in stages if s["name"] in STAGES}
 
 
-def source_seed_runs(name: str, ckpt: str, data: Path, out: Path, seeds: int,
+def source_seed_runs(name: str, ckpt: str, data: Path, out: Path, seeds: int, first_source: float,
                      first_pair: dict[str, float]) -> dict:
-    """Source-only seeds 0..seeds-1 of one model (0 = `ckpt`), each scored on the held-out camera and the
-    benchmark's target-val, and adaptation seed k on that camera from source-only seed k (pair 0 is
-    `first_pair`)."""
+    """Source-only seeds 0..seeds-1 of one model (0 = `ckpt`, `first_source` on the held-out camera), each
+    scored on the held-out camera and the benchmark's target-val, and adaptation seed k on that camera from
+    source-only seed k (pair 0 is `first_pair`)."""
     from diga_sdk.bench.ablation import train_baselines
     from diga_sdk.evaluate_specs import evaluate_specs
 
     held_out, benchmark = f"cityscapes:{data}@val", "synthetic:target@val"
-    scores = evaluate_specs(ckpt, [held_out, benchmark])
-    source = {"0": {"held_out": scores[held_out]["miou"], "benchmark_target_val": scores[benchmark]["miou"]}}
+    source = {"0": {"held_out": first_source, "benchmark_target_val": evaluate_specs(ckpt, [benchmark])[benchmark]["miou"]}}
     pairs = {"0": first_pair}
     for k in range(1, seeds):
         folder = out / name / f"source{k}"
@@ -180,7 +179,7 @@ def main() -> None:
             atomic_write_json(args.json, report)
         if args.source_seeds > 1:
             report["models"][name]["source_seeds"] = source_seed_runs(
-                name, ckpt, data, args.out, args.source_seeds, runs["default"]["0"])
+                name, ckpt, data, args.out, args.source_seeds, src, runs["default"]["0"])
             atomic_write_json(args.json, report)
     if {"light", "fast"} <= report["models"].keys():
         light, fast = report["models"]["light"], report["models"]["fast"]
