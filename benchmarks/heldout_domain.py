@@ -4,7 +4,7 @@ The embedded benchmark's target is where the pipeline's defaults were chosen. Th
 second labelled target, the benchmark's target scenes through the `scenario:camera2` camera (another
 colour drift, white balance, exposure, blur, noise and vignette; written for the online protocol's judged
 streams), in the Cityscapes layout (400 train + 100 val frames at 256x512), then runs the offline pipeline
-on the `make demo` schedule from each model's source-only checkpoint with the switch on and off:
+on the `make demo` schedule (each model's steps: `DEMO_STEPS`) from each model's source-only checkpoint with the switch on and off:
 
     python benchmarks/heldout_domain.py --data runs/camera2 --out runs/heldout \
         --model light=runs/demo/source_only/model.safetensors --model fast=PATH --seeds 2 \
@@ -147,6 +147,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.source_seeds > 1 and not args.no_switch:
         ap.error("--source-seeds compares the models with the defaults: give --no-switch as well")
+    from diga_sdk.bench.ablation import demo_schedule
     from diga_sdk.bench.seeds import mean_difference
     from diga_sdk.config import AdaptConfig, settings_of
     from diga_sdk.evaluate_specs import evaluate_specs
@@ -158,7 +159,7 @@ def main() -> None:
     data = render_camera(args.data, args.camera)
     report: dict = {"camera": args.camera,
                     "domain": f"{args.camera}: the target scenes, Cityscapes layout, 400 train + 100 val at 256x512",
-                    "schedule": "make demo (warm-up 200, self-training 100 per round, one refinement round)",
+                    "schedule": demo_schedule([m.split("=", 1)[0] for m in args.model]),
                     "default": settings_of(AdaptConfig(), sets), "variant": sets, "models": {}, "env": env_info()}
     for item in args.model:
         name, ckpt = item.split("=", 1)

@@ -1,6 +1,6 @@
 """Both models through the full DiGA pipeline on the embedded benchmark, on the schedule of `make demo`
-and `make ablation`'s pipeline rows (source-only and oracle 500 steps; warm-up 200, self-training and its
-refinement round 100 each): each model's final target-val mIoU and the share of its own source-only ->
+and `make ablation`'s pipeline rows (source-only and oracle 500 steps; each model's warm-up and
+self-training steps per round from `bench.ablation.DEMO_STEPS`, one refinement round): each model's final target-val mIoU and the share of its own source-only ->
 oracle gap closed.
 
 Each model runs `diga demo --model NAME` into `--out/NAME` (seed 0; resumable: a finished model is read
@@ -121,11 +121,12 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="KEY=VALUE on top of the demo's adaptation settings, every seed (repeatable)")
     args = ap.parse_args()
+    from diga_sdk.bench.ablation import demo_schedule
     from diga_sdk.bench.seeds import mean_difference
     from diga_sdk.io import atomic_write_json
     from diga_sdk.results import env_info
 
-    report: dict = {"schedule": "make demo / make ablation pipeline rows", "seeds": args.seeds, "models": {},
+    report: dict = {"schedule": demo_schedule(args.models.split(",")), "seeds": args.seeds, "models": {},
                     "env": env_info()}
     if args.sets:
         report = switch_report(args.models.split(","), args.out, args.seeds, args.sets)

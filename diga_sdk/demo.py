@@ -13,7 +13,8 @@ SOURCE_VAL, TARGET_VAL = "synthetic:source@val", "synthetic:target@val"
 
 
 def run_demo(out: str | Path, quick: bool = False, model: str = "light") -> list[dict]:
-    """`model` picks the architecture (`light`, or `fast` for the two-branch one); the schedule is the same."""
+    """`model` picks the architecture (`light`, or `fast` for the two-branch one); the baselines' schedule is
+    the same for both, the adaptation's steps are the model's (`bench.ablation.DEMO_STEPS`)."""
     from .adapt.supervised import train_supervised
     from .evaluate_specs import evaluate_specs
 

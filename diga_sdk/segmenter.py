@@ -330,6 +330,7 @@ def _adapt_config(preset: str | None, config: Any, init: str, updates: dict[str,
         raise DigaError(f"unknown adaptation preset {preset!r}; known: {', '.join((*PRESETS, *RECIPES))}")
     if preset == "demo":
         from .bench.ablation import demo_adapt_config
+        from .models.checkpoint import read_meta
 
-        return _mode_config(AdaptConfig, None, demo_adapt_config(init), updates)
+        return _mode_config(AdaptConfig, None, demo_adapt_config(init, model=read_meta(init).model_name), updates)
     return _mode_config(AdaptConfig, preset, config, updates)

@@ -185,3 +185,22 @@ def test_the_pseudo_label_swap_table_puts_each_student_on_each_models_labels():
     assert lines[2] == "| light | 33.3 | 35.7 (36.3, 35.1) | 33.5 (33.0, 34.0) |"
     assert lines[3] == "| fast | 30.9 | 33.5 (33.0, 34.0) | 32.2 (32.0, 32.4) |"
     assert "mean of 2 seeds" in lines[5]
+
+
+def test_the_schedule_candidates_table_gives_each_candidate_against_the_record_and_the_other_model():
+    from diga_sdk.bench.docs import schedule_candidates_table
+
+    cand = {"sets": ["warmup.steps=400", "selftrain.steps=200"], "shared_warmup": [False, False],
+            "per_pair": {"0": {"warmup": 32.0, "selftrain": 34.0, "selftrain_round2": 37.0},
+                         "1": {"warmup": 31.0, "selftrain": 35.0, "selftrain_round2": 39.0}},
+            "mean": {"warmup": 31.5, "selftrain": 34.5, "selftrain_round2": 38.0},
+            "minus_on_record": 3.5, "minus_on_record_stderr": 1.25, "minus_light": -0.25, "minus_light_stderr": None}
+    res = {"camera": "camera3", "model": "fast", "reference": "r.json", "reference_schedule": "demo 200/100",
+           "pairs": [["a", 0], ["b", 1]], "on_record": [35.0, 34.0], "other": {"name": "light", "finals": [38.5, 38.0]},
+           "candidates": {"both_x2": cand}}
+    lines = schedule_candidates_table(res).splitlines()
+    assert lines[0].endswith("| minus fast on record | minus light |")
+    assert lines[2] == ("| both_x2 | `warmup.steps=400, selftrain.steps=200` | 31.5 | 34.5 | 38.0 | 37.0, 39.0 | "
+                        "+3.50 (1.25) | -0.25 |")
+    assert "2 (source-only seed k, adaptation seed k) pairs on camera3" in lines[4]
+    assert "fast 35.0, 34.0; light 38.5, 38.0." in lines[4]

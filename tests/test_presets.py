@@ -100,3 +100,29 @@ def test_gta5_dg_preset_belongs_to_adapt_dg(tmp_path, capsys) -> None:
                  "cityscapes:/data/cs@val", "--set", "dg.steps=2", "--out", str(tmp_path / "r")]) == 1
     # the preset is taken; the data is checked before any training
     assert "GTA5 images folder" in "".join(capsys.readouterr()) and not (tmp_path / "r").exists()
+
+
+def test_demo_schedule_gives_each_model_its_steps(tmp_path) -> None:
+    """`demo_adapt_config` and the Segmenter's `preset="demo"` train a fast checkpoint with fast's steps (twice
+    light's self-training, its training step being about half as costly), other models with light's."""
+    from diga_sdk.bench.ablation import DEMO_STEPS, demo_adapt_config, demo_schedule
+    from diga_sdk.models import build_model
+    from diga_sdk.models.checkpoint import ModelMeta, save_checkpoint
+    from diga_sdk.segmenter import _adapt_config
+
+    light, fast = demo_adapt_config("x.safetensors"), demo_adapt_config("x.safetensors", model="fast")
+    assert (light.warmup.steps, light.selftrain.steps) == DEMO_STEPS["light"] == (200, 100)
+    assert (fast.warmup.steps, fast.selftrain.steps) == DEMO_STEPS["fast"]
+    assert fast.selftrain.steps == 2 * light.selftrain.steps and fast.model.name == "fast"
+    deeplab = demo_adapt_config("x.safetensors", model="deeplabv2_r101")
+    assert (deeplab.warmup.steps, deeplab.selftrain.steps) == DEMO_STEPS["light"]
+    quick = demo_adapt_config("x.safetensors", quick=True, model="fast")
+    assert (quick.warmup.steps, quick.selftrain.steps, quick.checkpoint_every) == (4, 4, 2)
+    # everything but the steps is the same settings for both models
+    assert fast.selftrain.model_copy(update={"steps": 100}) == light.selftrain
+    ckpt = save_checkpoint(build_model("fast"), tmp_path / "fast.safetensors", ModelMeta(model_name="fast"))
+    cfg = _adapt_config("demo", None, str(ckpt), {"init_checkpoint": str(ckpt)})
+    assert (cfg.model.name, cfg.warmup.steps, cfg.selftrain.steps) == ("fast", *DEMO_STEPS["fast"])
+    w, s = DEMO_STEPS["fast"]
+    assert demo_schedule(["light", "fast"]) == ("make demo (light: warm-up 200, self-training 100 per round; fast: "
+                                                f"warm-up {w}, self-training {s} per round; one refinement round)")

@@ -34,17 +34,34 @@ from ..results import print_stage_table, stage_entry, write_results
 SOURCE_TRAIN, TARGET_TRAIN = "synthetic:source@train", "synthetic:target@train"
 
 
+# The demo schedule's steps per model: (warm-up, self-training per round). light's 200 + 100 keep `make demo`
+# (baselines included) within 20 minutes on 2 idle cores (docs/adapt.md, "Measured results"). A training step
+# of fast costs 0.55 of light's (benchmarks/results/reparam_cost.json), so fast trains twice the steps for
+# about light's training compute; chosen on the tuning camera3 (docs/models.md, "A schedule for fast").
+DEMO_STEPS: dict[str, tuple[int, int]] = {"light": (200, 100), "fast": (400, 200)}
+
+
+def demo_steps(model: str) -> tuple[int, int]:
+    """(warm-up steps, self-training steps per round) of the demo schedule for `model` (light's for others)."""
+    return DEMO_STEPS.get(model, DEMO_STEPS["light"])
+
+
+def demo_schedule(models: list[str]) -> str:
+    """The demo schedule of `models` in words, for reports."""
+    steps = "; ".join(f"{m}: warm-up {w}, self-training {s} per round" for m in models for w, s in [demo_steps(m)])
+    return f"make demo ({steps}; one refinement round)"
+
+
 def demo_adapt_config(init_checkpoint: str, quick: bool = False, model: str = "light") -> AdaptConfig:
-    """The pipeline settings `make demo` and `make ablation` share (sized for 2 CPU cores)."""
+    """The pipeline settings `make demo` and `make ablation` share (sized for 2 CPU cores), with `model`'s
+    steps (`DEMO_STEPS`)."""
     cfg = AdaptConfig(init_checkpoint=init_checkpoint, model=ModelConfig(name=model))
+    warmup, selftrain = demo_steps(model)
     if quick:
-        return cfg.model_copy(update={
-            "warmup": cfg.warmup.model_copy(update={"steps": 4}),
-            "selftrain": cfg.selftrain.model_copy(update={"steps": 4}), "checkpoint_every": 2})
-    # 200 warm-up and 100 self-training steps per round: `make demo` (baselines included) within 20
-    # minutes on 2 idle cores, measured (docs/adapt.md, "Measured results")
-    return cfg.model_copy(update={"warmup": cfg.warmup.model_copy(update={"steps": 200}),
-                                  "selftrain": cfg.selftrain.model_copy(update={"steps": 100})})
+        warmup, selftrain = 4, 4
+        cfg = cfg.model_copy(update={"checkpoint_every": 2})
+    return cfg.model_copy(update={"warmup": cfg.warmup.model_copy(update={"steps": warmup}),
+                                  "selftrain": cfg.selftrain.model_copy(update={"steps": selftrain})})
 
 
 def train_baselines(out: Path, quick: bool = False, model: str = "light",

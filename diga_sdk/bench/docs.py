@@ -312,6 +312,29 @@ def pseudo_label_swap_table(res: dict[str, Any]) -> str:
             "seeds (each seed in brackets).\n" + _machine(res.get("env")))
 
 
+def schedule_candidates_table(res: dict[str, Any]) -> str:
+    """`benchmarks/schedule_candidates.py`: each schedule candidate's stages (mean over the pairs), its finals per
+    pair, and its final minus the model on record and minus the other model, each with its standard error."""
+    other, model = res["other"]["name"], res["model"]
+
+    def diff(c: dict[str, Any], key: str) -> str:
+        se = c[f"{key}_stderr"]
+        return f"{c[key]:+.2f}" + ("" if se is None else f" ({se:.2f})")
+
+    lines = [f"| {model} schedule | settings | warmup | selftrain | selftrain_round2 | final per pair | "
+             f"minus {model} on record | minus {other} |", "|---|---|---:|---:|---:|---|---:|---:|"]
+    for name, c in res["candidates"].items():
+        m, finals = c["mean"], [r["selftrain_round2"] for r in c["per_pair"].values()]
+        lines.append(f"| {name} | `{', '.join(c['sets'])}` | {m['warmup']:.1f} | {m['selftrain']:.1f} | "
+                     f"{m['selftrain_round2']:.1f} | {', '.join(f'{v:.1f}' for v in finals)} | "
+                     f"{diff(c, 'minus_on_record')} | {diff(c, f'minus_{other}')} |")
+    record = ", ".join(f"{v:.1f}" for v in res["on_record"])
+    others = ", ".join(f"{v:.1f}" for v in res["other"]["finals"])
+    return ("\n".join(lines) + f"\n\nMeans over the {len(res['pairs'])} (source-only seed k, adaptation seed k) "
+            f"pairs on {res['camera']}; standard errors in brackets. On record (`{res['reference']}`, "
+            f"{res['reference_schedule']}): {model} {record}; {other} {others}.\n" + _machine(res.get("env")))
+
+
 def online_models_table(res: dict[str, Any]) -> str:
     """The online adapter's per-frame cost per model, size and mode, with fast / light per size and mode."""
     lines = ["| model | size | mode | budget ms | median ms | p99 ms | planner p99 within budget | updates | "
@@ -627,6 +650,7 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/models.md", "heldout-camera2-models", "heldout_camera2_models.json", heldout_table),
     ("docs/models.md", "heldout-camera3-models", "heldout_camera3_models.json", heldout_table),
     ("docs/models.md", "pseudo-label-swap-camera3", "pseudo_label_swap_camera3.json", pseudo_label_swap_table),
+    ("docs/models.md", "schedule-candidates-camera3", "schedule_candidates_camera3.json", schedule_candidates_table),
     ("docs/models.md", "models-pipeline-bn-recalibration", "models_pipeline_bn_recalibration.json", heldout_table),
     ("docs/models.md", "heldout-camera2-bn-recalibration", "heldout_camera2_bn_recalibration.json", heldout_table),
     ("docs/models.md", "online-models", "online_models.json", online_models_table),
