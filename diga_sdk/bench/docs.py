@@ -651,6 +651,7 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/models.md", "heldout-camera3-models", "heldout_camera3_models.json", heldout_table),
     ("docs/models.md", "pseudo-label-swap-camera3", "pseudo_label_swap_camera3.json", pseudo_label_swap_table),
     ("docs/models.md", "schedule-candidates-camera3", "schedule_candidates_camera3.json", schedule_candidates_table),
+    ("docs/models.md", "schedule-candidates-camera2", "schedule_candidates_camera2.json", schedule_candidates_table),
     ("docs/models.md", "models-pipeline-bn-recalibration", "models_pipeline_bn_recalibration.json", heldout_table),
     ("docs/models.md", "heldout-camera2-bn-recalibration", "heldout_camera2_bn_recalibration.json", heldout_table),
     ("docs/models.md", "online-models", "online_models.json", online_models_table),
