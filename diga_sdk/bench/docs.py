@@ -642,6 +642,7 @@ BLOCKS: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
     ("docs/modes.md", "modes-semi-selftrain-bn-off", "modes_semi_selftrain_bn_off.json", semi_table),
     ("docs/modes.md", "modes-semi-bn-recalibration-off", "modes_semi_bn_recalibration_off.json", semi_table),
     ("docs/models.md", "models-pipeline", "models_pipeline.json", models_pipeline_table),
+    ("docs/models.md", "models-pipeline-same-steps", "models_pipeline_same_steps.json", models_pipeline_table),
     ("docs/models.md", "models-pipeline-fast-plain", "models_pipeline_fast_plain.json", models_pipeline_table),
     ("docs/models.md", "models-pipeline-selftrain-bn-off", "models_pipeline_selftrain_bn_off.json",
      models_pipeline_table),
