@@ -4,7 +4,8 @@ The embedded benchmark's target is where the pipeline's defaults were chosen. Th
 second labelled target, the benchmark's target scenes through the `scenario:camera2` camera (another
 colour drift, white balance, exposure, blur, noise and vignette; written for the online protocol's judged
 streams), in the Cityscapes layout (400 train + 100 val frames at 256x512), then runs the offline pipeline
-on the `make demo` schedule (each model's steps: `DEMO_STEPS`) from each model's source-only checkpoint with the switch on and off:
+on the `make demo` schedule (each model's steps: `DEMO_STEPS`) from each model's source-only checkpoint
+with the switch on and off:
 
     python benchmarks/heldout_domain.py --data runs/camera2 --out runs/heldout \
         --model light=runs/demo/source_only/model.safetensors --model fast=PATH --seeds 2 \

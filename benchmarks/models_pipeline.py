@@ -1,7 +1,7 @@
 """Both models through the full DiGA pipeline on the embedded benchmark, on the schedule of `make demo`
 and `make ablation`'s pipeline rows (source-only and oracle 500 steps; each model's warm-up and
-self-training steps per round from `bench.ablation.DEMO_STEPS`, one refinement round): each model's final target-val mIoU and the share of its own source-only ->
-oracle gap closed.
+self-training steps per round from `bench.ablation.DEMO_STEPS`, one refinement round): each model's
+final target-val mIoU and the share of its own source-only -> oracle gap closed.
 
 Each model runs `diga demo --model NAME` into `--out/NAME` (seed 0; resumable: a finished model is read
 back); `--seeds N` adds the adaptation stages with seeds 1..N-1 from the same source-only model into
