@@ -6,7 +6,8 @@ Choose on the tuning camera3, then judge the chosen schedule alone on camera2:
 
     python benchmarks/schedule_candidates.py --camera camera3 --data runs/camera3 --model fast \
         --pair runs/src/fast/seed0/model.safetensors:0 --pair runs/src/fast/seed1/model.safetensors:1 \
-        --candidate A=warmup.steps=200,selftrain.steps=200 --candidate B=warmup.steps=400,selftrain.steps=200 \
+        --candidate selftrain_x2=warmup.steps=200,selftrain.steps=200 \
+        --candidate both_x2=warmup.steps=400,selftrain.steps=200 \
         --reference benchmarks/results/heldout_camera3_models.json --out runs/schedules3 \
         --json benchmarks/results/schedule_candidates_camera3.json
 
@@ -23,8 +24,6 @@ import statistics
 from pathlib import Path
 
 from heldout_domain import CAMERAS, STAGES, render_camera, run_variant
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_pair(text: str) -> tuple[str, int, Path | None]:
